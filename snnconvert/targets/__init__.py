@@ -1,0 +1,50 @@
+"""Back-ends. Each target is a sub-package exposing the same two functions:
+
+``compile(model, out, **options) -> Path``
+    write the target's artifact for the IR ``model`` (an ``onnx.ModelProto``) at ``out``.
+``evaluate(source, x, timesteps, **options) -> SimResult``
+    simulate ``source`` (an IR model, or a path to the artifact ``compile`` wrote) on inputs
+    ``x`` (float32, model input layout) for each T in ``timesteps``.
+
+Targets import nothing from each other; optional dependencies (lava, nir) are imported
+lazily so that ``import snnconvert`` never needs them.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from types import ModuleType
+
+import numpy as np
+
+from ..errors import OptionError, TargetError
+
+TARGETS = ("torch", "lava", "nir")
+
+
+@dataclass
+class SimResult:
+    """What a simulation returns, per number of timesteps T.
+
+    readout      T -> [N, n_out] accumulated output-layer membrane divided by T
+    firing_rate  T -> mean spikes per neuron per step over all neuron layers
+    layer_rates  T -> {neuron name: mean spikes per neuron per step}
+    """
+
+    readout: dict[int, np.ndarray]
+    firing_rate: dict[int, float] = field(default_factory=dict)
+    layer_rates: dict[int, dict[str, float]] = field(default_factory=dict)
+
+    def predictions(self, t: int) -> np.ndarray:
+        return np.argmax(self.readout[t], axis=1)
+
+
+def get_target(name: str) -> ModuleType:
+    """Import the target ``name``; a missing optional dependency becomes a TargetError."""
+    if name not in TARGETS:
+        raise OptionError(f"unknown target '{name}'", hint=f"Choose one of: {', '.join(TARGETS)}.")
+    try:
+        return importlib.import_module(f"{__name__}.{name}")
+    except ImportError as exc:
+        raise TargetError(f"the '{name}' target needs a package that is not installed ({exc.name})",
+                          hint=f"Install it with: pip install 'snnconvert[{name}]'.") from None
