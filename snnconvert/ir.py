@@ -77,7 +77,7 @@ class Neuron:
         return self.node.output[0]
 
 
-def _neuron_function() -> onnx.FunctionProto:
+def _neuron_function(opset: int) -> onnx.FunctionProto:
     """ONNX function giving IF its rate-limit meaning, clip(x, 0, threshold)."""
     nodes = [
         helper.make_node("Relu", ["x"], ["r"]),
@@ -85,7 +85,7 @@ def _neuron_function() -> onnx.FunctionProto:
     ]
     return helper.make_function(
         DOMAIN, NEURON_OP, ["x", "threshold", "v_init"], ["y"], nodes,
-        opset_imports=[helper.make_opsetid("", 13)], attributes=["reset", "leak"],
+        opset_imports=[helper.make_opsetid("", opset)], attributes=["reset", "leak"],
     )
 
 
@@ -94,7 +94,8 @@ def ensure_domain(model: onnx.ModelProto) -> None:
     if not any(o.domain == DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
     if not any(f.domain == DOMAIN and f.name == NEURON_OP for f in model.functions):
-        model.functions.append(_neuron_function())
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+        model.functions.append(_neuron_function(opset))
 
 
 def make_neuron(name: str, x: str, y: str, threshold: np.ndarray, v_init: np.ndarray,

@@ -1,0 +1,103 @@
+"""The Python API: convert an ANN to the spiking IR and evaluate it on a target."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from . import frontend, ir
+from .errors import OptionError
+from .passes import PassContext, Pipeline, default_pipeline
+from .passes.pipeline import V_INIT_MODES
+from .targets import SimResult, get_target
+
+
+def convert(source: str | os.PathLike | onnx.ModelProto, calib: np.ndarray | None = None, *,
+            timesteps: int = 32, norm: str = "percentile:99.99", per_channel: bool = True,
+            v_init: str | float = "half", reset: str = "subtract", leak: float = 0.0,
+            pipeline: Pipeline | None = None, progress: bool = False,
+            log: list[tuple[str, str]] | None = None) -> onnx.ModelProto:
+    """Load an ANN, check that it converts, and run the conversion pipeline on it.
+
+    Returns the spiking IR (an ONNX model). ``log`` receives (step, message) pairs.
+    """
+    if isinstance(v_init, str) and v_init not in V_INIT_MODES:
+        raise OptionError(f"unknown initial potential '{v_init}'",
+                          hint=f"Use one of {', '.join(V_INIT_MODES)} or a fraction of θ.")
+    if timesteps < 1:
+        raise OptionError(f"timesteps must be at least 1, got {timesteps}")
+    entries: list[tuple[str, str]] = []
+    model = frontend.load_model(source, log=entries)
+    frontend.check_supported(model)
+    pipe = pipeline or default_pipeline(norm, per_channel, v_init, reset, leak)
+    ctx = PassContext(calib=calib, timesteps=timesteps, progress=progress)
+    snn = pipe(model, ctx)
+    ir.ensure_domain(snn)
+    ir.set_meta(snn, "timesteps", str(timesteps))
+    ir.set_meta(snn, "passes", [name for name in pipe.names()])
+    entries.extend(ctx.log)
+    if log is not None:
+        log.extend(entries)
+    return snn
+
+
+def ann_session(model: onnx.ModelProto, threads: int = 1) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def ann_outputs(model: onnx.ModelProto, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Outputs of ``model`` under onnxruntime (an IR runs as its rate-limit ANN)."""
+    sess = ann_session(model)
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: x[i:i + batch_size]})[0]
+                           for i in range(0, len(x), batch_size)])
+
+
+@dataclass
+class EvalRow:
+    timesteps: int
+    accuracy: float | None
+    agreement: float
+    firing_rate: float
+
+
+@dataclass
+class EvalReport:
+    """ANN accuracy and, per T, the SNN's accuracy, agreement with the ANN, and firing rate."""
+
+    ann_accuracy: float | None
+    rows: list[EvalRow] = field(default_factory=list)
+    ann_is_rate_limit: bool = False
+    target: str = "torch"
+
+    def to_json(self) -> dict:
+        return {"ann": {"accuracy": self.ann_accuracy},
+                "snn": [{"timesteps": r.timesteps, "accuracy": r.accuracy,
+                         "agreement": r.agreement, "firing_rate": r.firing_rate} for r in self.rows],
+                "target": self.target}
+
+
+def evaluate(snn: onnx.ModelProto | str | os.PathLike, x: np.ndarray, y: np.ndarray | None,
+             timesteps: list[int], *, target: str = "torch", ann: onnx.ModelProto | None = None,
+             progress: bool = False, **target_options) -> EvalReport:
+    """Simulate ``snn`` on ``target`` and compare with ``ann`` (or the IR's rate-limit ANN)."""
+    source = ir.load(snn) if isinstance(snn, (str, os.PathLike)) and target == "torch" else snn
+    reference = ann if ann is not None else (source if isinstance(source, onnx.ModelProto)
+                                             else ir.load(snn))
+    ann_pred = np.argmax(ann_outputs(reference, x), axis=1)
+    ann_acc = float(np.mean(ann_pred == y)) if y is not None else None
+    result: SimResult = get_target(target).evaluate(source, x, sorted(set(timesteps)),
+                                                    progress=progress, **target_options)
+    report = EvalReport(ann_acc, ann_is_rate_limit=ann is None, target=target)
+    for t in sorted(result.readout):
+        pred = result.predictions(t)
+        report.rows.append(EvalRow(t, float(np.mean(pred == y)) if y is not None else None,
+                                   float(np.mean(pred == ann_pred)), float(result.firing_rate.get(t, 0.0))))
+    return report

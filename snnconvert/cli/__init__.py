@@ -1,0 +1,77 @@
+"""Command-line interface: ``snnconvert MODEL.onnx ...`` (= ``snnconvert convert``), ``eval``,
+``inspect``, ``report``, ``finetune``. Each command lives in its own module and only composes the
+Python API. User errors print one line and exit 2; internal errors exit 1.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from ..errors import SnnConvertError
+
+COMMAND_MODULES = ("convert", "evaluate", "inspect", "report", "finetune")
+
+
+class DefaultGroup(click.Group):
+    """A group whose first argument, when it is not a command, is handed to ``convert``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["convert", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="snnconvert")
+def cli() -> None:
+    """Compile a trained ANN (ONNX) into a spiking network.
+
+    \b
+    snnconvert MODEL.onnx --calib C.npz -T 32 --target torch   convert (shorthand)
+    snnconvert eval MODEL --data D.npz --timesteps 4,8,32       accuracy vs T
+    snnconvert inspect MODEL.onnx                               what converts, what does not
+    """
+
+
+def _register() -> None:
+    import importlib
+
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__name__}.{name}":
+                continue
+            raise
+        cli.add_command(module.command)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI and map errors to exit codes (2 user error, 1 internal)."""
+    try:
+        cli.main(args=argv, prog_name="snnconvert", standalone_mode=False)
+    except SnnConvertError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("SNNCONVERT_DEBUG"):
+            raise
+        click.echo(f"internal error: {type(exc).__name__}: {exc} (set SNNCONVERT_DEBUG=1 for a traceback)",
+                   err=True)
+        sys.exit(1)
+    sys.exit(0)

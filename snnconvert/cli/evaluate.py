@@ -1,0 +1,71 @@
+"""``snnconvert eval MODEL --data D.npz``: ANN vs SNN accuracy, agreement and firing rate per T."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .. import api, ir
+from ..data import input_shape, load_npz
+from ..errors import OptionError
+from ..frontend import load_model
+from ..targets import TARGETS
+from .options import conversion_options, parse_timesteps
+
+
+def is_ir_file(path: Path) -> bool:
+    return path.name.endswith(".snn.onnx") or path.suffix in (".pt", ".lava", ".nir")
+
+
+@click.command("eval")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False),
+              help="Evaluation data (.npz with x and y).")
+@conversion_options
+@click.option("--timesteps", default="1,2,4,8,16,32,64", show_default=True,
+              help="Comma-separated list of T.")
+@click.option("-T", "tune_t", default=None, type=click.IntRange(min=1),
+              help="T the on-the-fly conversion is tuned for (default: the largest --timesteps).")
+@click.option("--target", type=click.Choice(TARGETS), default="torch", show_default=True)
+@click.option("--fixed-point", is_flag=True, help="lava: run the Loihi 2 fixed-point model.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use the first N samples.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda).")
+def command(model: Path, data_path: str, calib: str | None, norm: str, per_channel: bool,
+            v_init: str, reset: str, leak: float, timesteps: str, tune_t: int | None, target: str,
+            fixed_point: bool, json_path: Path | None, limit: int | None, batch_size: int,
+            device: str) -> None:
+    """Evaluate MODEL (an ANN .onnx converted on the fly with --calib, or a converted network)."""
+    ts = parse_timesteps(timesteps)
+    ann = None
+    if is_ir_file(model):
+        source = model
+        snn_model = ir.load(model) if model.name.endswith(".snn.onnx") else None
+        shape = input_shape(snn_model) if snn_model is not None else None
+    else:
+        ann = load_model(model)
+        shape = input_shape(ann)
+        calib_x = load_npz(calib, labels=False, shape=shape, what="calibration").x if calib else None
+        source = api.convert(model, calib_x, timesteps=tune_t or max(ts), norm=norm,
+                             per_channel=per_channel, v_init=v_init, reset=reset, leak=leak,
+                             progress=True)
+    data = load_npz(data_path, labels=True, shape=shape, what="evaluation").limit(limit)
+    options: dict = {"batch_size": batch_size}
+    if target == "torch":
+        options["device"] = device
+    if target == "lava":
+        options["fixed_point"] = fixed_point
+    elif fixed_point:
+        raise OptionError("--fixed-point applies to --target lava only")
+    report = api.evaluate(source, data.x, data.y, ts, target=target, ann=ann, progress=True,
+                          **options)
+    label = "ANN" if ann is not None else "ANN (rate limit of the IR)"
+    click.echo(f"{label} accuracy: {report.ann_accuracy:.4f}  ({len(data.x)} samples, target {target})")
+    click.echo(f"{'T':>6} {'accuracy':>9} {'agreement':>10} {'firing rate':>12}")
+    for row in report.rows:
+        click.echo(f"{row.timesteps:>6} {row.accuracy:>9.4f} {row.agreement:>10.4f} {row.firing_rate:>12.4f}")
+    if json_path is not None:
+        ir.atomic_write_bytes(json_path, json.dumps(report.to_json(), indent=2).encode())
+        click.echo(f"wrote {json_path}")

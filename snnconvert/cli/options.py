@@ -1,0 +1,41 @@
+"""Options shared by several commands (conversion settings, data files)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import click
+
+from ..errors import OptionError
+
+
+def conversion_options(f: Callable) -> Callable:
+    """--calib, -T, --norm, --per-channel, --v-init, --reset, --leak."""
+    options = [
+        click.option("--calib", type=click.Path(dir_okay=False), default=None,
+                     help="Calibration data (.npz with x) for threshold normalization."),
+        click.option("--norm", default="percentile:99.99", show_default=True,
+                     help="Threshold normalization: max or percentile:P."),
+        click.option("--per-channel/--per-layer", default=True, show_default=True,
+                     help="One threshold per channel, or one per layer."),
+        click.option("--v-init", default="half", show_default=True,
+                     type=click.Choice(["zero", "half", "optimized"]),
+                     help="Initial membrane potential: 0, θ/2, or θ/2 + data-fitted bias correction."),
+        click.option("--reset", default="subtract", show_default=True,
+                     type=click.Choice(["subtract", "zero"]), help="Reset mode of the neurons."),
+        click.option("--leak", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+                     help="LIF leak per step (0 = IF)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def parse_timesteps(text: str) -> list[int]:
+    """'1,2,4' -> [1, 2, 4]; every T must be a positive integer."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise OptionError(f"--timesteps must be a comma-separated list of integers, got '{text}'") from None
+    if not values or min(values) < 1:
+        raise OptionError(f"--timesteps must list positive integers, got '{text}'")
+    return sorted(set(values))

@@ -1,0 +1,25 @@
+"""``snnconvert report MODEL.snn.onnx --data D.npz``: resources, energy and diagnostics."""
+from __future__ import annotations
+
+import click
+
+
+@click.command("report")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False),
+              help="NPZ with x (and optional y).")
+@click.option("-T", "--timesteps", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--profile", default="generic-float", show_default=True,
+              help="Profile name in targets/ or a .toml path.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
+@click.option("-o", "--out-dir", type=click.Path(file_okay=False), default=None,
+              help="Directory for the PNG plots.")
+def command(model: str, data_path: str, timesteps: int, profile: str, json_path: str | None,
+            out_dir: str | None) -> None:
+    """Per-layer neurons, synapses, firing rates, SOPs vs MACs, fit on a chip, energy, plots."""
+    from ..report import run_report
+
+    r = run_report(model, data_path, timesteps, profile, json_path, out_dir)
+    click.echo(r.summary() if hasattr(r, "summary") else
+               f"accuracy {r.data['snn_accuracy']} (ANN {r.data['ann_accuracy']}) at T={timesteps}; "
+               f"cores {r.data['fit']['total_cores']}; energy SNN/ANN {r.data['energy']['snn_over_ann']:.3g}")

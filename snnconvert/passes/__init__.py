@@ -1,0 +1,13 @@
+"""Conversion passes: each maps an ONNX model to an ONNX model (see base.py for the API)."""
+from .base import Pass, PassContext, PassLike, copy_model
+from .calibrate import ActivationStats, Calibrate
+from .fold_batchnorm import FoldBatchNorm
+from .init_membrane import InitMembrane
+from .normalize_thresholds import NormalizeThresholds
+from .optimize_init import OptimizeInit
+from .pipeline import V_INIT_MODES, Pipeline, default_pipeline
+from .replace_neurons import ReplaceNeurons
+
+__all__ = ["ActivationStats", "Calibrate", "FoldBatchNorm", "InitMembrane", "NormalizeThresholds",
+           "OptimizeInit", "Pass", "PassContext", "PassLike", "Pipeline", "ReplaceNeurons",
+           "V_INIT_MODES", "copy_model", "default_pipeline"]

@@ -1,0 +1,78 @@
+"""Compose passes. The default conversion pipeline, in order:
+
+fold-batchnorm → replace-neurons → calibrate → normalize-thresholds → init-membrane
+[→ optimize-init when v_init = "optimized"]
+
+Users reorder, drop or add passes (any callable ``(model, ctx) -> model`` with a ``name``).
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import onnx
+
+from .base import PassContext, PassLike
+from .calibrate import Calibrate
+from .fold_batchnorm import FoldBatchNorm
+from .init_membrane import InitMembrane
+from .normalize_thresholds import NormalizeThresholds
+from .optimize_init import OptimizeInit
+from .replace_neurons import ReplaceNeurons
+
+V_INIT_MODES = ("zero", "half", "optimized")
+
+
+class Pipeline:
+    """An ordered, editable list of passes."""
+
+    def __init__(self, passes: Iterable[PassLike]) -> None:
+        self.passes: list[PassLike] = list(passes)
+
+    def names(self) -> list[str]:
+        return [p.name for p in self.passes]
+
+    def _index(self, name: str) -> int:
+        try:
+            return self.names().index(name)
+        except ValueError:
+            raise KeyError(f"no pass named '{name}' in {self.names()}") from None
+
+    def insert_after(self, name: str, p: PassLike) -> "Pipeline":
+        self.passes.insert(self._index(name) + 1, p)
+        return self
+
+    def insert_before(self, name: str, p: PassLike) -> "Pipeline":
+        self.passes.insert(self._index(name), p)
+        return self
+
+    def replace(self, name: str, p: PassLike) -> "Pipeline":
+        self.passes[self._index(name)] = p
+        return self
+
+    def remove(self, name: str) -> "Pipeline":
+        del self.passes[self._index(name)]
+        return self
+
+    def __call__(self, model: onnx.ModelProto, ctx: PassContext) -> onnx.ModelProto:
+        for p in self.passes:
+            model = p(model, ctx)
+        return model
+
+    def __repr__(self) -> str:
+        return "Pipeline(" + " → ".join(self.names()) + ")"
+
+
+def default_pipeline(norm: str = "percentile:99.99", per_channel: bool = True,
+                     v_init: str | float = "half", reset: str = "subtract", leak: float = 0.0,
+                     optimize_samples: int = 128) -> Pipeline:
+    """The standard conversion: exact BN folding, soft-reset IF, robust normalization, θ/2 start."""
+    passes: list[PassLike] = [
+        FoldBatchNorm(),
+        ReplaceNeurons(reset=reset, leak=leak),
+        Calibrate(),
+        NormalizeThresholds(norm, per_channel),
+        InitMembrane("half" if v_init == "optimized" else v_init),
+    ]
+    if v_init == "optimized":
+        passes.append(OptimizeInit(samples=optimize_samples))
+    return Pipeline(passes)

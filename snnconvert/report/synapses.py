@@ -1,0 +1,224 @@
+"""Per-layer neurons, synapses and synaptic events of an IR graph, by path counting.
+
+Each neuron layer (and the readout) owns the linear ops between it and the previous neuron
+layers or the graph input, as a chip would merge them (pool + conv = one synaptic layer).
+Pushing ``E`` (events per source neuron) through those ops with all weights set to 1 gives
+Σ_i E_i × fan-out_i at the layer's input: with ``E = 1`` the number of synapses (= the ANN's
+MACs), with ``E = spike counts`` the synaptic operations of one inference.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from onnx import helper, numpy_helper
+
+from .. import ir
+from ..errors import UnsupportedModelError
+
+READOUT = "readout"
+
+
+@dataclass
+class Layer:
+    """One neuron layer (or the readout) of the IR graph."""
+
+    name: str
+    shape: tuple[int, ...]      # per sample
+    input: str                  # tensor feeding the layer
+    analog: bool                # reached from the graph input (MACs on analog values)
+
+    @property
+    def neurons(self) -> int:
+        return int(np.prod(self.shape))
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    out = {}
+    for a in node.attribute:
+        v = helper.get_attribute_value(a)
+        out[a.name] = v.decode() if isinstance(v, bytes) else v
+    return out
+
+
+def _pads(a: dict) -> tuple[list[int], list[int]]:
+    p = list(a.get("pads", [0, 0, 0, 0]))
+    return p[:2], p[2:]
+
+
+def _pad(x: torch.Tensor, a: dict) -> torch.Tensor:
+    (t, l), (b, r) = _pads(a)
+    return F.pad(x, (l, r, t, b)) if any((t, l, b, r)) else x
+
+
+class EventCounter:
+    """Propagate per-neuron event counts through an IR graph's linear ops (weights -> 1)."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        for node in model.graph.node:
+            if node.op_type == "Constant":
+                self.consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        inits = set(self.consts)
+        self.input = next(i.name for i in model.graph.input if i.name not in inits)
+        self.output = model.graph.output[0].name
+
+    def run(self, x_events: torch.Tensor, spikes: dict[str, torch.Tensor]
+            ) -> tuple[dict[str, torch.Tensor], dict[str, bool]]:
+        """Event tensors for every tensor name, and whether each derives from the input."""
+        env = {self.input: x_events}
+        analog = {self.input: True}
+        for node in self.model.graph.node:
+            if node.op_type == "Constant":
+                continue
+            ins = [env.get(n) for n in node.input]
+            if ir.is_neuron(node):
+                env[node.output[0]] = spikes[node.name]
+                analog[node.output[0]] = False
+                continue
+            env[node.output[0]] = self._op(node, ins)
+            analog[node.output[0]] = any(analog.get(n, False) for n in node.input)
+        return env, analog
+
+    def _op(self, node: onnx.NodeProto, ins: list) -> torch.Tensor:
+        a, op, x = _attrs(node), node.op_type, ins[0]
+        if op == "Conv":
+            w = torch.as_tensor(self.consts[node.input[1]] != 0, dtype=x.dtype)
+            (t, l), (b, r) = _pads(a)
+            x = F.pad(x, (l, r, t, b)) if any((t, l, b, r)) else x
+            return F.conv2d(x, w, stride=tuple(a.get("strides", [1, 1])),
+                            dilation=tuple(a.get("dilations", [1, 1])),
+                            groups=int(a.get("group", 1)))
+        if op in ("Gemm", "MatMul"):
+            w = self.consts[node.input[1]]
+            if op == "Gemm" and a.get("transB", 0):
+                w = w.T
+            return x @ torch.as_tensor(w != 0, dtype=x.dtype)
+        if op in ("AveragePool", "MaxPool"):
+            k = tuple(a["kernel_shape"])
+            return F.avg_pool2d(_pad(x, a), k, tuple(a.get("strides", k)),
+                                ceil_mode=bool(a.get("ceil_mode", 0)), divisor_override=1)
+        if op == "GlobalAveragePool":
+            return x.sum(dim=(2, 3), keepdim=True)
+        if op in ("Flatten",):
+            return torch.flatten(x, int(a.get("axis", 1)))
+        if op == "Reshape":
+            return x.reshape(x.shape[0], *[int(d) for d in self.consts[node.input[1]][1:]])
+        if op in ("Add", "Sum"):
+            parts = [v for v in ins if v is not None]
+            out = parts[0]
+            for p in parts[1:]:
+                out = out + p
+            return out
+        if op == "Concat":
+            return torch.cat([v for v in ins if v is not None], dim=int(a["axis"]))
+        if op == "Pad":
+            pads = [int(p) for p in self.consts[node.input[1]]]
+            half = len(pads) // 2
+            torch_pads = []
+            for i in reversed(range(half)):
+                torch_pads += [pads[i], pads[i + half]]
+            return F.pad(x, torch_pads)
+        if op == "Slice":
+            c = [self.consts.get(n) if n else None for n in node.input[1:]] + [None] * 4
+            starts, ends, axes, steps = c[:4]
+            axes = range(len(starts)) if axes is None else axes
+            steps = [1] * len(starts) if steps is None else steps
+            index = [slice(None)] * x.dim()
+            for s, e, ax, st in zip(starts, ends, axes, steps):
+                index[int(ax)] = slice(int(s), int(min(e, 2**62)), int(st))
+            return x[tuple(index)]
+        if op in ("Mul", "Div", "Identity", "Dropout", "BatchNormalization", "Relu", "Clip",
+                  "Sub"):
+            return next(v for v in ins if v is not None)
+        raise UnsupportedModelError(f"cannot count synapses through {op}", node=node.name, op=op)
+
+
+def layers(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> list[Layer]:
+    """Neuron layers in graph order, then the readout; ``shapes`` are per-sample tensor shapes."""
+    out = []
+    counter = EventCounter(model)
+    ones = torch.ones((1, *shapes[counter.input]))
+    spikes = {n.name: torch.zeros((1, *shapes[n.output])) for n in ir.neurons(model)}
+    _, analog = counter.run(ones, spikes)
+    for n in ir.neurons(model):
+        out.append(Layer(n.name, tuple(shapes[n.input]), n.input, analog.get(n.input, False)))
+    out.append(Layer(READOUT, tuple(shapes[counter.output]), counter.output,
+                     analog.get(counter.output, False)))
+    return out
+
+
+def synapses(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
+    """Fan-in weight count of every layer (number of connections = the ANN's MACs)."""
+    counter = EventCounter(model)
+    ones = torch.ones((1, *shapes[counter.input]), dtype=torch.float64)
+    spikes = {n.name: torch.ones((1, *shapes[n.output]), dtype=torch.float64)
+              for n in ir.neurons(model)}
+    env, _ = counter.run(ones, spikes)
+    return {lay.name: int(round(float(env[lay.input].sum()))) for lay in layers(model, shapes)}
+
+
+def synaptic_events(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
+                    spike_counts: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Mean synaptic events per inference arriving at each layer, given total spike counts per
+    neuron ([B, ...]); the graph input counts one event per element (its MACs, done once)."""
+    counter = EventCounter(model)
+    b = next(iter(spike_counts.values())).shape[0] if spike_counts else 1
+    ones = torch.ones((b, *shapes[counter.input]), dtype=torch.float64)
+    spikes = {k: v.to(torch.float64) for k, v in spike_counts.items()}
+    env, _ = counter.run(ones, spikes)
+    return {lay.name: float(env[lay.input].sum()) / b for lay in layers(model, shapes)}
+
+
+def tensor_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """Per-sample static shape of every tensor, from one onnxruntime run on a zero input."""
+    import onnxruntime as ort
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    ir.ensure_domain(m)
+    known = {o.name for o in m.graph.output}
+    for node in m.graph.node:
+        for name in node.output:
+            if name and name not in known:
+                m.graph.output.append(helper.make_empty_tensor_value_info(name))
+                known.add(name)
+    inits = {t.name for t in m.graph.initializer}
+    feeds = {}
+    for inp in m.graph.input:
+        if inp.name not in inits:
+            dims = [d.dim_value if d.dim_value > 0 else 1 for d in inp.type.tensor_type.shape.dim]
+            feeds[inp.name] = np.zeros([1] + dims[1:], np.float32)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in m.graph.output]
+    shapes = {n: tuple(v.shape[1:]) for n, v in zip(names, sess.run(names, feeds))}
+    shapes.update({k: tuple(v.shape[1:]) for k, v in feeds.items()})
+    return shapes
+
+
+def ann_macs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
+    """The ANN's multiply-accumulates per layer: Conv/Gemm/MatMul connections on the path into
+    each layer (pooling and adds are not MACs)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    counter = EventCounter(model)
+    out = {}
+    for lay in layers(model, shapes):
+        total, stack, seen = 0, [lay.input], set()
+        while stack:
+            name = stack.pop()
+            node = producer.get(name)
+            if node is None or ir.is_neuron(node) or name in seen:
+                continue
+            seen.add(name)
+            if node.op_type in ("Conv", "Gemm", "MatMul"):
+                x = torch.ones((1, *shapes[node.input[0]]), dtype=torch.float64)
+                total += int(round(float(counter._op(node, [x]).sum())))
+            stack.extend(i for i in node.input if i in producer)
+        out[lay.name] = total
+    return out

@@ -1,0 +1,365 @@
+"""SpikingNetwork: a torch nn.Module that simulates a spiking-IR ONNX graph.
+
+Semantics (shared by every target): layer-synchronous with zero delay. At every step the
+constant analog input flows through all nodes in topological order; neuron nodes keep a
+membrane potential; the readout is the mean over T of the graph output.
+
+Speed: tensors that depend only on the input are *time-invariant* and computed once
+(the first layer's synaptic operation under analog input); every other tensor holds a
+whole chunk of time steps stacked into the batch axis ([T*B, ...]), so each synaptic op
+runs once per chunk and only the neuron recurrence loops over time.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import onnx
+import torch
+from onnx import helper, numpy_helper
+from torch import nn
+from tqdm.auto import tqdm
+
+from .. import ir
+from ..errors import UnsupportedModelError
+from ..targets import SimResult
+from . import neurons as nrn
+from .ops import STATELESS
+
+CONST, INVARIANT, VARYING = 0, 1, 2
+AFFINE = {"Conv", "Gemm", "MatMul", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape",
+          "Squeeze", "Unsqueeze", "Transpose", "Concat", "Pad", "Slice", "BatchNormalization",
+          "Add", "Sub", "Sum", "Identity", "Dropout", "Mul", "Div", "Resize", "Upsample"}
+
+NeuronHook = Callable[[str, torch.Tensor, int, Callable[[torch.Tensor], torch.Tensor]], torch.Tensor]
+"""(neuron name, input current, number of leading axes (1: [B, ...] constant, 2: [T, B, ...]),
+fire(current) -> spikes [T, B, ...]) -> the spikes to propagate."""
+
+
+def param_key(name: str) -> str:
+    """ParameterDict key for an initializer name ('.' is not allowed in module keys)."""
+    return name.replace(".", "__")
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    out = {}
+    for a in node.attribute:
+        v = helper.get_attribute_value(a)
+        if isinstance(v, bytes):
+            v = v.decode()
+        elif isinstance(v, onnx.TensorProto):
+            v = numpy_helper.to_array(v)
+        elif isinstance(v, list):
+            v = [x.decode() if isinstance(x, bytes) else x for x in v]
+        out[a.name] = v
+    return out
+
+
+class SpikingNetwork(nn.Module):
+    """Simulate an IR model; trainable through surrogate gradients."""
+
+    def __init__(self, model: onnx.ModelProto, surrogate: str = "atan", alpha: float = 2.0,
+                 time_chunk: int | None = None) -> None:
+        super().__init__()
+        if surrogate not in nrn.SURROGATES:
+            raise ValueError(f"surrogate must be one of {nrn.SURROGATES}")
+        self.surrogate, self.alpha, self.time_chunk = surrogate, alpha, time_chunk
+        self._model = model
+        graph = model.graph
+        self.params = nn.ParameterDict()
+        self._consts: dict[str, torch.Tensor] = {}
+        kinds: dict[str, int] = {}
+        for t in graph.initializer:
+            arr = numpy_helper.to_array(t)
+            kinds[t.name] = CONST
+            if arr.dtype.kind == "f":
+                self.params[param_key(t.name)] = nn.Parameter(
+                    torch.from_numpy(np.array(arr, dtype=np.float32)))
+            else:
+                self._consts[t.name] = torch.from_numpy(np.array(arr))
+        inputs = [i.name for i in graph.input if i.name not in kinds]
+        if len(inputs) != 1:
+            raise UnsupportedModelError(f"the network must have exactly one input, found {inputs}")
+        self.input_name = inputs[0]
+        self.output_name = graph.output[0].name
+        kinds[self.input_name] = INVARIANT
+        self._nodes: list[tuple[onnx.NodeProto, dict, int]] = []
+        self.neuron_names: list[str] = []
+        for i, node in enumerate(graph.node):
+            if not node.name:
+                node.name = f"{node.op_type}_{i}"
+            attrs = _attrs(node)
+            if node.op_type == "Constant" and not node.domain:
+                value = numpy_helper.to_array(attrs["value"])
+                self.register_buffer(f"const_{i}", torch.from_numpy(np.array(value)), persistent=False)
+                self._consts[node.output[0]] = getattr(self, f"const_{i}")
+                kinds[node.output[0]] = CONST
+                continue
+            if not ir.is_neuron(node) and node.op_type not in STATELESS:
+                raise UnsupportedModelError("the torch runtime has no implementation for this op",
+                                            node=node.name, op=node.op_type,
+                                            hint="Run 'snnconvert inspect' for the coverage report.")
+            k = max((kinds[x] for x in node.input if x), default=CONST)
+            if ir.is_neuron(node):
+                k = VARYING
+                self.neuron_names.append(node.name)
+            for o in node.output:
+                kinds[o] = k
+            self._nodes.append((node, attrs, k))
+        self._kinds = kinds
+        self._tail = self._readout_tail(graph)
+        self.record = False
+        self.spike_counts: dict[str, torch.Tensor] = {}
+        self.neuron_hook: NeuronHook | None = None
+
+    def _readout_tail(self, graph: onnx.GraphProto) -> set[str]:
+        """Names of the affine nodes between the last neurons and the output.
+
+        The mean over time commutes with affine maps, so these run once on time-averaged
+        inputs instead of at every step.
+        """
+        users: dict[str, list[onnx.NodeProto]] = {}
+        for node, _, _ in self._nodes:
+            for i in node.input:
+                users.setdefault(i, []).append(node)
+        outputs = {o.name for o in graph.output}
+        tail: set[str] = set()
+        for node, _, kind in reversed(self._nodes):
+            if kind != VARYING or ir.is_neuron(node) or node.op_type not in AFFINE:
+                continue
+            if node.op_type in ("Mul", "Div", "MatMul") and not any(
+                    self._kinds.get(i) == CONST for i in node.input[1:]):
+                continue
+            out = node.output[0]
+            consumers = users.get(out, [])
+            if all(c.name in tail for c in consumers) and (consumers or out in outputs):
+                tail.add(node.name)
+        return tail
+
+    # ---------------------------------------------------------------- values
+    def _value(self, name: str, env: dict) -> torch.Tensor | None:
+        if not name:
+            return None
+        if name in env:
+            return env[name]
+        key = param_key(name)
+        if key in self.params:
+            return self.params[key]
+        return self._consts[name]
+
+    def parameter(self, name: str) -> nn.Parameter:
+        """The parameter holding initializer ``name``."""
+        return self.params[param_key(name)]
+
+    # ------------------------------------------------------------- execution
+    def _run_chunk(self, x: torch.Tensor, steps: int, state: dict, cache: dict,
+                   stop_at: str | None = None, tail: bool = False) -> dict:
+        """Evaluate the graph for ``steps`` steps; returns the value environment.
+
+        ``tail=False`` skips the readout tail; ``tail=True`` runs only the tail, on the
+        time-averaged inputs already in ``cache`` (``steps`` then counts averaged points).
+        """
+        batch = x.shape[0]
+        env: dict[str, torch.Tensor] = {self.input_name: x}
+        env.update(cache)
+        for node, attrs, kind in self._nodes:
+            if (node.name in self._tail) != tail:
+                continue
+            out_name = node.output[0]
+            if kind != VARYING and out_name in cache:
+                continue
+            args = [self._value(n, env) for n in node.input]
+            if ir.is_neuron(node):
+                y = self._neuron(node, attrs, args, steps, batch, state)
+            elif kind == VARYING:
+                y = self._varying_op(node, attrs, args, steps, batch, state)
+            else:
+                y = STATELESS[node.op_type](attrs, *args)
+                cache[out_name] = y
+            env[out_name] = y
+            if stop_at is not None and out_name == stop_at:
+                break
+        return env
+
+    def _promote(self, node: onnx.NodeProto, args: list, steps: int, batch: int) -> list:
+        """Repeat time-invariant activations over the chunk's steps to join varying ones."""
+        out = []
+        for name, a in zip(node.input, args):
+            if a is not None and name and self._kinds.get(name) == INVARIANT:
+                a = a.unsqueeze(0).expand(steps, *a.shape).reshape(steps * batch, *a.shape[1:])
+            out.append(a)
+        return out
+
+    def _varying_op(self, node, attrs, args, steps, batch, state):
+        args = self._promote(node, args, steps, batch)
+        if node.op_type == "MaxPool" and args[0].dim() == 4:
+            xs = args[0].reshape(steps, batch, *args[0].shape[1:])
+            y, state[node.name] = nrn.spiking_max_pool(xs, state.get(node.name), attrs,
+                                                       nrn.max_pool_indices)
+            return y.reshape(steps * batch, *y.shape[2:])
+        return STATELESS[node.op_type](attrs, *args)
+
+    def _neuron(self, node, attrs, args, steps, batch, state):
+        current, theta, v0 = args[0], args[1], args[2]
+        invariant = self._kinds[node.input[0]] != VARYING
+        per_sample = current.shape[1:]
+        if not invariant:
+            current = current.reshape(steps, batch, *per_sample)
+        reset = attrs.get("reset", "subtract")
+        leak = float(attrs.get("leak", 0.0))
+        fast = not torch.is_grad_enabled()
+        prev = state.get(node.name)
+        start = prev["t"] if prev else 0
+
+        def fire(cur: torch.Tensor, v: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            if v is None:
+                v = torch.zeros((batch, *per_sample), dtype=cur.dtype, device=cur.device) + v0
+            if fast:
+                return nrn.if_neuron_fast(cur, steps, v, theta, reset, leak)
+            return nrn.if_neuron(cur, steps, v, theta, reset, leak, self.surrogate, self.alpha)
+
+        if self.neuron_hook is not None:
+            spikes = self.neuron_hook(node.name, current, 1 if invariant else 2, lambda c: fire(c)[0])
+        else:
+            spikes, v_end = fire(current, prev["v"] if prev else None)
+            state[node.name] = {"t": start + steps, "v": v_end}
+        if self.record:
+            self._record(node.name, spikes, theta)
+        return spikes.reshape(steps * batch, *per_sample)
+
+    def _record(self, name: str, spikes: torch.Tensor, theta: torch.Tensor) -> None:
+        s = (spikes.detach() > 0)
+        counts = s.sum(0).to(torch.float32)
+        per_step = s.flatten(1).sum(1).to(torch.float64)
+        if name in self.spike_counts:
+            self.spike_counts[name] = self.spike_counts[name] + counts
+            self._per_step[name].append(per_step)
+        else:
+            self.spike_counts[name] = counts
+            self._per_step[name] = [per_step]
+
+    def _simulate(self, x: torch.Tensor, timesteps: int, checkpoints: list[int] | None = None
+                  ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Run ``timesteps`` steps; returns (mean output over T, readout at each checkpoint).
+
+        The readout tail runs once per chunk on the running time-means of its inputs, taken
+        at the checkpoints that fall in the chunk and at the chunk's last step.
+        """
+        chunk = self.time_chunk or timesteps
+        batch = x.shape[0]
+        state: dict = {}
+        cache: dict = {}
+        sums: dict[str, torch.Tensor] = {}
+        self.spike_counts, self._per_step = {}, {}
+        marks: dict[int, torch.Tensor] = {}
+        wanted = sorted(set(checkpoints or []))
+        final = None
+        done = 0
+        while done < timesteps:
+            steps = min(chunk, timesteps - done)
+            env = self._run_chunk(x, steps, state, cache)
+            points = [t for t in wanted if done < t <= done + steps]
+            if not points or points[-1] != done + steps:
+                points.append(done + steps)
+            means: dict[str, torch.Tensor] = {}
+            for name in self._tail_inputs(env):
+                value = env[name].reshape(steps, batch, *env[name].shape[1:])
+                if len(points) == 1:
+                    total = value.sum(0) + sums.get(name, 0)
+                    picked = total.unsqueeze(0)
+                else:
+                    running = value.cumsum(0) + sums.get(name, 0)
+                    picked = running[[t - done - 1 for t in points]]
+                    total = running[-1]
+                sums[name] = total
+                scale = torch.tensor(points, dtype=value.dtype, device=value.device)
+                picked = picked / scale.view(-1, *([1] * (picked.dim() - 1)))
+                means[name] = picked.reshape(len(points) * batch, *picked.shape[2:])
+            tail_env = self._run_chunk(x, len(points), {}, {**cache, **means}, tail=True) \
+                if self._tail else means
+            out = tail_env[self.output_name]
+            if self._kinds[self.output_name] == VARYING:
+                out = out.reshape(len(points), batch, *out.shape[1:])
+            else:
+                out = out.unsqueeze(0).expand(len(points), *out.shape)
+            for i, t in enumerate(points):
+                if t in wanted:
+                    marks[t] = out[i]
+            final = out[-1]
+            done += steps
+        return final, marks
+
+    def _tail_inputs(self, env: dict) -> list[str]:
+        """Varying tensors that the readout tail (or the output itself) consumes."""
+        if not self._tail:
+            return [self.output_name] if self._kinds[self.output_name] == VARYING else []
+        names = []
+        for node, _, _ in self._nodes:
+            if node.name in self._tail:
+                for i in node.input:
+                    if i in env and self._kinds.get(i) == VARYING and i not in names:
+                        names.append(i)
+        return names
+
+    def forward(self, x: torch.Tensor, timesteps: int) -> torch.Tensor:
+        """Readout after ``timesteps`` steps: the mean output, [B, n_out]."""
+        return self._simulate(x, timesteps)[0]
+
+    @torch.no_grad()
+    def simulate(self, x: np.ndarray, timesteps: list[int] | int, batch_size: int = 256,
+                 progress: bool = False, record: bool = False) -> SimResult:
+        """Evaluate on numpy inputs; the readout at every T in ``timesteps`` comes from one run
+        of max(T) steps (a T-step run is a prefix of a longer one)."""
+        ts = [timesteps] if isinstance(timesteps, int) else sorted(set(timesteps))
+        t_max = ts[-1]
+        device = next(iter(self.params.values())).device if len(self.params) else torch.device("cpu")
+        readouts: dict[int, list[np.ndarray]] = {t: [] for t in ts}
+        spikes: dict[int, float] = {t: 0.0 for t in ts}
+        layer_spikes: dict[int, dict[str, float]] = {t: {} for t in ts}
+        sizes: dict[str, int] = {}
+        counts: dict[str, torch.Tensor] = {}
+        previous = self.record
+        self.record = True
+        n = len(x)
+        bar = tqdm(total=n, desc=f"simulating T={t_max}", unit="img", disable=not progress, leave=False)
+        try:
+            for start in range(0, n, batch_size):
+                xb = torch.as_tensor(np.asarray(x[start:start + batch_size], np.float32), device=device)
+                _, marks = self._simulate(xb, t_max, ts)
+                for t in ts:
+                    readouts[t].append(marks[t].cpu().numpy())
+                for name, steps in self._per_step.items():
+                    per_step = torch.cat(steps)
+                    cum = per_step.cumsum(0)
+                    sizes[name] = int(np.prod(self.spike_counts[name].shape[1:]))
+                    for t in ts:
+                        layer_spikes[t][name] = layer_spikes[t].get(name, 0.0) + float(cum[t - 1])
+                if record:
+                    for name, c in self.spike_counts.items():
+                        counts.setdefault(name, []).append(c.cpu())
+                bar.update(len(xb))
+        finally:
+            bar.close()
+            self.record = previous
+        total_neurons = sum(sizes.values())
+        result = SimResult(readout={t: np.concatenate(readouts[t]) for t in ts})
+        for t in ts:
+            rates = {k: v / (n * sizes[k] * t) for k, v in layer_spikes[t].items()}
+            result.layer_rates[t] = rates
+            result.firing_rate[t] = (sum(layer_spikes[t].values()) / (n * total_neurons * t)
+                                     if total_neurons else 0.0)
+        if record:
+            self.spike_counts = {k: torch.cat(v) for k, v in counts.items()}
+        return result
+
+    # ------------------------------------------------------------ write-back
+    def export(self) -> onnx.ModelProto:
+        """The IR with the current parameter values written back into its initializers."""
+        out = onnx.ModelProto()
+        out.CopyFrom(self._model)
+        for t in out.graph.initializer:
+            key = param_key(t.name)
+            if key in self.params:
+                value = self.params[key].detach().cpu().numpy()
+                t.CopyFrom(numpy_helper.from_array(value.astype(numpy_helper.to_array(t).dtype), t.name))
+        return out

@@ -1,0 +1,134 @@
+"""Soft-reset integrate-and-fire neuron for ANN-to-SNN conversion, with pipelined resets.
+
+Each step: (optionally) v := v_init when ``time_step % reset_interval == reset_offset``;
+v = v*(1-dv) + a_in + bias; s = v >= vth; v -= s*vth ("subtract") or v[s] = 0 ("zero").
+Spikes are sent as 0/1. ``spike_count`` counts spikes in the ``count_window`` steps that
+follow each reset (all steps when ``reset_interval`` is 0).
+The fixed_pt model uses Lava LIF's integer scaling: a_in << 6, vth << 6, bias_mant << bias_exp,
+12-bit decay rounded toward zero, v saturated to 24 bits.
+"""
+import numpy as np
+
+from lava.magma.core.decorator import implements, requires, tag
+from lava.magma.core.model.py.model import PyLoihiProcessModel
+from lava.magma.core.model.py.ports import PyInPort, PyOutPort
+from lava.magma.core.model.py.type import LavaPyType
+from lava.magma.core.process.ports.ports import InPort, OutPort
+from lava.magma.core.process.process import AbstractProcess
+from lava.magma.core.process.variable import Var
+from lava.magma.core.resources import CPU
+from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
+
+
+class IF(AbstractProcess):
+    """Soft- or hard-reset IF/LIF neurons; vth, bias, bias_exp and v_init are per neuron."""
+
+    def __init__(self, *, shape, vth=1.0, bias=0, bias_exp=0, v_init=0, dv=0,
+                 reset_zero=False, reset_interval=0, reset_offset=0, count_window=0,
+                 name=None):
+        super().__init__(shape=shape, name=name)
+        full = lambda x: np.broadcast_to(np.asarray(x), shape).copy()  # noqa: E731
+        self.a_in = InPort(shape=shape)
+        self.s_out = OutPort(shape=shape)
+        self.v = Var(shape=shape, init=full(v_init))
+        self.v_init = Var(shape=shape, init=full(v_init))
+        self.vth = Var(shape=shape, init=full(vth))
+        self.bias = Var(shape=shape, init=full(bias))
+        self.bias_exp = Var(shape=shape, init=full(bias_exp))
+        self.spike_count = Var(shape=shape, init=np.zeros(shape, np.int32))
+        self.dv = Var(shape=(1,), init=dv)
+        self.reset_zero = Var(shape=(1,), init=int(bool(reset_zero)))
+        self.reset_interval = Var(shape=(1,), init=int(reset_interval))
+        self.reset_offset = Var(shape=(1,), init=int(reset_offset))
+        self.count_window = Var(shape=(1,), init=int(count_window))
+
+
+class _IFBase(PyLoihiProcessModel):
+    def _reset_and_window(self):
+        """Apply a pipelined reset if due; return whether this step counts spikes."""
+        interval = int(self.reset_interval[0])
+        if interval <= 0:
+            return True
+        phase = (self.time_step - int(self.reset_offset[0])) % interval
+        if phase == 0:
+            self.v[:] = self.v_init
+            self.spike_count[:] = 0
+        window = int(self.count_window[0])
+        return window <= 0 or phase < window
+
+
+@implements(proc=IF, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyIFFloat(_IFBase):
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
+    v: np.ndarray = LavaPyType(np.ndarray, float)
+    v_init: np.ndarray = LavaPyType(np.ndarray, float)
+    vth: np.ndarray = LavaPyType(np.ndarray, float)
+    bias: np.ndarray = LavaPyType(np.ndarray, float)
+    bias_exp: np.ndarray = LavaPyType(np.ndarray, int)
+    spike_count: np.ndarray = LavaPyType(np.ndarray, np.int32)
+    dv: np.ndarray = LavaPyType(np.ndarray, float)
+    reset_zero: np.ndarray = LavaPyType(np.ndarray, int)
+    reset_interval: np.ndarray = LavaPyType(np.ndarray, int)
+    reset_offset: np.ndarray = LavaPyType(np.ndarray, int)
+    count_window: np.ndarray = LavaPyType(np.ndarray, int)
+
+    def run_spk(self):
+        counting = self._reset_and_window()
+        a = self.a_in.recv()
+        dv = float(self.dv[0])
+        v = self.v * (1.0 - dv) if dv else self.v
+        v = v + a + self.bias
+        s = v >= self.vth
+        if self.reset_zero[0]:
+            v[s] = 0.0
+        else:
+            v = v - self.vth * s
+        self.v[:] = v
+        if counting:
+            self.spike_count[:] += s
+        self.s_out.send(s.astype(float))
+
+
+@implements(proc=IF, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyIFFixed(_IFBase):
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=1)
+    v: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    v_init: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    vth: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=17)
+    bias: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=13)
+    bias_exp: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=3)
+    spike_count: np.ndarray = LavaPyType(np.ndarray, np.int32)
+    dv: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=12)
+    reset_zero: np.ndarray = LavaPyType(np.ndarray, int)
+    reset_interval: np.ndarray = LavaPyType(np.ndarray, int)
+    reset_offset: np.ndarray = LavaPyType(np.ndarray, int)
+    count_window: np.ndarray = LavaPyType(np.ndarray, int)
+
+    V_MAX = (1 << 23) - 1
+
+    def run_spk(self):
+        counting = self._reset_and_window()
+        a = self.a_in.recv().astype(np.int64)
+        v = self.v.astype(np.int64)
+        dv = int(self.dv[0])
+        if dv:
+            d = v * (4096 - dv)
+            v = np.sign(d) * np.right_shift(np.abs(d), 12)
+        bias = np.left_shift(self.bias.astype(np.int64), self.bias_exp.astype(np.int64))
+        v = np.clip(v + np.left_shift(a, 6) + bias, -self.V_MAX, self.V_MAX)
+        vth = np.left_shift(self.vth.astype(np.int64), 6)
+        s = v >= vth
+        if self.reset_zero[0]:
+            v[s] = 0
+        else:
+            v = v - vth * s
+        self.v[:] = v
+        if counting:
+            self.spike_count[:] += s
+        self.s_out.send(s.astype(np.int32))

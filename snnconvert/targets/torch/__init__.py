@@ -1,0 +1,50 @@
+"""The PyTorch target: a trainable nn.Module (CPU or CUDA) built from the IR.
+
+Artifact: a ``.pt`` file holding the IR bytes and the module's state, loadable with
+:func:`load` into a :class:`~snnconvert.runtime.SpikingNetwork`.
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from ... import ir
+from ...runtime import SpikingNetwork
+from .. import SimResult
+
+__all__ = ["compile", "load", "evaluate", "SpikingNetwork"]
+
+
+def compile(model: onnx.ModelProto, out: str | os.PathLike, **options) -> Path:
+    """Write ``out`` (.pt): the IR and the module state, written whole or not at all."""
+    net = SpikingNetwork(model, **options)
+    buf = io.BytesIO()
+    torch.save({"ir": model.SerializeToString(), "state_dict": net.state_dict(),
+                "options": options}, buf)
+    ir.atomic_write_bytes(out, buf.getvalue())
+    return Path(out)
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> SpikingNetwork:
+    """A SpikingNetwork from a ``.pt`` artifact or a ``.snn.onnx`` file."""
+    path = str(path)
+    if path.endswith(".pt"):
+        blob = torch.load(path, map_location=device, weights_only=False)
+        net = SpikingNetwork(onnx.load_from_string(blob["ir"]), **blob.get("options", {}))
+        net.load_state_dict(blob["state_dict"])
+        return net.to(device)
+    return SpikingNetwork(ir.load(path)).to(device)
+
+
+def evaluate(source: onnx.ModelProto | str | os.PathLike, x: np.ndarray, timesteps: list[int],
+             batch_size: int = 256, device: str = "cpu", progress: bool = False,
+             **options) -> SimResult:
+    """Simulate on ``device`` and return the readout at each T in ``timesteps``."""
+    net = (SpikingNetwork(source, **options).to(device) if isinstance(source, onnx.ModelProto)
+           else load(source, device))
+    return net.simulate(x, timesteps, batch_size=batch_size, progress=progress)
