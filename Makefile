@@ -17,7 +17,9 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python examples/mnist/demo.py
+	$(BIN)/snnconvert examples/mnist/model.onnx --calib examples/mnist/calib.npz -T 32 -o out/mnist.snn.onnx
+	$(BIN)/snnconvert eval examples/mnist/model.onnx --calib examples/mnist/calib.npz \
+		--data examples/mnist/test.npz --timesteps 1,2,4,8,16,32,64 --plot out/mnist_accuracy.png
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -30,13 +30,15 @@ def is_ir_file(path: Path) -> bool:
 @click.option("--target", type=click.Choice(TARGETS), default="torch", show_default=True)
 @click.option("--fixed-point", is_flag=True, help="lava: run the Loihi 2 fixed-point model.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a PNG of accuracy vs T.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use the first N samples.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda).")
 def command(model: Path, data_path: str, calib: str | None, norm: str, per_channel: bool,
             v_init: str, reset: str, leak: float, timesteps: str, tune_t: int | None, target: str,
-            fixed_point: bool, json_path: Path | None, limit: int | None, batch_size: int,
-            device: str) -> None:
+            fixed_point: bool, json_path: Path | None, plot_path: Path | None, limit: int | None,
+            batch_size: int, device: str) -> None:
     """Evaluate MODEL (an ANN .onnx converted on the fly with --calib, or a converted network)."""
     ts = parse_timesteps(timesteps)
     ann = None
@@ -69,3 +71,8 @@ def command(model: Path, data_path: str, calib: str | None, norm: str, per_chann
     if json_path is not None:
         ir.atomic_write_bytes(json_path, json.dumps(report.to_json(), indent=2).encode())
         click.echo(f"wrote {json_path}")
+    if plot_path is not None:
+        from ..plots import accuracy_vs_timesteps
+
+        accuracy_vs_timesteps(report, plot_path, title=f"{model.name} ({target})")
+        click.echo(f"wrote {plot_path}")

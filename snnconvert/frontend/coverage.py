@@ -61,6 +61,11 @@ class NodeMapping:
     status: str
     detail: str
 
+    @property
+    def node(self) -> str:
+        """Alias of ``name`` (the node's name in the normalized graph)."""
+        return self.name
+
 
 def coverage(model: onnx.ModelProto | str | os.PathLike) -> list[NodeMapping]:
     """Classify every node of ``model`` (raw or returned by load_model), in graph order."""

@@ -16,6 +16,7 @@ from .input_norm import absorb_input_normalization
 from .loader import check, read_model
 from .opset import infer_shapes, skeleton, upgrade_opset
 from .padding import resolve_auto_pad
+from .pooling import global_max_pool_to_max_pool
 from .validate import (check_finite, check_input_dims, check_static_shapes, drop_initializer_inputs,
                        fix_batch_to_one)
 
@@ -74,6 +75,7 @@ def _rewrite(graph: gs.Graph, entries: list[tuple[str, str]], batch_one: bool) -
         ("fuse", "fused MatMul(+Add) into Gemm", fuse_matmul_to_gemm),
         ("absorb", "absorbed input normalization", absorb_input_normalization),
         ("pads", "resolved auto_pad", resolve_auto_pad),
+        ("pool", "GlobalMaxPool -> MaxPool over the plane (spike-gated)", global_max_pool_to_max_pool),
     ]
     if batch_one:
         steps.append(("batch", "freed the batch dim of Reshape", free_reshape_batch))

@@ -24,11 +24,30 @@ def _pads_2d(pads: list[int], nd: int) -> list[int]:
     return out
 
 
+def _auto_pads(attrs: dict, spatial: list[int], kernel: list[int]) -> list[int]:
+    """Explicit ONNX pads for ``attrs`` (resolving auto_pad SAME_UPPER/SAME_LOWER/VALID)."""
+    nd = len(kernel)
+    mode = attrs.get("auto_pad", "NOTSET")
+    if mode in ("NOTSET", ""):
+        return list(attrs.get("pads", [0] * 2 * nd))
+    if mode == "VALID":
+        return [0] * 2 * nd
+    strides = attrs.get("strides", [1] * nd)
+    dil = attrs.get("dilations", [1] * nd)
+    begin, end = [], []
+    for size, k, st, d in zip(spatial, kernel, strides, dil):
+        total = max(0, (math.ceil(size / st) - 1) * st + (k - 1) * d + 1 - size)
+        small = total // 2
+        begin.append(total - small if mode == "SAME_LOWER" else small)
+        end.append(total - begin[-1])
+    return begin + end
+
+
 def conv(attrs: dict, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
     nd = w.dim() - 2
     strides = attrs.get("strides", [1] * nd)
     dil = attrs.get("dilations", [1] * nd)
-    pads = attrs.get("pads", [0] * 2 * nd)
+    pads = _auto_pads(attrs, list(x.shape[2:]), list(w.shape[2:]))
     group = attrs.get("group", 1)
     if pads[:nd] == pads[nd:]:
         padding = list(pads[:nd])
@@ -54,16 +73,15 @@ def matmul(attrs: dict, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a @ b
 
 
-def _pool_args(attrs: dict, nd: int) -> tuple[list[int], list[int], list[int], bool]:
-    k = attrs["kernel_shape"]
-    s = attrs.get("strides", [1] * nd)
-    pads = attrs.get("pads", [0] * 2 * nd)
-    return k, s, pads, bool(attrs.get("ceil_mode", 0))
+def _pool_args(attrs: dict, x: torch.Tensor) -> tuple[list[int], list[int], list[int], bool]:
+    k = list(attrs["kernel_shape"])
+    s = attrs.get("strides", [1] * len(k))
+    return k, s, _auto_pads(attrs, list(x.shape[2:]), k), bool(attrs.get("ceil_mode", 0))
 
 
 def average_pool(attrs: dict, x: torch.Tensor) -> torch.Tensor:
     nd = x.dim() - 2
-    k, s, pads, ceil = _pool_args(attrs, nd)
+    k, s, pads, ceil = _pool_args(attrs, x)
     include_pad = bool(attrs.get("count_include_pad", 0))
     sym = pads[:nd] == pads[nd:] and all(p <= kk // 2 for p, kk in zip(pads[:nd], k))
     fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[nd]
@@ -78,7 +96,7 @@ def average_pool(attrs: dict, x: torch.Tensor) -> torch.Tensor:
 
 def max_pool(attrs: dict, x: torch.Tensor) -> torch.Tensor:
     nd = x.dim() - 2
-    k, s, pads, ceil = _pool_args(attrs, nd)
+    k, s, pads, ceil = _pool_args(attrs, x)
     fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[nd]
     if pads[:nd] == pads[nd:] and all(p <= kk // 2 for p, kk in zip(pads[:nd], k)):
         return fn(x, k, s, pads[:nd], ceil_mode=ceil)
@@ -177,16 +195,54 @@ def slice_(attrs: dict, x: torch.Tensor, starts: torch.Tensor, ends: torch.Tenso
     return x[tuple(index)]
 
 
+def _nearest_index(size_in: int, size_out: int, scale: float, mode: str, rounding: str) -> torch.Tensor:
+    """Source index of every output position along one axis (ONNX Resize, mode nearest)."""
+    o = torch.arange(size_out, dtype=torch.float64)
+    if mode == "align_corners":
+        x = o * (size_in - 1) / (size_out - 1) if size_out > 1 else torch.zeros_like(o)
+    elif mode == "asymmetric":
+        x = o / scale
+    elif mode == "tf_half_pixel_for_nn":
+        x = (o + 0.5) / scale
+    elif mode == "pytorch_half_pixel" and size_out == 1:
+        x = torch.zeros_like(o)
+    elif mode in ("half_pixel", "pytorch_half_pixel"):
+        x = (o + 0.5) / scale - 0.5
+    else:
+        raise ValueError(f"Resize coordinate_transformation_mode '{mode}' is not supported")
+    if rounding == "floor":
+        i = torch.floor(x)
+    elif rounding == "ceil":
+        i = torch.ceil(x)
+    elif rounding == "round_prefer_ceil":
+        i = torch.floor(x + 0.5)
+    else:
+        i = torch.ceil(x - 0.5)
+    return i.clamp(0, size_in - 1).long()
+
+
 def resize(attrs: dict, x: torch.Tensor, roi: torch.Tensor | None = None,
            scales: torch.Tensor | None = None, sizes: torch.Tensor | None = None) -> torch.Tensor:
+    """Nearest-neighbour Resize with ONNX coordinate conventions (spatial axes only)."""
+    mode = attrs.get("coordinate_transformation_mode", "half_pixel")
+    rounding = attrs.get("nearest_mode", "round_prefer_floor")
     if sizes is not None and sizes.numel():
-        return F.interpolate(x, size=[int(s) for s in sizes.tolist()[2:]], mode="nearest")
-    return F.interpolate(x, scale_factor=[float(s) for s in scales.tolist()[2:]], mode="nearest")
+        outs = [int(v) for v in sizes.tolist()]
+        factors = [o / i for o, i in zip(outs, x.shape)]
+    else:
+        factors = [float(v) for v in scales.tolist()]
+        outs = [int(math.floor(i * f)) for i, f in zip(x.shape, factors)]
+    for axis in range(1, x.dim()):
+        if outs[axis] == x.shape[axis] and factors[axis] == 1.0:
+            continue
+        index = _nearest_index(x.shape[axis], outs[axis], factors[axis], mode, rounding).to(x.device)
+        x = x.index_select(axis, index)
+    return x
 
 
 def upsample(attrs: dict, x: torch.Tensor, scales: torch.Tensor | None = None) -> torch.Tensor:
-    sc = scales.tolist() if scales is not None else attrs["scales"]
-    return F.interpolate(x, scale_factor=[float(s) for s in sc[2:]], mode="nearest")
+    sc = scales if scales is not None else torch.tensor(attrs["scales"])
+    return resize({"coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}, x, None, sc)
 
 
 def clip(attrs: dict, x: torch.Tensor, lo: torch.Tensor | None = None,

@@ -1,0 +1,73 @@
+"""``snnconvert finetune MODEL.snn.onnx --data TRAIN.npz``: train a converted network with
+surrogate gradients (or SNN2ANN) and write the tuned IR."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .. import ir
+from ..data import input_shape, load_npz
+from ..finetune import METHODS, FinetuneConfig, finetune
+from ..runtime.neurons import SURROGATES
+
+
+def default_output(model: Path) -> Path:
+    base = model.name[: -len(".snn.onnx")] if model.name.endswith(".snn.onnx") else model.stem
+    return model.with_name(base + ".tuned.snn.onnx")
+
+
+@click.command("finetune")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False),
+              help="Training data (.npz with x and y).")
+@click.option("--val", "val_path", default=None, type=click.Path(dir_okay=False),
+              help="Validation data (.npz with x and y), evaluated after every epoch.")
+@click.option("-T", "--timesteps", default=4, show_default=True, type=click.IntRange(min=1),
+              help="Timesteps to train (and evaluate) at.")
+@click.option("--epochs", default=1, show_default=True, type=click.IntRange(min=0))
+@click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--weight-decay", default=0.0, show_default=True, type=click.FloatRange(min=0))
+@click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda).")
+@click.option("--surrogate", type=click.Choice(SURROGATES), default="atan", show_default=True)
+@click.option("--method", type=click.Choice(METHODS), default="bptt", show_default=True,
+              help="bptt: backprop through time; snn2ann: ANN branch fed the SNN's rates "
+                   "(memory independent of T).")
+@click.option("--train-thresholds/--freeze-thresholds", default=True, show_default=True)
+@click.option("--leak", default=None, type=click.FloatRange(0, 1, max_open=True),
+              help="Set every neuron's LIF leak per step before training (default: keep).")
+@click.option("--sharpen-epochs", default=0, show_default=True, type=click.IntRange(min=0),
+              help="pipe-S pre-stage: epochs of sharpened-ReLU ANN training before the SNN epochs.")
+@click.option("--limit", default=None, type=click.IntRange(min=1), help="Use the first N training samples.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Tuned .snn.onnx (default: MODEL.tuned.snn.onnx).")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Checkpoint written after every epoch (default: OUTPUT.ckpt).")
+@click.option("--resume", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Continue from a checkpoint.")
+def command(model: Path, data_path: str, val_path: str | None, timesteps: int, epochs: int, lr: float,
+            batch_size: int, weight_decay: float, device: str, surrogate: str, method: str,
+            train_thresholds: bool, leak: float | None, sharpen_epochs: int, limit: int | None,
+            seed: int, output: Path | None, checkpoint: Path | None, resume: Path | None) -> None:
+    """Fine-tune a converted network MODEL (.snn.onnx) on labelled data."""
+    snn = ir.load(model)
+    shape = input_shape(snn)
+    train = load_npz(data_path, labels=True, shape=shape, what="training").limit(limit)
+    val = load_npz(val_path, labels=True, shape=shape, what="validation") if val_path else None
+    output = output or default_output(model)
+    checkpoint = checkpoint or output.with_name(output.name + ".ckpt")
+    cfg = FinetuneConfig(timesteps=timesteps, epochs=epochs, lr=lr, batch_size=batch_size,
+                         weight_decay=weight_decay, device=device, surrogate=surrogate, method=method,
+                         train_thresholds=train_thresholds, leak=leak, sharpen_epochs=sharpen_epochs,
+                         seed=seed)
+    tuned, history = finetune(snn, train.x, train.y, val.x if val else None, val.y if val else None,
+                              config=cfg, checkpoint=checkpoint, resume=resume, progress=True)
+    ir.save(tuned, output)
+    if history.initial_val_accuracy is not None:
+        click.echo(f"validation accuracy at T={timesteps} before: {history.initial_val_accuracy:.4f}")
+    if history.epochs and history.epochs[-1].val_accuracy is not None:
+        click.echo(f"validation accuracy at T={timesteps} after {history.epochs[-1].epoch} epoch(s): "
+                   f"{history.epochs[-1].val_accuracy:.4f}")
+    click.echo(f"wrote {output} (checkpoint {checkpoint})")

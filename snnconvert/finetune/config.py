@@ -1,0 +1,73 @@
+"""Fine-tuning options, shared by the Python API, the CLI and checkpoints."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ..errors import OptionError
+from ..runtime.neurons import SURROGATES
+
+METHODS = ("bptt", "snn2ann")
+
+
+@dataclass
+class FinetuneConfig:
+    """What to train and how.
+
+    method        "bptt": backprop through time with the surrogate gradient;
+                  "snn2ann": no-grad SNN forward, gradient through an ANN branch fed the
+                  SNN's rates (memory independent of T), with adaptive threshold adjustment.
+    sharpen_epochs  pipe-S pre-stage: epochs of ANN-twin training with the sharpened
+                  clipped ReLU before SNN fine-tuning (0 = off); ``sharpen_to`` is the final
+                  sharpness s (activation ramps from lo=s to hi=1-s, in units of θ).
+    logit_scale   the loss is CE(scale · readout); None fits the scale (temperature scaling)
+                  on the converted network first, since converted readouts can be tiny or huge
+                  (a bias-free net fed x/255 has logits 255x smaller than it was trained with).
+    """
+
+    timesteps: int = 4
+    epochs: int = 1
+    lr: float = 1e-3
+    batch_size: int = 64
+    weight_decay: float = 0.0
+    device: str = "cpu"
+    surrogate: str = "atan"
+    alpha: float = 2.0
+    method: str = "bptt"
+    train_thresholds: bool = True
+    leak: float | None = None
+    sharpen_epochs: int = 0
+    sharpen_to: float = 0.25
+    ata: bool = True
+    ata_tolerance: float = 0.1
+    ata_step: float = 0.01
+    snn_chunk: int = 4
+    logit_scale: float | None = None
+    eval_batch_size: int = 256
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.timesteps < 1:
+            raise OptionError(f"timesteps must be at least 1, got {self.timesteps}")
+        if self.epochs < 0 or self.sharpen_epochs < 0:
+            raise OptionError("epochs must be >= 0")
+        if self.lr <= 0:
+            raise OptionError(f"the learning rate must be positive, got {self.lr}")
+        if self.batch_size < 1:
+            raise OptionError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.method not in METHODS:
+            raise OptionError(f"unknown fine-tuning method '{self.method}'",
+                              hint=f"Use one of: {', '.join(METHODS)}.")
+        if self.surrogate not in SURROGATES:
+            raise OptionError(f"unknown surrogate '{self.surrogate}'",
+                              hint=f"Use one of: {', '.join(SURROGATES)}.")
+        if self.leak is not None and not 0.0 <= self.leak < 1.0:
+            raise OptionError(f"leak must be in [0, 1), got {self.leak}")
+        if not 0.0 <= self.sharpen_to < 0.5:
+            raise OptionError(f"sharpen_to must be in [0, 0.5), got {self.sharpen_to}")
+        if self.logit_scale is not None and not self.logit_scale > 0:
+            raise OptionError(f"logit_scale must be positive, got {self.logit_scale}")
+        if self.snn_chunk < 1:
+            raise OptionError(f"snn_chunk must be at least 1, got {self.snn_chunk}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)

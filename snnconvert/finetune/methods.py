@@ -1,0 +1,118 @@
+"""Forward passes used for training: BPTT through the SNN, the SNN2ANN rate-substituted ANN
+branch (Tang et al.) and the pipe-S sharpened ANN twin (Lin et al.).
+
+All three run the same :class:`SpikingNetwork` and share its parameters; the ANN variants
+replace every neuron through ``neuron_hook`` and run one step (T = 1), where the readout
+is the plain graph output.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .. import ir
+from ..runtime import SpikingNetwork, param_key
+
+
+@dataclass(frozen=True)
+class NeuronParams:
+    """Parameter keys of one neuron node in ``net.params``."""
+
+    name: str
+    threshold: str
+    v_init: str
+
+
+def neuron_table(net: SpikingNetwork) -> dict[str, NeuronParams]:
+    out = {}
+    for node in net._model.graph.node:
+        if ir.is_neuron(node):
+            out[node.name] = NeuronParams(node.name, param_key(node.input[1]), param_key(node.input[2]))
+    return out
+
+
+def bptt_logits(net: SpikingNetwork, x: torch.Tensor, timesteps: int) -> torch.Tensor:
+    """The SNN readout after ``timesteps`` steps, differentiable through the surrogate."""
+    return net(x, timesteps)
+
+
+def _clip(current: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """The rate-limit activation of an IF neuron, clip(x, 0, θ)."""
+    return torch.minimum(torch.relu(current), theta)
+
+
+def snn2ann_logits(net: SpikingNetwork, x: torch.Tensor, timesteps: int, chunk: int,
+                   table: dict[str, NeuronParams]) -> tuple[torch.Tensor, dict[str, float]]:
+    """SNN2ANN forward: spike counts from a no-grad SNN run, then one ANN pass whose
+    activations carry the SNN rates θ·count/T forward and clip(x, 0, θ)'s gradient backward.
+
+    The no-grad run is simulated ``chunk`` steps at a time, so memory does not grow with T.
+    Returns (logits, per-neuron fraction of noisy spikes: spikes where the ANN activation is 0).
+    """
+    previous = (net.record, net.time_chunk)
+    net.record, net.time_chunk = True, min(chunk, timesteps)
+    try:
+        with torch.no_grad():
+            net(x, timesteps)
+        counts = dict(net.spike_counts)
+    finally:
+        net.record, net.time_chunk = previous
+    noisy: dict[str, float] = {}
+
+    def hook(name, current, lead, fire):
+        theta = net.params[table[name].threshold]
+        act = _clip(current, theta)
+        count = counts[name].reshape(act.shape)
+        rate = theta.detach() * count / timesteps
+        with torch.no_grad():
+            noisy[name] = float(((act <= 0) & (count > 0)).float().mean())
+        return act + (rate - act).detach()
+
+    net.neuron_hook = hook
+    try:
+        logits = net(x, 1)
+    finally:
+        net.neuron_hook = None
+    return logits, noisy
+
+
+def sharpen_logits(net: SpikingNetwork, x: torch.Tensor, sharpness: float,
+                   table: dict[str, NeuronParams]) -> torch.Tensor:
+    """pipe-S ANN twin: every neuron becomes θ·ramp(x/θ) with ramp 0 below s, 1 above 1-s and
+    linear between (s = 0 is the IR's clip(x, 0, θ)); backward is clip's gradient, the
+    rectangular surrogate 1[0 < x/θ < 1] of pipe-S."""
+    lo, hi = min(sharpness, 0.49), 1.0 - min(sharpness, 0.49)
+
+    def hook(name, current, lead, fire):
+        theta = net.params[table[name].threshold]
+        u = current / theta
+        soft = torch.clamp(u, 0.0, 1.0)
+        sharp = torch.clamp((u - lo) / (hi - lo), 0.0, 1.0)
+        return theta * (soft + (sharp - soft).detach())
+
+    net.neuron_hook = hook
+    try:
+        return net(x, 1)
+    finally:
+        net.neuron_hook = None
+
+
+@torch.no_grad()
+def adjust_thresholds(net: SpikingNetwork, noisy: dict[str, float], table: dict[str, NeuronParams],
+                      tolerance: float, step: float) -> None:
+    """SNN2ANN's adaptive threshold adjustment: raise θ (and v_init with it, keeping v_init/θ)
+    by the relative ``step`` in every layer whose noisy-spike fraction exceeds ``tolerance``."""
+    for name, fraction in noisy.items():
+        if fraction > tolerance:
+            p = table[name]
+            net.params[p.threshold].mul_(1.0 + step)
+            net.params[p.v_init].mul_(1.0 + step)
+
+
+@torch.no_grad()
+def keep_thresholds_positive(net: SpikingNetwork, floors: dict[str, torch.Tensor]) -> None:
+    for key, floor in floors.items():
+        param: nn.Parameter = net.params[key]
+        param.copy_(torch.maximum(param, floor))

@@ -1,0 +1,83 @@
+"""The torch simulator: exact neuron dynamics, time chunking, readout tail, gradients, write-back."""
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from helpers import mlp_ir, run_ort
+from snnconvert import ir
+from snnconvert.runtime import SpikingNetwork
+
+X = np.random.default_rng(3).normal(size=(5, 4)).astype(np.float32)
+
+
+def reference(m, x, steps):
+    """Plain numpy step-by-step simulation of mlp_ir's Gemm -> IF -> Gemm."""
+    arr = {t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer}
+    (n,) = ir.neurons(m)
+    z = x @ arr["W1"].T + arr["b1"]
+    v = np.broadcast_to(n.v_init, z.shape).astype(np.float32).copy()
+    outs, counts = [], np.zeros_like(z)
+    for _ in range(steps):
+        v = v * (1 - n.leak) + z
+        s = (v >= n.threshold).astype(np.float32)
+        v = v - n.threshold * s if n.reset == "subtract" else v * (1 - s)
+        counts += s
+        outs.append((s * n.threshold) @ arr["W2"].T)
+    return np.mean(outs, axis=0), counts
+
+
+@pytest.mark.parametrize("reset,leak", [("subtract", 0.0), ("zero", 0.0), ("subtract", 0.2)])
+def test_dynamics_match_a_step_by_step_reference(reset, leak):
+    m = mlp_ir(threshold=0.8, v_init=0.4, reset=reset, leak=leak)
+    net = SpikingNetwork(m)
+    res = net.simulate(X, [3, 10], record=True)
+    for t in (3, 10):
+        ref, counts = reference(m, X, t)
+        np.testing.assert_allclose(res.readout[t], ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(net.spike_counts["if1"].numpy(), counts)
+    assert res.firing_rate[10] == pytest.approx(counts.sum() / (5 * 8 * 10))
+
+
+def test_time_chunks_and_readout_tail_do_not_change_results():
+    m = mlp_ir(threshold=0.8, v_init=0.4)
+    whole = SpikingNetwork(m).simulate(X, [1, 5, 17])
+    chunked = SpikingNetwork(m, time_chunk=4).simulate(X, [1, 5, 17])
+    no_tail = SpikingNetwork(m)
+    no_tail._tail = set()
+    per_step = no_tail.simulate(X, [1, 5, 17])
+    for t in (1, 5, 17):
+        np.testing.assert_allclose(chunked.readout[t], whole.readout[t], atol=1e-5)
+        np.testing.assert_allclose(per_step.readout[t], whole.readout[t], atol=1e-5)
+
+
+def test_snn_approaches_the_rate_limit_ann_as_t_grows():
+    m = mlp_ir(threshold=1.5, v_init=0.75)
+    ann = run_ort(m, X)
+    res = SpikingNetwork(m).simulate(X, [8, 64, 512])
+    errs = [np.abs(res.readout[t] - ann).max() for t in (8, 64, 512)]
+    assert errs[0] > errs[1] > errs[2] and errs[2] < 0.02
+
+
+def test_gradients_reach_every_parameter_and_write_back():
+    m = mlp_ir(threshold=0.8, v_init=0.4)
+    net = SpikingNetwork(m, surrogate="rect", alpha=1.0)
+    out = net(torch.from_numpy(X), 6)
+    out.pow(2).sum().backward()
+    for key, p in net.params.items():
+        assert p.grad is not None and float(p.grad.abs().sum()) > 0, key
+    with torch.no_grad():
+        net.parameter("if1.threshold").mul_(2)
+    back = net.export()
+    (n,) = ir.neurons(back)
+    np.testing.assert_allclose(n.threshold, np.full(8, 1.6, np.float32))
+    onnx.checker.check_model(back)
+
+
+def test_unknown_op_is_refused_by_name():
+    m = mlp_ir()
+    m.graph.node[0].op_type = "LRN"
+    from snnconvert.errors import UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError, match="node 'fc1' \\(LRN\\): the torch runtime has no implementation"):
+        SpikingNetwork(m)
