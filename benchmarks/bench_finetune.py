@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -240,8 +239,8 @@ def main() -> None:
     parser.add_argument("--parts", default="fmnist,sinabs,memory")
     parser.add_argument("--train-n", type=int, default=10000, help="training images per epoch")
     parser.add_argument("--ann-epochs", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=5e-4, help="fine-tuning learning rate")
-    parser.add_argument("--scratch-budget", type=float, default=600.0, help="seconds of scratch training")
+    parser.add_argument("--lr", type=float, default=1e-4, help="fine-tuning learning rate")
+    parser.add_argument("--scratch-budget", type=float, default=480.0, help="seconds of scratch training")
     parser.add_argument("--out-dir", type=Path, default=Path("/tmp/bench_finetune"))
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()

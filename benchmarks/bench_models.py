@@ -5,7 +5,7 @@ first --mnist-n (default 1,000) MNIST test images, the first --cifar-n (default 
 class-balanced) CIFAR-10 test images. The imagenet-arch-light graphs have meaningless weights:
 they are calibrated on 4 random inputs and run once at T=4 on 2 images, or their refusal is shown.
 
-    .venv/bin/python benchmarks/bench_models.py [--only NAME] [--mnist-n 1000] [--cifar-n 500]
+    .venv/bin/python benchmarks/bench_models.py [--only NAME] [--mnist-n 1000] [--cifar-n 200]
 """
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def trained(name: str, n_test: int, t_tune: int) -> Row:
     except SnnConvertError as exc:
         return Row(name, "no", note=str(exc).splitlines()[0])
     seconds = time.perf_counter() - t0
-    report = snnconvert.evaluate(snn, xt, yt, list(TIMESTEPS), ann=frontend.load_model(path))
+    report = snnconvert.evaluate(snn, xt, yt, list(TIMESTEPS), ann=frontend.load_model(path), batch_size=50)
     snn_acc = {r.timesteps: r.accuracy for r in report.rows}
     return Row(name, "yes", len(xt), report.ann_accuracy, snn_acc, seconds)
 

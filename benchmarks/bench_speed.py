@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import snnconvert as sc  # noqa: E402
-from snnconvert.api import ann_session  # noqa: E402
+from snnconvert.onnxrt import session  # noqa: E402
 from snnconvert.frontend import load_model  # noqa: E402
 from snnconvert.runtime import SpikingNetwork  # noqa: E402
 
@@ -61,7 +61,7 @@ def main() -> None:
     for name, path, calib, test, batch in cases():
         x = np.ascontiguousarray(test[:batch])
         ann = load_model(path)
-        sess = ann_session(ann, threads=args.threads)
+        sess = session(ann, threads=args.threads)
         feed = {sess.get_inputs()[0].name: x}
         ann_s = best_of(lambda: sess.run(None, feed), args.repeats * 5)
         net = SpikingNetwork(sc.convert(path, calib, timesteps=t))

@@ -6,9 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
-from . import frontend, ir
+from . import frontend, ir, onnxrt
 from .errors import OptionError
 from .passes import PassContext, Pipeline, default_pipeline
 from .passes.pipeline import V_INIT_MODES
@@ -44,20 +43,9 @@ def convert(source: str | os.PathLike | onnx.ModelProto, calib: np.ndarray | Non
     return snn
 
 
-def ann_session(model: onnx.ModelProto, threads: int = 1) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-
-
 def ann_outputs(model: onnx.ModelProto, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Outputs of ``model`` under onnxruntime (an IR runs as its rate-limit ANN)."""
-    sess = ann_session(model)
-    name = sess.get_inputs()[0].name
-    return np.concatenate([sess.run(None, {name: x[i:i + batch_size]})[0]
-                           for i in range(0, len(x), batch_size)])
+    return onnxrt.outputs(model, x, batch_size)
 
 
 @dataclass

@@ -214,3 +214,16 @@ def test_cli_finetune_and_bad_data(digits, digits_snn, tmp_path, capsys) -> None
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "has no labels 'y'" in err[-1]
+
+
+def test_logit_scale_undoes_a_tiny_readout(digits, digits_snn) -> None:
+    """A readout shrunk 1000x (as for a bias-free net fed x/255) gets a ~1000x larger fitted scale."""
+    x, y = digits["x_train"][:256], digits["y_train"][:256]
+    shrunk = onnx.ModelProto()
+    shrunk.CopyFrom(digits_snn)
+    gemm = next(n for n in shrunk.graph.node if n.op_type == "Gemm")
+    for name in gemm.input[1:]:
+        ir.set_initializer(shrunk, name, ir.get_initializer(shrunk, name) * 1e-3)
+    normal = Trainer(digits_snn, FinetuneConfig(timesteps=T)).fit_logit_scale(x, y)
+    small = Trainer(shrunk, FinetuneConfig(timesteps=T)).fit_logit_scale(x, y)
+    assert 300 < small / normal < 3000

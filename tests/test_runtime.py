@@ -81,3 +81,28 @@ def test_unknown_op_is_refused_by_name():
 
     with pytest.raises(UnsupportedModelError, match="node 'fc1' \\(LRN\\): the torch runtime has no implementation"):
         SpikingNetwork(m)
+
+
+@pytest.mark.parametrize("constant", [False, True])
+@pytest.mark.parametrize("reset,leak", [("subtract", 0.0), ("zero", 0.0), ("subtract", 0.1)])
+def test_fused_kernel_is_bit_identical_to_the_torch_loop(constant, reset, leak):
+    from snnconvert.runtime import fused, neurons
+
+    gen = torch.Generator().manual_seed(1)
+    v = torch.rand(6, 4, 5, 5, generator=gen) * 0.5
+    th = torch.rand(4, 1, 1, generator=gen) + 0.5
+    cur = torch.randn(6, 4, 5, 5, generator=gen) if constant else torch.randn(9, 6, 4, 5, 5, generator=gen)
+    a = neurons.if_neuron_fast(cur, 9, v, th, reset, leak)
+    b = fused.if_neuron_fused(cur, 9, v, th, reset, leak)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_cpu_kernels_give_the_torch_results(digits):
+    import snnconvert as sc
+
+    snn = sc.convert("tests/fixtures/digits_resnet.onnx", digits["x_train"][:100], timesteps=8)
+    x = digits["x_test"][:64]
+    fast = SpikingNetwork(snn).simulate(x, [8])
+    plain = SpikingNetwork(snn, cpu_kernels="torch").simulate(x, [8])
+    np.testing.assert_allclose(fast.readout[8], plain.readout[8], atol=1e-4)
+    assert np.mean(fast.predictions(8) == plain.predictions(8)) == 1.0

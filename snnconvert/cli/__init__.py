@@ -25,7 +25,9 @@ class DefaultGroup(click.Group):
 
 @click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="snnconvert")
-def cli() -> None:
+@click.option("--threads", type=click.IntRange(min=1), default=None, envvar="SNNCONVERT_THREADS",
+              help="CPU threads for torch and onnxruntime (default: torch's choice).")
+def cli(threads: int | None) -> None:
     """Compile a trained ANN (ONNX) into a spiking network.
 
     \b
@@ -33,6 +35,10 @@ def cli() -> None:
     snnconvert eval MODEL --data D.npz --timesteps 4,8,32       accuracy vs T
     snnconvert inspect MODEL.onnx                               what converts, what does not
     """
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _register() -> None:

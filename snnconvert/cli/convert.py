@@ -26,7 +26,7 @@ def artifact_path(out: Path, target: str) -> Path:
 
 
 @click.command("convert")
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path))
 @click.option("--target", type=click.Choice(TARGETS), default="torch", show_default=True)
 @conversion_options
 @click.option("-T", "--timesteps", default=32, show_default=True, type=click.IntRange(min=1),

@@ -49,11 +49,12 @@ def command(model: Path, data_path: str, calib: str | None, norm: str, per_chann
     else:
         ann = load_model(model)
         shape = input_shape(ann)
+    data = load_npz(data_path, labels=True, shape=shape, what="evaluation").limit(limit)
+    if ann is not None:
         calib_x = load_npz(calib, labels=False, shape=shape, what="calibration").x if calib else None
         source = api.convert(model, calib_x, timesteps=tune_t or max(ts), norm=norm,
                              per_channel=per_channel, v_init=v_init, reset=reset, leak=leak,
                              progress=True)
-    data = load_npz(data_path, labels=True, shape=shape, what="evaluation").limit(limit)
     options: dict = {"batch_size": batch_size}
     if target == "torch":
         options["device"] = device

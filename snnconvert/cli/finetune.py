@@ -26,7 +26,7 @@ def default_output(model: Path) -> Path:
 @click.option("-T", "--timesteps", default=4, show_default=True, type=click.IntRange(min=1),
               help="Timesteps to train (and evaluate) at.")
 @click.option("--epochs", default=1, show_default=True, type=click.IntRange(min=0))
-@click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--lr", default=1e-4, show_default=True, type=click.FloatRange(min=0, min_open=True))
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--weight-decay", default=0.0, show_default=True, type=click.FloatRange(min=0))
 @click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda).")

@@ -11,7 +11,7 @@ from ..frontend import coverage, load_model
 
 
 @click.command("inspect")
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path))
 @click.option("--nodes/--summary", default=True, show_default=True, help="List every node.")
 def command(model: Path, nodes: bool) -> None:
     """Report what converts in MODEL.onnx, node by node."""

@@ -20,6 +20,7 @@ def command(model: str, data_path: str, timesteps: int, profile: str, json_path:
     from ..report import run_report
 
     r = run_report(model, data_path, timesteps, profile, json_path, out_dir)
-    click.echo(r.summary() if hasattr(r, "summary") else
-               f"accuracy {r.data['snn_accuracy']} (ANN {r.data['ann_accuracy']}) at T={timesteps}; "
-               f"cores {r.data['fit']['total_cores']}; energy SNN/ANN {r.data['energy']['snn_over_ann']:.3g}")
+    d = r.data
+    click.echo(f"accuracy {d['snn_accuracy']} (ANN {d['ann_accuracy']}) at T={timesteps}; "
+               f"cores {d['fit']['total_cores']} on {profile}; energy SNN/ANN "
+               f"{d['energy']['snn_over_ann']:.3g}")

@@ -26,7 +26,7 @@ class FinetuneConfig:
 
     timesteps: int = 4
     epochs: int = 1
-    lr: float = 1e-3
+    lr: float = 1e-4
     batch_size: int = 64
     weight_decay: float = 0.0
     device: str = "cpu"

@@ -3,7 +3,6 @@ per-epoch checkpoints and resume; the result is written back into the IR."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -233,7 +232,3 @@ def finetune(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray, x_val: np.nda
         if checkpoint is not None:
             ckpt.save(checkpoint, trainer.state())
     return trainer.export(), trainer.history
-
-
-def history_json(history: History) -> bytes:
-    return json.dumps(history.to_dict(), indent=2).encode()

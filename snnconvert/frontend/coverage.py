@@ -86,10 +86,15 @@ def check_supported(model: onnx.ModelProto | str | os.PathLike) -> list[NodeMapp
         problems.insert(0, ("<graph>", "Input",
                             f"the graph has {len(inputs)} inputs ({', '.join(inputs) or 'none'}); exactly "
                             "one is supported. Hint: merge the inputs or export a single-input model."))
+    if len(problems) == 1:
+        name, op, reason = problems[0]
+        if name == "<graph>":
+            raise UnsupportedModelError(reason, problems=problems)
+        raise UnsupportedModelError(reason, node=name, op=op, problems=problems)
     if problems:
         lines = [f"node '{n}' ({op}): {reason}" for n, op, reason in problems]
         raise UnsupportedModelError(
-            f"{len(problems)} unsupported node(s) in the model:\n  " + "\n  ".join(lines), problems=problems)
+            f"{len(problems)} unsupported node(s) in the model: " + " | ".join(lines), problems=problems)
     return mapping
 
 
@@ -217,11 +222,22 @@ class _Classifier:
         if not self.is_const(node.input[weight_idx]):
             return "unsupported", (f"{op} of two activations is a multiplicative interaction with no spiking "
                                    "equivalent. Hint: the weight operand must be a constant.")
+        w = self.const_value(node.input[weight_idx])
         if op == "Conv":
             group = attrs.get("group", 1)
-            kind = "depthwise/grouped " if group > 1 else ""
-            return "synapse", f"{kind}convolution weights feeding the next neurons"
-        return "synapse", "dense weights feeding the next neurons"
+            kind = "depthwise " if group > 1 and w is not None and w.shape[1] == 1 else (
+                f"grouped ({group}) " if group > 1 else "")
+            if w is None:
+                return "synapse", f"{kind}convolution weights feeding the next neurons"
+            kernel = "x".join(str(d) for d in w.shape[2:])
+            strides = attrs.get("strides", [])
+            stride = f", stride {'x'.join(map(str, strides))}" if any(v != 1 for v in strides) else ""
+            return "synapse", (f"{kind}{kernel} convolution, {w.shape[1] * group}->{w.shape[0]} channels{stride}: "
+                               "weights feeding the next neurons")
+        if w is None or w.ndim != 2:
+            return "synapse", "dense weights feeding the next neurons"
+        n_in, n_out = (w.shape[::-1] if attrs.get("transB", 0) else w.shape) if weight_idx == 1 else w.shape[::-1]
+        return "synapse", f"dense {n_in}->{n_out}: weights feeding the next neurons"
 
     def affine(self, node: onnx.NodeProto, data_inputs: list[str]) -> tuple[str, str]:
         op = node.op_type
@@ -249,7 +265,9 @@ class _Classifier:
             return "unsupported", "dilated MaxPool is not supported. Hint: use dilations of 1."
         if len(node.output) > 1 and node.output[1] and self.consumers.get(node.output[1]):
             return "unsupported", "MaxPool indices output is not supported. Hint: use only the pooled values."
-        return "pool", "max pooling of neuron outputs (spike-based, by accumulated output)"
+        k = "x".join(str(v) for v in attrs.get("kernel_shape", [])) or "global"
+        return "pool", (f"{k} max pooling of spikes, gated by accumulated input (exact in the rate); "
+                        "MaxPoolToAvgPool can swap it for an average pool")
 
     def pad(self, node: onnx.NodeProto, attrs: dict) -> tuple[str, str]:
         mode = attrs.get("mode", b"constant")

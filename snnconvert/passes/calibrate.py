@@ -11,10 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-import onnxruntime as ort
-from tqdm.auto import tqdm
 
-from .. import ir
+from .. import ir, onnxrt
 from ..errors import DataError
 from .base import Pass, PassContext
 
@@ -103,35 +101,6 @@ class ActivationStats:
         return np.array(self.hist.percentile(p)[0])
 
 
-def probe_session(model: onnx.ModelProto, names: list[str], threads: int = 1
-                  ) -> tuple[ort.InferenceSession, str]:
-    """An onnxruntime session of ``model`` that also outputs the tensors ``names``."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    existing = {o.name for o in probe.graph.output}
-    for n in names:
-        if n not in existing:
-            probe.graph.output.append(onnx.ValueInfoProto(name=n))
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    return sess, sess.get_inputs()[0].name
-
-
-def iterate_probe(model: onnx.ModelProto, names: list[str], x: np.ndarray, batch_size: int = 100,
-                  progress: bool = False, desc: str = "calibrating"):
-    """Yield {name: array} for each batch of ``x`` (runs the IR as its rate-limit ANN)."""
-    sess, input_name = probe_session(model, names)
-    with tqdm(total=len(x), desc=desc, unit="img", disable=not progress, leave=False) as bar:
-        for start in range(0, len(x), batch_size):
-            xb = np.ascontiguousarray(x[start:start + batch_size], dtype=np.float32)
-            outs = sess.run(names, {input_name: xb})
-            yield dict(zip(names, outs))
-            bar.update(len(xb))
-
-
 class Calibrate(Pass):
     """Collect per-neuron input statistics into ``ctx.stats`` (the model is unchanged)."""
 
@@ -146,7 +115,8 @@ class Calibrate(Pass):
                             hint="Pass --calib C.npz with an array 'x' of preprocessed inputs.")
         names = [n.input for n in ir.neurons(model)]
         stats = {n: ActivationStats() for n in names}
-        for batch in iterate_probe(model, names, ctx.calib, self.batch_size, ctx.progress):
+        for batch in onnxrt.iterate(model, ctx.calib, names, self.batch_size, ctx.progress,
+                                    desc="calibrating"):
             for n, v in batch.items():
                 stats[n].update(v)
         ctx.stats.update(stats)

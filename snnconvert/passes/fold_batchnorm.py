@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from .. import graph as g
 from .base import Pass, PassContext
 
 
-def _bn_params(graph: onnx.GraphProto, bn: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray] | None:
-    vals = [g.const_value(graph, n) for n in bn.input[1:5]]
+def _bn_params(value, bn: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray] | None:
+    vals = [value(n) for n in bn.input[1:5]]
     if any(v is None for v in vals):
         return None
     scale, beta, mean, var = (v.astype(np.float64) for v in vals)
@@ -23,12 +23,13 @@ def _bn_params(graph: onnx.GraphProto, bn: onnx.NodeProto) -> tuple[np.ndarray, 
     return a, beta - mean * a
 
 
-def _fold_into(graph: onnx.GraphProto, layer: onnx.NodeProto, a: np.ndarray, c: np.ndarray) -> bool:
-    w = g.const_value(graph, layer.input[1])
+def _fold_into(graph: onnx.GraphProto, value, layer: onnx.NodeProto, a: np.ndarray,
+               c: np.ndarray) -> bool:
+    w = value(layer.input[1])
     if w is None:
         return False
     w = w.astype(np.float64)
-    b = g.const_value(graph, layer.input[2]) if len(layer.input) > 2 and layer.input[2] else None
+    b = value(layer.input[2]) if len(layer.input) > 2 and layer.input[2] else None
     if layer.op_type == "Conv":
         w = w * a.reshape(-1, *([1] * (w.ndim - 1)))
         b = np.zeros(w.shape[0]) if b is None else b.astype(np.float64)
@@ -44,8 +45,8 @@ def _fold_into(graph: onnx.GraphProto, layer: onnx.NodeProto, a: np.ndarray, c: 
     b = a * b + c
     w_name = g.unique_name(graph, layer.input[1] + "_bnfold")
     b_name = g.unique_name(graph, (layer.name or layer.output[0]) + ".bias_bnfold")
-    g.set_initializer(graph, w_name, w.astype(np.float32))
-    g.set_initializer(graph, b_name, b.astype(np.float32))
+    graph.initializer.extend([numpy_helper.from_array(w.astype(np.float32), w_name),
+                              numpy_helper.from_array(b.astype(np.float32), b_name)])
     layer.input[1] = w_name
     if len(layer.input) > 2:
         layer.input[2] = b_name
@@ -62,17 +63,25 @@ class FoldBatchNorm(Pass):
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> onnx.ModelProto:
         graph = model.graph
         folded = affine = 0
+        inits = {t.name: t for t in graph.initializer}
+
+        def value(name: str) -> np.ndarray | None:
+            t = inits.get(name)
+            return numpy_helper.to_array(t) if t is not None else g.const_value(graph, name)
+
+        producers, consumers = g.producers(graph), g.consumers(graph)
+        graph_outputs = {o.name for o in graph.output}
         for bn in [n for n in graph.node if n.op_type == "BatchNormalization"]:
-            params = _bn_params(graph, bn)
+            params = _bn_params(value, bn)
             if params is None:
                 continue
             a, c = params
-            prod = g.producers(graph).get(bn.input[0])
-            users = g.consumers(graph).get(bn.input[0], [])
-            graph_outputs = {o.name for o in graph.output}
+            prod = producers.get(bn.input[0])
+            users = consumers.get(bn.input[0], [])
             if (prod is not None and prod.op_type in ("Conv", "Gemm") and len(users) == 1
-                    and bn.input[0] not in graph_outputs and _fold_into(graph, prod, a, c)):
+                    and bn.input[0] not in graph_outputs and _fold_into(graph, value, prod, a, c)):
                 prod.output[0] = bn.output[0]
+                producers[bn.output[0]] = prod
                 graph.node.remove(bn)
                 folded += 1
                 continue

@@ -1,32 +1,21 @@
-"""Data-optimized initialization: per-channel bias correction fitted on calibration data so
-that each neuron layer's mean SNN output at T steps matches the (clipped) ANN's.
+"""Data-optimized initialization at the chosen T: per-channel threshold scales and bias
+corrections fitted on calibration data, layer by layer inside one simulation.
 
-Layers are corrected in order inside one simulation: layer l's correction is fitted on the
-spikes of the already-corrected layers before it, then its corrected spikes flow on. The
-correction is a constant current added at every step, so it is folded into the preceding
-Conv/Gemm bias (or an Add of a constant where there is none). In the spirit of Li et al.
-2021's bias calibration and of COS/SRP's offset fitting, with no retraining.
+Layer l is fitted on the spikes of the already-fitted layers before it, then its corrected
+spikes flow on. The correction is a constant current added at every step, so it is folded into
+the preceding Conv/Gemm bias (or an Add of a constant where there is none). In the spirit of
+Li et al. 2021's bias calibration and of COS/SRP's offset fitting, with no retraining.
 """
 from __future__ import annotations
 
 import numpy as np
 import onnx
-import torch
 from onnx import helper
 
 from .. import graph as g
-from .. import ir
+from .. import ir, onnxrt
 from ..errors import DataError
-from ..runtime import SpikingNetwork
 from .base import Pass, PassContext
-from .calibrate import iterate_probe
-
-
-def _channel_mean(x: np.ndarray | torch.Tensor, lead: int) -> np.ndarray:
-    """Mean over every axis except the channel axis, which follows ``lead`` leading axes."""
-    x = torch.as_tensor(x)
-    dims = [d for d in range(x.dim()) if d != lead]
-    return x.mean(dim=dims).cpu().numpy().astype(np.float64)
 
 
 def apply_bias_correction(model: onnx.ModelProto, neuron: ir.Neuron, delta: np.ndarray) -> None:
@@ -61,55 +50,92 @@ def apply_bias_correction(model: onnx.ModelProto, neuron: ir.Neuron, delta: np.n
     neuron.node.input[0] = corrected
 
 
+def _open_thresholds(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose neurons never clip: onnxruntime then runs it as the original ANN."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for n in ir.neurons(out):
+        ir.set_initializer(out, n.node.input[1], np.full_like(n.threshold, np.inf))
+    return out
+
+
 class OptimizeInit(Pass):
-    """Fit per-channel bias corrections at T = ctx.timesteps on ``samples`` calibration inputs."""
+    """Fit, layer by layer at T = ctx.timesteps, a per-channel threshold scale and bias correction.
+
+    For each neuron layer, in order, on ``samples`` calibration inputs and the spikes of the
+    already-fitted layers before it:
+    1. threshold scale α per channel from ``scales``, minimizing the mean squared error between the
+       layer's SNN rate and the ANN's activation (IF is homogeneous: a threshold αθ on current c
+       spikes exactly as α times θ on c/α, so every α is tried on the same currents);
+    2. a per-channel bias correction δ so the layer's mean SNN output equals the mean of the ANN
+       activation clipped at αθ.
+    θ and v(0) are scaled by α; α·δ is folded into the preceding Conv/Gemm bias.
+    """
 
     name = "optimize-init"
 
-    def __init__(self, samples: int = 128, iterations: int = 4) -> None:
-        self.samples, self.iterations = samples, iterations
+    def __init__(self, samples: int = 128, iterations: int = 4,
+                 scales: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.15)) -> None:
+        self.samples, self.iterations, self.scales = samples, iterations, tuple(scales)
 
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> onnx.ModelProto:
+        import torch
+
+        from ..runtime import SpikingNetwork
+
         if ctx.calib is None or len(ctx.calib) == 0:
             raise DataError("data-optimized initialization needs calibration data",
                             hint="Pass --calib C.npz, or choose --v-init half.")
-        x = np.asarray(ctx.calib[: self.samples], np.float32)
         steps = ctx.timesteps
+        # The fit sees all T steps at once: keep samples × T (hence memory) bounded.
+        x = np.asarray(ctx.calib[: max(16, min(self.samples, self.samples * 32 // steps))], np.float32)
         neurons = {n.name: n for n in ir.neurons(model)}
-        targets: dict[str, np.ndarray] = {}
-        outs = [n.output for n in neurons.values()]
-        sums: dict[str, np.ndarray] = {}
-        for batch in iterate_probe(model, outs, x, batch_size=64):
+        by_output = {n.output: n.name for n in neurons.values()}
+        ann: dict = {}
+        chunks: dict[str, list[np.ndarray]] = {}
+        for batch in onnxrt.iterate(_open_thresholds(model), x, list(by_output), batch_size=64):
             for o, v in batch.items():
-                sums[o] = sums.get(o, 0) + _channel_mean(v, 1) * len(v)
-        for n in neurons.values():
-            targets[n.name] = sums[n.output] / len(x)
+                chunks.setdefault(by_output[o], []).append(v)
+        for name, parts in chunks.items():
+            ann[name] = torch.from_numpy(np.concatenate(parts))
 
-        net = SpikingNetwork(model)
-        corrections: dict[str, np.ndarray] = {}
+        net = SpikingNetwork(model, time_chunk=None)
+        fitted: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
-        def hook(name: str, current: torch.Tensor, lead: int, fire) -> torch.Tensor:
+        def channel_mean(t, lead: int):
+            return t.mean(dim=[d for d in range(t.dim()) if d != lead])
+
+        def hook(name: str, current, lead: int, fire):
             per = current.shape[lead:]
             view = [per[0]] + [1] * (len(per) - 1)
-            target = torch.as_tensor(targets[name], dtype=current.dtype).reshape(view)
-            theta = torch.tensor(np.array(neurons[name].threshold), dtype=current.dtype)
-            bound = (torch.zeros(view, dtype=current.dtype) + theta.reshape(-1)[0]
-                     if theta.numel() == 1 else theta.reshape(view))
+            target = ann[name].to(current.dtype)
+            theta = torch.tensor(np.broadcast_to(neurons[name].threshold, view).copy(),
+                                 dtype=current.dtype)
+            errors = []
+            for a in self.scales:
+                rate = fire(current / a).mean(0) * a
+                errors.append(channel_mean((rate - target) ** 2, 1))
+            alpha = torch.tensor(self.scales, dtype=current.dtype)[
+                torch.stack(errors).argmin(0)].reshape(view)
+            goal = channel_mean(torch.minimum(target, alpha * theta), 1).reshape(view)
             delta = torch.zeros(view, dtype=current.dtype)
             for _ in range(self.iterations):
-                rate = torch.as_tensor(_channel_mean(fire(current + delta), 2), dtype=current.dtype)
-                delta = torch.clamp(delta + target - rate.reshape(view), -bound, bound)
-            corrections[name] = delta.numpy()
-            return fire(current + delta)
+                rate = channel_mean(fire(current / alpha + delta), 2).reshape(view) * alpha
+                delta = torch.clamp(delta + (goal - rate) / alpha, -theta, theta)
+            fitted[name] = (alpha.numpy(), (alpha * delta).numpy())
+            return fire(current / alpha + delta) * alpha
 
         net.neuron_hook = hook
         with torch.no_grad():
             net(torch.from_numpy(x), steps)
-        for name, delta in corrections.items():
-            apply_bias_correction(model, neurons[name], delta)
+        for name, (alpha, bias) in fitted.items():
+            n = neurons[name]
+            for index, value in ((1, n.threshold), (2, n.v_init)):
+                ir.set_initializer(model, n.node.input[index],
+                                   (np.broadcast_to(value, alpha.shape) * alpha).astype(np.float32))
+            apply_bias_correction(model, n, bias)
         g.remove_unused_initializers(model.graph)
-        mean_abs = np.mean([np.abs(d).mean() / max(float(np.max(neurons[k].threshold)), 1e-12)
-                            for k, d in corrections.items()]) if corrections else 0.0
-        ctx.info(self.name, f"fitted bias corrections for {len(corrections)} neuron layer(s) at "
-                 f"T={steps} on {len(x)} sample(s) (mean |correction| {mean_abs:.3f}·θ)")
+        alphas = np.concatenate([a.reshape(-1) for a, _ in fitted.values()]) if fitted else np.ones(1)
+        ctx.info(self.name, f"fitted threshold scales (mean α {alphas.mean():.2f}) and bias "
+                 f"corrections for {len(fitted)} neuron layer(s) at T={steps} on {len(x)} sample(s)")
         return model

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import torch
 
-from .. import ir
+from .. import ir, onnxrt
 from ..errors import DataError, TargetError
 from ..profiles import Profile, fit, load_profile
 from .synapses import READOUT, ann_macs, layers, synapses, synaptic_events, tensor_shapes
@@ -35,27 +35,13 @@ class Report:
 def _ann_activations(model: onnx.ModelProto, x: np.ndarray, names: list[str]
                      ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Rate-limit ANN (onnxruntime on the IR: IF = clip(x, 0, θ)) output and neuron outputs."""
-    import onnxruntime as ort
-
+    
     m = onnx.ModelProto()
     m.CopyFrom(model)
     ir.ensure_domain(m)
-    outs = {o.name for o in m.graph.output}
-    for n in names:
-        if n not in outs:
-            m.graph.output.append(onnx.helper.make_empty_tensor_value_info(n))
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    inp = sess.get_inputs()[0].name
-    fetch = [model.graph.output[0].name] + names
-    parts: list[list[np.ndarray]] = [[] for _ in fetch]
-    for i in range(0, len(x), 256):
-        for p, v in zip(parts, sess.run(fetch, {inp: x[i:i + 256]})):
-            p.append(v)
-    arrays = [np.concatenate(p) for p in parts]
-    return arrays[0], dict(zip(names, arrays[1:]))
+    out = model.graph.output[0].name
+    arrays = onnxrt.collect(m, x, [out] + names)
+    return arrays[out], {n: arrays[n] for n in names}
 
 
 def _curve_ts(t: int) -> list[int]:

@@ -23,8 +23,10 @@ from tqdm.auto import tqdm
 from .. import ir
 from ..errors import UnsupportedModelError
 from ..targets import SimResult
+from . import fused
 from . import neurons as nrn
 from .ops import STATELESS
+from .ort_kernels import KERNEL_OPS, OrtKernels
 
 CONST, INVARIANT, VARYING = 0, 1, 2
 AFFINE = {"Conv", "Gemm", "MatMul", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape",
@@ -59,8 +61,15 @@ class SpikingNetwork(nn.Module):
     """Simulate an IR model; trainable through surrogate gradients."""
 
     def __init__(self, model: onnx.ModelProto, surrogate: str = "atan", alpha: float = 2.0,
-                 time_chunk: int | None = None) -> None:
+                 time_chunk: int | None = 16, cpu_kernels: str = "onnxruntime") -> None:
+        """``time_chunk``: steps simulated together (memory grows with chunk × batch; None = all T).
+        ``cpu_kernels``: "onnxruntime" runs Conv/Gemm/MatMul through onnxruntime during CPU
+        inference (several times faster than torch on CPUs); "torch" never does."""
         super().__init__()
+        if cpu_kernels not in ("onnxruntime", "torch"):
+            raise ValueError("cpu_kernels must be 'onnxruntime' or 'torch'")
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+        self._ort = OrtKernels(opset) if cpu_kernels == "onnxruntime" else None
         if surrogate not in nrn.SURROGATES:
             raise ValueError(f"surrogate must be one of {nrn.SURROGATES}")
         self.surrogate, self.alpha, self.time_chunk = surrogate, alpha, time_chunk
@@ -192,6 +201,9 @@ class SpikingNetwork(nn.Module):
 
     def _varying_op(self, node, attrs, args, steps, batch, state):
         args = self._promote(node, args, steps, batch)
+        if (self._ort is not None and node.op_type in KERNEL_OPS and not torch.is_grad_enabled()
+                and args[0].device.type == "cpu"):
+            return self._ort.run(node, args)
         if node.op_type == "MaxPool" and args[0].dim() == 4:
             xs = args[0].reshape(steps, batch, *args[0].shape[1:])
             y, state[node.name] = nrn.spiking_max_pool(xs, state.get(node.name), attrs,
@@ -214,6 +226,9 @@ class SpikingNetwork(nn.Module):
         def fire(cur: torch.Tensor, v: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
             if v is None:
                 v = torch.zeros((batch, *per_sample), dtype=cur.dtype, device=cur.device) + v0
+            if fast and self._ort is not None and cur.device.type == "cpu" and fused.available() \
+                    and cur.dtype == torch.float32:
+                return fused.if_neuron_fused(cur, steps, v, theta, reset, leak)
             if fast:
                 return nrn.if_neuron_fast(cur, steps, v, theta, reset, leak)
             return nrn.if_neuron(cur, steps, v, theta, reset, leak, self.surrogate, self.alpha)
@@ -275,13 +290,14 @@ class SpikingNetwork(nn.Module):
                 scale = torch.tensor(points, dtype=value.dtype, device=value.device)
                 picked = picked / scale.view(-1, *([1] * (picked.dim() - 1)))
                 means[name] = picked.reshape(len(points) * batch, *picked.shape[2:])
-            tail_env = self._run_chunk(x, len(points), {}, {**cache, **means}, tail=True) \
-                if self._tail else means
-            out = tail_env[self.output_name]
-            if self._kinds[self.output_name] == VARYING:
-                out = out.reshape(len(points), batch, *out.shape[1:])
-            else:
+            if self._kinds[self.output_name] != VARYING:
+                out = env[self.output_name]
                 out = out.unsqueeze(0).expand(len(points), *out.shape)
+            else:
+                tail_env = self._run_chunk(x, len(points), {}, {**cache, **means}, tail=True) \
+                    if self._tail else means
+                out = tail_env[self.output_name]
+                out = out.reshape(len(points), batch, *out.shape[1:])
             for i, t in enumerate(points):
                 if t in wanted:
                     marks[t] = out[i]

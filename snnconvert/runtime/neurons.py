@@ -73,7 +73,8 @@ def if_neuron_fast(current: torch.Tensor, steps: int, v: torch.Tensor, threshold
             v.mul_(1.0 - leak)
         v.add_(current if constant else current[t])
         torch.ge(v, theta, out=mask)
-        torch.mul(mask, theta, out=out[t])
+        out[t].copy_(mask)
+        out[t].mul_(theta)
         if reset == "subtract":
             v.sub_(out[t])
         else:

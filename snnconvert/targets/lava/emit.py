@@ -104,7 +104,8 @@ def emit(lg: LayerGraph, batch: int, timesteps: int, fixed: dict[str, FixedLayer
             dst = IF(shape=shape, vth=vth, v_init=v0, bias=to_lava(bias, p.shape),
                      bias_exp=to_lava(bias_exp, p.shape), dv=dv,
                      reset_zero=p.reset == "zero", reset_interval=interval,
-                     reset_offset=offset, count_window=timesteps, name=name)
+                     reset_offset=offset, count_window=timesteps, batch=batch,
+                     batch_axis=0 if len(p.shape) == 1 else 2, name=name)
             em.neurons[name] = dst
         for k, term in enumerate(p.terms):
             port = em.neurons[term.source].s_out

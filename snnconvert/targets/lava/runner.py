@@ -16,8 +16,12 @@ from .reference import RefResult, dynamic_bias
 
 def run_lava(lg: LayerGraph, x: np.ndarray, timesteps: int,
              fixed: dict[str, FixedLayer] | None = None, batch_size: int = 100,
-             progress: bool = False) -> RefResult:
-    """Simulate ``x`` [N, *input] in Lava; returns read-out and per-neuron spike counts."""
+             progress: bool = False, neuron_counts: bool = False) -> RefResult:
+    """Simulate ``x`` [N, *input] in Lava; returns read-out and spike counts.
+
+    Counts are per neuron [N, *shape] when ``neuron_counts`` (slow: Lava's Var.get of large
+    arrays costs seconds), else per sample [N].
+    """
     from lava.magma.core.run_conditions import RunSteps
 
     n = x.shape[0]
@@ -34,20 +38,21 @@ def run_lava(lg: LayerGraph, x: np.ndarray, timesteps: int,
     if progress:
         from tqdm import tqdm
         it = tqdm(it, desc="lava", unit="batch")
-    try:
-        for c in it:
-            xb = xp[c * b:(c + 1) * b]
-            dyn = first if c == 0 else dynamic_bias(lg, xb)
-            if c > 0:
-                _set_biases(lg, em, dyn, fixed, b)
-            em.sink.run(condition=RunSteps(num_steps=em.interval), run_cfg=cfg)
-            total = from_lava(np.asarray(em.sink.total.get(), np.float64), out_pop.shape, b)
-            gain = fixed[out_pop.name].gain if fixed else 1.0
-            readouts.append(total / (timesteps * gain) + out_pop.bias + dyn.get(out_pop.name, 0.0))
-            for name, proc in em.neurons.items():
+    for c in it:
+        xb = xp[c * b:(c + 1) * b]
+        dyn = first if c == 0 else dynamic_bias(lg, xb)
+        if c > 0:
+            _set_biases(lg, em, dyn, fixed, b)
+        em.sink.run(condition=RunSteps(num_steps=em.interval), run_cfg=cfg)
+        total = from_lava(np.asarray(em.sink.total.get(), np.float64), out_pop.shape, b)
+        gain = fixed[out_pop.name].gain if fixed else 1.0
+        readouts.append(total / (timesteps * gain) + out_pop.bias + dyn.get(out_pop.name, 0.0))
+        for name, proc in em.neurons.items():
+            if neuron_counts:
                 counts[name].append(from_lava(proc.spike_count.get(), lg.populations[name].shape, b))
-    finally:
-        em.sink.stop()
+            else:
+                counts[name].append(np.asarray(proc.sample_count.get()))
+    em.sink.stop()  # not in a finally: after a failed run Lava's stop() blocks forever
     return RefResult(np.concatenate(readouts)[:n],
                      {k: np.concatenate(v)[:n].astype(np.int64) for k, v in counts.items()})
 

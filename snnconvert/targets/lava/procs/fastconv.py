@@ -30,10 +30,35 @@ def conv_whc(x, weight, stride, padding, dilation, groups):
     og = c_out // groups
     if groups == 1:
         return np.tensordot(win, wf, axes=([2, 3, 4], [3, 1, 2]))
-    win = win.reshape(wo, ho, groups, cg, kw, kh)
-    wg = wf.reshape(groups, og, kw, kh, cg)
-    out = np.einsum("xygcij,gocij->xygo", win, wg, optimize=True)
+    period = tile_period(weight, groups)
+    reps = groups // period
+    # groups repeating with ``period`` (a kernel tiled per sample): one matmul for all repeats
+    win = win.reshape(wo, ho, reps, period, cg, kw, kh)
+    wg = wf.reshape(period, og, kw, kh, cg)
+    if period == 1:
+        cols = win.reshape(wo * ho * reps, cg * kw * kh)
+        out = cols @ wg[0].transpose(3, 1, 2, 0).reshape(cg * kw * kh, og)
+    elif og == 1 and cg == 1:
+        out = np.einsum("xyrpij,pij->xyrp", win[:, :, :, :, 0], wg[:, 0, :, :, 0], optimize=True)
+    else:
+        out = np.einsum("xyrpcij,poijc->xyrpo", win, wg, optimize=True)
     return out.reshape(wo, ho, c_out)
+
+
+_PERIODS: dict = {}
+
+
+def tile_period(weight, groups):
+    """Smallest p dividing ``groups`` such that the grouped kernel repeats every p groups."""
+    key = (id(weight), weight.shape, groups)
+    if key not in _PERIODS:
+        g = weight.reshape((groups, -1))
+        for p in range(1, groups + 1):
+            if groups % p == 0 and np.array_equal(g, np.tile(g[:p], (groups // p, 1))):
+                _PERIODS.clear()
+                _PERIODS[key] = p
+                break
+    return _PERIODS[key]
 
 
 class _ConvEinsumBase(PyLoihiProcessModel):

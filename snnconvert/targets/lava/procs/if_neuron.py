@@ -25,7 +25,7 @@ class IF(AbstractProcess):
 
     def __init__(self, *, shape, vth=1.0, bias=0, bias_exp=0, v_init=0, dv=0,
                  reset_zero=False, reset_interval=0, reset_offset=0, count_window=0,
-                 name=None):
+                 batch=1, batch_axis=0, name=None):
         super().__init__(shape=shape, name=name)
         full = lambda x: np.broadcast_to(np.asarray(x), shape).copy()  # noqa: E731
         self.a_in = InPort(shape=shape)
@@ -36,6 +36,8 @@ class IF(AbstractProcess):
         self.bias = Var(shape=shape, init=full(bias))
         self.bias_exp = Var(shape=shape, init=full(bias_exp))
         self.spike_count = Var(shape=shape, init=np.zeros(shape, np.int32))
+        self.sample_count = Var(shape=(batch,), init=np.zeros(batch, np.int64))
+        self.batch_axis = Var(shape=(1,), init=int(batch_axis))
         self.dv = Var(shape=(1,), init=dv)
         self.reset_zero = Var(shape=(1,), init=int(bool(reset_zero)))
         self.reset_interval = Var(shape=(1,), init=int(reset_interval))
@@ -44,6 +46,13 @@ class IF(AbstractProcess):
 
 
 class _IFBase(PyLoihiProcessModel):
+    def _count(self, s):
+        """Add spikes to the per-neuron and per-sample counters (batch along ``batch_axis``)."""
+        self.spike_count[:] += s
+        b = self.sample_count.shape[0]
+        moved = np.moveaxis(s, int(self.batch_axis[0]), 0)
+        self.sample_count[:] += moved.reshape(b, -1).sum(axis=1)
+
     def _reset_and_window(self):
         """Apply a pipelined reset if due; return whether this step counts spikes."""
         interval = int(self.reset_interval[0])
@@ -53,6 +62,7 @@ class _IFBase(PyLoihiProcessModel):
         if phase == 0:
             self.v[:] = self.v_init
             self.spike_count[:] = 0
+            self.sample_count[:] = 0
         window = int(self.count_window[0])
         return window <= 0 or phase < window
 
@@ -69,6 +79,8 @@ class PyIFFloat(_IFBase):
     bias: np.ndarray = LavaPyType(np.ndarray, float)
     bias_exp: np.ndarray = LavaPyType(np.ndarray, int)
     spike_count: np.ndarray = LavaPyType(np.ndarray, np.int32)
+    sample_count: np.ndarray = LavaPyType(np.ndarray, np.int64)
+    batch_axis: np.ndarray = LavaPyType(np.ndarray, int)
     dv: np.ndarray = LavaPyType(np.ndarray, float)
     reset_zero: np.ndarray = LavaPyType(np.ndarray, int)
     reset_interval: np.ndarray = LavaPyType(np.ndarray, int)
@@ -88,7 +100,7 @@ class PyIFFloat(_IFBase):
             v = v - self.vth * s
         self.v[:] = v
         if counting:
-            self.spike_count[:] += s
+            self._count(s)
         self.s_out.send(s.astype(float))
 
 
@@ -104,6 +116,8 @@ class PyIFFixed(_IFBase):
     bias: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=13)
     bias_exp: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=3)
     spike_count: np.ndarray = LavaPyType(np.ndarray, np.int32)
+    sample_count: np.ndarray = LavaPyType(np.ndarray, np.int64)
+    batch_axis: np.ndarray = LavaPyType(np.ndarray, int)
     dv: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=12)
     reset_zero: np.ndarray = LavaPyType(np.ndarray, int)
     reset_interval: np.ndarray = LavaPyType(np.ndarray, int)
@@ -130,5 +144,5 @@ class PyIFFixed(_IFBase):
             v = v - vth * s
         self.v[:] = v
         if counting:
-            self.spike_count[:] += s
+            self._count(s)
         self.s_out.send(s.astype(np.int32))

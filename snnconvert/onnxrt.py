@@ -1,0 +1,60 @@
+"""onnxruntime helpers: one place that builds sessions and runs models batch by batch.
+
+An IR model runs here as its rate-limit ANN (its IF function is clip(x, 0, θ)).
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from tqdm.auto import tqdm
+
+
+def session(model: onnx.ModelProto, threads: int = 1) -> ort.InferenceSession:
+    """A CPU session with a fixed thread count (one by default: fast and stable on small hosts)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` that also outputs the intermediate tensors ``names``."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    existing = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in existing)
+    return probe
+
+
+def iterate(model: onnx.ModelProto, x: np.ndarray, names: list[str] | None = None,
+            batch_size: int = 256, progress: bool = False, desc: str = "running"
+            ) -> Iterator[dict[str, np.ndarray]]:
+    """Yield {name: array} for each batch of ``x``; ``names`` default to the graph outputs."""
+    names = names or [o.name for o in model.graph.output]
+    sess = session(with_outputs(model, names))
+    input_name = sess.get_inputs()[0].name
+    with tqdm(total=len(x), desc=desc, unit="img", disable=not progress, leave=False) as bar:
+        for start in range(0, len(x), batch_size):
+            xb = np.ascontiguousarray(x[start:start + batch_size], dtype=np.float32)
+            yield dict(zip(names, sess.run(names, {input_name: xb})))
+            bar.update(len(xb))
+
+
+def collect(model: onnx.ModelProto, x: np.ndarray, names: list[str] | None = None,
+            batch_size: int = 256) -> dict[str, np.ndarray]:
+    """Like :func:`iterate`, concatenated over the batches."""
+    parts: dict[str, list[np.ndarray]] = {}
+    for batch in iterate(model, x, names, batch_size):
+        for k, v in batch.items():
+            parts.setdefault(k, []).append(v)
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def outputs(model: onnx.ModelProto, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """The first graph output of ``model`` on ``x``."""
+    name = model.graph.output[0].name
+    return collect(model, x, [name], batch_size)[name]

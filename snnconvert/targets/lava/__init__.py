@@ -1,0 +1,135 @@
+"""Lava target: emit the spiking IR as Lava processes (lava-nc 0.10.0, CPU simulator).
+
+``compile(model, out, fixed_point=False, calib=None)`` writes a directory artifact holding the
+IR (with ``lava_fx.*`` integer initializers when fixed point); ``load(path)`` rebuilds it as a
+:class:`LavaNetwork`; ``evaluate(source, x, timesteps, fixed_point=False, batch_size=100)``
+simulates it in Lava and returns a :class:`~snnconvert.targets.SimResult`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from . import compat
+
+compat.install()
+import lava.magma.core.process.process  # noqa: E402,F401  (sets the fork start method early)
+
+from ... import ir  # noqa: E402
+from ...errors import TargetError  # noqa: E402
+from .. import SimResult  # noqa: E402
+from .fixed import FixedLayer, load_layers  # noqa: E402
+from .lowering import LayerGraph, lower  # noqa: E402
+from .reference import RefResult, simulate  # noqa: E402
+from .runner import run_lava  # noqa: E402
+
+IR_FILE = "model.snn.onnx"
+META_FILE = "lava.json"
+
+
+@dataclass
+class LavaNetwork:
+    """A loaded Lava artifact: the IR, its layer graph and (optionally) fixed-point parameters."""
+
+    model: onnx.ModelProto
+    graph: LayerGraph
+    fixed: dict[str, FixedLayer] | None
+
+    def run(self, x: np.ndarray, timesteps: int, fixed_point: bool | None = None,
+            batch_size: int = 100, progress: bool = False, neuron_counts: bool = False
+            ) -> RefResult:
+        """Simulate in Lava (read-out; spike counts per sample, or per neuron if asked)."""
+        return run_lava(self.graph, np.asarray(x), timesteps, self._fixed(fixed_point),
+                        batch_size, progress, neuron_counts)
+
+    def reference(self, x: np.ndarray, timesteps: int, fixed_point: bool | None = None) -> RefResult:
+        """The same simulation with the zero-delay numpy/torch reference (fast)."""
+        return simulate(self.graph, np.asarray(x), timesteps, self._fixed(fixed_point))
+
+    def _fixed(self, fixed_point: bool | None) -> dict[str, FixedLayer] | None:
+        if fixed_point is None:
+            return self.fixed
+        if fixed_point and self.fixed is None:
+            raise TargetError("this model carries no fixed-point parameters",
+                              hint="Compile it with fixed_point=True (and calibration data).")
+        return self.fixed if fixed_point else None
+
+
+def network(model: onnx.ModelProto) -> LavaNetwork:
+    """Lower an IR model (with its fixed-point data, if any) to a :class:`LavaNetwork`."""
+    lg = lower(model)
+    try:
+        fx = load_layers(model, lg)
+    except KeyError as exc:
+        raise TargetError(f"inconsistent fixed-point data: {exc}",
+                          hint="Re-run the quantize-fixed-point pass.") from None
+    return LavaNetwork(model, lg, fx)
+
+
+def quantize(model: onnx.ModelProto, calib: np.ndarray | None, timesteps: int | None = None
+             ) -> onnx.ModelProto:
+    """Return a copy of ``model`` carrying Loihi-style fixed-point parameters."""
+    from ...passes.base import PassContext
+    from ...passes.quantize_fixed_point import QuantizeFixedPoint
+
+    t = timesteps or ir.timesteps(model)
+    return QuantizeFixedPoint()(model, PassContext(calib=calib, timesteps=t))
+
+
+def compile(model: onnx.ModelProto, out: str | Path, fixed_point: bool = False,
+            calib: np.ndarray | None = None, **options) -> Path:
+    """Write the artifact directory ``out`` (IR + lava.json); checks that the graph maps."""
+    if options:
+        raise TargetError(f"unknown lava option(s): {', '.join(sorted(options))}")
+    if fixed_point and not any(t.name.startswith("lava_fx.") for t in model.graph.initializer):
+        model = quantize(model, calib)
+    net = network(model)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ir.save(net.model, out / IR_FILE)
+    meta = {"format": 1, "fixed_point": net.fixed is not None,
+            "populations": {n: {"shape": list(p.shape), "depth": p.depth}
+                            for n, p in net.graph.populations.items()}}
+    ir.atomic_write_bytes(out / META_FILE, json.dumps(meta, indent=1).encode())
+    return out
+
+
+def load(path: str | Path) -> LavaNetwork:
+    """Load what :func:`compile` wrote (a directory, or a bare IR file)."""
+    path = Path(path)
+    return network(ir.load(path / IR_FILE if path.is_dir() else path))
+
+
+def evaluate(source, x: np.ndarray, timesteps, fixed_point: bool = False, batch_size: int = 100,
+             calib: np.ndarray | None = None, progress: bool = False, **options) -> SimResult:
+    """Simulate ``source`` (IR model, artifact path or LavaNetwork) in Lava for each T."""
+    if options:
+        raise TargetError(f"unknown lava option(s): {', '.join(sorted(options))}")
+    if isinstance(source, LavaNetwork):
+        net = source
+    elif isinstance(source, onnx.ModelProto):
+        model = source
+        if fixed_point and not any(t.name.startswith("lava_fx.") for t in model.graph.initializer):
+            model = quantize(model, calib if calib is not None else np.asarray(x)[:256])
+        net = network(model)
+    else:
+        net = load(source)
+    ts = [timesteps] if isinstance(timesteps, int) else list(timesteps)
+    res = SimResult(readout={})
+    for t in ts:
+        r = net.run(x, t, fixed_point=fixed_point, batch_size=batch_size, progress=progress)
+        res.readout[t] = r.readout
+        sizes = {k: int(np.prod(p.shape)) for k, p in net.graph.populations.items()
+                 if not p.is_output and p.relay_of is None}
+        rates = {k: float(r.counts[k].mean()) / (t * sizes[k]) for k in sizes}
+        res.layer_rates[t] = rates
+        total = sum(sizes.values())
+        res.firing_rate[t] = sum(rates[k] * sizes[k] for k in rates) / total if total else 0.0
+    return res
+
+
+__all__ = ["LavaNetwork", "compile", "evaluate", "load", "network", "quantize"]
