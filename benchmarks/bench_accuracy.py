@@ -51,6 +51,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--grid", choices=sorted(GRIDS), default="full")
     ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--only", default=None, help="comma-separated v_init values to keep from the grid")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -64,7 +65,8 @@ def main() -> None:
     print(f"{args.model}: {len(x)} test images, calibration {len(calib)}; ANN accuracy {ann_acc:.4f}")
     print(f"{'norm':18s} {'per-ch':6s} {'v_init':9s} " + " ".join(f"T={t:<5d}" for t in ts) + "  sec")
     rows = []
-    for norm, per_channel, v_init in GRIDS[args.grid]:
+    grid = [g for g in GRIDS[args.grid] if args.only is None or g[2] in args.only.split(",")]
+    for norm, per_channel, v_init in grid:
         t0 = time.time()
         accs, rates = {}, {}
         # The data-optimized init is fitted at the T it runs at, so it converts once per T.

@@ -17,8 +17,9 @@ from .targets import SimResult, get_target
 def convert(source: str | os.PathLike | onnx.ModelProto, calib: np.ndarray | None = None, *,
             timesteps: int = 32, norm: str = "percentile:99.99", per_channel: bool = True,
             v_init: str | float = "half", reset: str = "subtract", leak: float = 0.0,
-            pipeline: Pipeline | None = None, progress: bool = False,
-            log: list[tuple[str, str]] | None = None) -> onnx.ModelProto:
+            maxpool_to_avgpool: bool = False, pipeline: Pipeline | None = None, progress: bool = False,
+            log: list[tuple[str, str]] | None = None, calib_labels: np.ndarray | None = None
+            ) -> onnx.ModelProto:
     """Load an ANN, check that it converts, and run the conversion pipeline on it.
 
     Returns the spiking IR (an ONNX model). ``log`` receives (step, message) pairs.
@@ -31,8 +32,10 @@ def convert(source: str | os.PathLike | onnx.ModelProto, calib: np.ndarray | Non
     entries: list[tuple[str, str]] = []
     model = frontend.load_model(source, log=entries)
     frontend.check_supported(model)
-    pipe = pipeline or default_pipeline(norm, per_channel, v_init, reset, leak)
-    ctx = PassContext(calib=calib, timesteps=timesteps, progress=progress)
+    pipe = pipeline or default_pipeline(norm, per_channel, v_init, reset, leak,
+                                        maxpool_to_avgpool=maxpool_to_avgpool)
+    ctx = PassContext(calib=calib, timesteps=timesteps, progress=progress,
+                      options={} if calib_labels is None else {"calib_labels": calib_labels})
     snn = pipe(model, ctx)
     ir.ensure_domain(snn)
     ir.set_meta(snn, "timesteps", str(timesteps))

@@ -58,3 +58,21 @@ def outputs(model: onnx.ModelProto, x: np.ndarray, batch_size: int = 256) -> np.
     """The first graph output of ``model`` on ``x``."""
     name = model.graph.output[0].name
     return collect(model, x, [name], batch_size)[name]
+
+
+def tensor_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """Per-sample static shape (batch axis excluded) of every tensor, from one run on zeros."""
+    from . import ir
+
+    m = with_outputs(model, [o for node in model.graph.node for o in node.output if o])
+    ir.ensure_domain(m)
+    inits = {t.name for t in m.graph.initializer}
+    feeds = {}
+    for inp in m.graph.input:
+        if inp.name not in inits:
+            dims = [d.dim_value if d.dim_value > 0 else 1 for d in inp.type.tensor_type.shape.dim]
+            feeds[inp.name] = np.zeros([1] + dims[1:], np.float32)
+    names = [o.name for o in m.graph.output]
+    shapes = {n: tuple(v.shape[1:]) for n, v in zip(names, session(m).run(names, feeds))}
+    shapes.update({k: tuple(v.shape[1:]) for k, v in feeds.items()})
+    return shapes

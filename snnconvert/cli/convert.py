@@ -36,20 +36,23 @@ def artifact_path(out: Path, target: str) -> Path:
 @click.option("--fixed-point", is_flag=True, help="lava: quantize to Loihi 2 fixed point.")
 @click.option("--strict", is_flag=True, help="nir: refuse instead of warning on semantic losses.")
 def command(model: Path, target: str, calib: str | None, norm: str, per_channel: bool, v_init: str,
-            reset: str, leak: float, timesteps: int, output: Path | None, fixed_point: bool,
-            strict: bool) -> None:
+            reset: str, leak: float, maxpool_to_avgpool: bool, timesteps: int, output: Path | None,
+            fixed_point: bool, strict: bool) -> None:
     """Convert MODEL.onnx to a spiking network (.snn.onnx + the target's artifact)."""
     out = output or default_output(model)
     if out.resolve() == model.resolve():
         raise OptionError(f"output {out} would overwrite the input model",
                           hint="Choose another path with -o.")
-    calib_x = None
+    calib_x = calib_y = None
     if calib is not None:
-        calib_x = load_npz(calib, labels=False, shape=input_shape(load_model(model)),
-                           what="calibration").x
+        calib_data = load_npz(calib, labels=False, shape=input_shape(load_model(model)),
+                              what="calibration")
+        calib_x, calib_y = calib_data.x, calib_data.y
     log: list[tuple[str, str]] = []
     snn = api.convert(model, calib_x, timesteps=timesteps, norm=norm, per_channel=per_channel,
-                      v_init=v_init, reset=reset, leak=leak, progress=True, log=log)
+                      v_init=v_init, reset=reset, leak=leak,
+                      maxpool_to_avgpool=maxpool_to_avgpool, progress=True, log=log,
+                      calib_labels=calib_y)
     for step, message in log:
         click.echo(f"  {step:22s} {message}")
     options = {"fixed_point": fixed_point} if target == "lava" else (

@@ -36,8 +36,8 @@ def is_ir_file(path: Path) -> bool:
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda).")
 def command(model: Path, data_path: str, calib: str | None, norm: str, per_channel: bool,
-            v_init: str, reset: str, leak: float, timesteps: str, tune_t: int | None, target: str,
-            fixed_point: bool, json_path: Path | None, plot_path: Path | None, limit: int | None,
+            v_init: str, reset: str, leak: float, maxpool_to_avgpool: bool, timesteps: str,
+            tune_t: int | None, target: str, fixed_point: bool, json_path: Path | None, plot_path: Path | None, limit: int | None,
             batch_size: int, device: str) -> None:
     """Evaluate MODEL (an ANN .onnx converted on the fly with --calib, or a converted network)."""
     ts = parse_timesteps(timesteps)
@@ -54,7 +54,7 @@ def command(model: Path, data_path: str, calib: str | None, norm: str, per_chann
         calib_x = load_npz(calib, labels=False, shape=shape, what="calibration").x if calib else None
         source = api.convert(model, calib_x, timesteps=tune_t or max(ts), norm=norm,
                              per_channel=per_channel, v_init=v_init, reset=reset, leak=leak,
-                             progress=True)
+                             maxpool_to_avgpool=maxpool_to_avgpool, progress=True)
     options: dict = {"batch_size": batch_size}
     if target == "torch":
         options["device"] = device

@@ -24,6 +24,8 @@ def conversion_options(f: Callable) -> Callable:
                      type=click.Choice(["subtract", "zero"]), help="Reset mode of the neurons."),
         click.option("--leak", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),
                      help="LIF leak per step (0 = IF)."),
+        click.option("--maxpool-to-avgpool", is_flag=True,
+                     help="Swap MaxPool for AveragePool (warns with the measured ANN accuracy effect)."),
     ]
     for option in reversed(options):
         f = option(f)

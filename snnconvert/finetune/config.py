@@ -19,6 +19,8 @@ class FinetuneConfig:
     sharpen_epochs  pipe-S pre-stage: epochs of ANN-twin training with the sharpened
                   clipped ReLU before SNN fine-tuning (0 = off); ``sharpen_to`` is the final
                   sharpness s (activation ramps from lo=s to hi=1-s, in units of θ).
+    lr            Adam's learning rate for parameters of RMS >= 0.05; smaller parameters get
+                  lr · rms / 0.05 (see trainer.scale_for)
     logit_scale   the loss is CE(scale · readout); None fits the scale (temperature scaling)
                   on the converted network first, since converted readouts can be tiny or huge
                   (a bias-free net fed x/255 has logits 255x smaller than it was trained with).

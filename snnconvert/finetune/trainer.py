@@ -77,6 +77,16 @@ def accuracy(net: SpikingNetwork, x: np.ndarray, y: np.ndarray, timesteps: int,
     return correct / len(x)
 
 
+LR_REFERENCE_RMS = 0.05
+
+
+def scale_for(param: torch.Tensor) -> float:
+    """Learning-rate factor min(1, rms(param) / 0.05): Adam steps are ~lr in absolute size, so
+    small weights (e.g. a bias-free net fed raw x/255) need proportionally smaller steps."""
+    rms = float(param.detach().pow(2).mean().sqrt())
+    return min(1.0, max(rms, 1e-8) / LR_REFERENCE_RMS)
+
+
 class Trainer:
     """State of one fine-tuning run (network, optimizer, schedule, history)."""
 
@@ -91,8 +101,9 @@ class Trainer:
             param.requires_grad_(cfg.train_thresholds or key not in thresholds)
         self.floors = {k: 1e-3 * self.net.params[k].detach().abs().mean().clamp(min=1e-8)
                        for k in thresholds}
-        trainable = [p for p in self.net.params.values() if p.requires_grad]
-        self.opt = torch.optim.Adam(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        groups = [{"params": [p], "lr": cfg.lr * scale_for(p)}
+                  for p in self.net.params.values() if p.requires_grad]
+        self.opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         total = max(1, cfg.sharpen_epochs + cfg.epochs)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=total)
         self.history = History()

@@ -12,9 +12,9 @@ import warnings
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import helper
 
+from ..onnxrt import outputs
 from .base import Pass, PassContext
 
 _KEPT = ("kernel_shape", "strides", "pads", "ceil_mode", "auto_pad")
@@ -22,17 +22,6 @@ _KEPT = ("kernel_shape", "strides", "pads", "ceil_mode", "auto_pad")
 
 class MaxPoolAccuracyWarning(UserWarning):
     """The MaxPool -> AveragePool swap changed the ANN; the message says by how much."""
-
-
-def _outputs(model: onnx.ModelProto, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    out = [sess.run(None, {name: np.ascontiguousarray(x[i:i + batch_size], np.float32)})[0]
-           for i in range(0, len(x), batch_size)]
-    return np.concatenate(out).reshape(len(x), -1)
 
 
 def swap_max_pools(model: onnx.ModelProto) -> list[str]:
@@ -78,8 +67,8 @@ class MaxPoolToAvgPool(Pass):
         if ctx.calib is None or len(ctx.calib) == 0:
             return "the ANN changes (average instead of max); its accuracy effect is unmeasured (no calibration data)"
         x = ctx.calib[:self.samples]
-        old = _outputs(before, x).argmax(1)
-        new = _outputs(after, x).argmax(1)
+        old = outputs(before, x).reshape(len(x), -1).argmax(1)
+        new = outputs(after, x).reshape(len(x), -1).argmax(1)
         labels = ctx.options.get("calib_labels")
         if labels is not None and len(labels) >= len(x):
             y = np.asarray(labels)[:len(x)]

@@ -15,6 +15,7 @@ from .base import PassContext, PassLike
 from .calibrate import Calibrate
 from .fold_batchnorm import FoldBatchNorm
 from .init_membrane import InitMembrane
+from .maxpool_to_avgpool import MaxPoolToAvgPool
 from .normalize_thresholds import NormalizeThresholds
 from .optimize_init import OptimizeInit
 from .replace_neurons import ReplaceNeurons
@@ -64,10 +65,11 @@ class Pipeline:
 
 def default_pipeline(norm: str = "percentile:99.99", per_channel: bool = True,
                      v_init: str | float = "half", reset: str = "subtract", leak: float = 0.0,
-                     optimize_samples: int = 128) -> Pipeline:
+                     optimize_samples: int = 128, maxpool_to_avgpool: bool = False) -> Pipeline:
     """The standard conversion: exact BN folding, soft-reset IF, robust normalization, θ/2 start."""
     passes: list[PassLike] = [
         FoldBatchNorm(),
+        *([MaxPoolToAvgPool()] if maxpool_to_avgpool else []),
         ReplaceNeurons(reset=reset, leak=leak),
         Calibrate(),
         NormalizeThresholds(norm, per_channel),

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from onnx import helper, numpy_helper
 
-from .. import ir
+from .. import ir, onnxrt
 from ..errors import UnsupportedModelError
 
 READOUT = "readout"
@@ -176,30 +176,7 @@ def synaptic_events(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
 
 def tensor_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
     """Per-sample static shape of every tensor, from one onnxruntime run on a zero input."""
-    import onnxruntime as ort
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    ir.ensure_domain(m)
-    known = {o.name for o in m.graph.output}
-    for node in m.graph.node:
-        for name in node.output:
-            if name and name not in known:
-                m.graph.output.append(helper.make_empty_tensor_value_info(name))
-                known.add(name)
-    inits = {t.name for t in m.graph.initializer}
-    feeds = {}
-    for inp in m.graph.input:
-        if inp.name not in inits:
-            dims = [d.dim_value if d.dim_value > 0 else 1 for d in inp.type.tensor_type.shape.dim]
-            feeds[inp.name] = np.zeros([1] + dims[1:], np.float32)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    names = [o.name for o in m.graph.output]
-    shapes = {n: tuple(v.shape[1:]) for n, v in zip(names, sess.run(names, feeds))}
-    shapes.update({k: tuple(v.shape[1:]) for k, v in feeds.items()})
-    return shapes
+    return onnxrt.tensor_shapes(model)
 
 
 def ann_macs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ... import ir
+from ... import ir, onnxrt
 from ...errors import TargetError
 
 POOL_MODES = ("sum", "avg")
@@ -69,32 +69,8 @@ def _attrs(node: onnx.NodeProto) -> dict:
 
 
 def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
-    """Static shapes (batch 1) of every tensor, from one onnxruntime run on zeros."""
-    import onnxruntime as ort
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    ir.ensure_domain(m)
-    known = {o.name for o in m.graph.output}
-    for node in m.graph.node:
-        for out in node.output:
-            if out and out not in known:
-                m.graph.output.append(helper.make_empty_tensor_value_info(out))
-                known.add(out)
-    inits = {t.name for t in m.graph.initializer}
-    feeds = {}
-    for inp in m.graph.input:
-        if inp.name in inits:
-            continue
-        dims = [d.dim_value if d.dim_value > 0 else 1 for d in inp.type.tensor_type.shape.dim]
-        dims[0] = 1
-        feeds[inp.name] = np.zeros(dims, np.float32)
-    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-    names = [o.name for o in m.graph.output]
-    values = sess.run(names, feeds)
-    shapes = {n: tuple(v.shape) for n, v in zip(names, values)}
-    shapes.update({k: v.shape for k, v in feeds.items()})
-    return shapes
+    """Static shapes (batch 1) of every tensor."""
+    return {k: (1, *v) for k, v in onnxrt.tensor_shapes(model).items()}
 
 
 def _channel(vec: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

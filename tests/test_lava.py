@@ -1,0 +1,183 @@
+"""Lava target: compat hook, layer mapping vs the torch runtime, Lava vs the zero-delay reference."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from snnconvert import ir
+from snnconvert.errors import TargetError
+
+lava = pytest.importorskip("snnconvert.targets.lava")
+
+from snnconvert.targets.lava import compat  # noqa: E402
+from snnconvert.targets.lava.lowering import lower  # noqa: E402
+from snnconvert.targets.lava.reference import simulate  # noqa: E402
+
+T = 12
+
+
+def _vi(name, shape):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def _init(name, arr):
+    arr = np.asarray(arr)
+    return numpy_helper.from_array(arr.astype(np.float32) if arr.dtype.kind == "f" else arr, name)
+
+
+def residual_net(seed: int = 0) -> onnx.ModelProto:
+    """Every mapped layer kind: conv (pad, groups, stride), residual Add with a latency gap,
+    ResNet option-A shortcut (Slice step 2 + channel Pad), AveragePool, Flatten, Gemm."""
+    rng = np.random.default_rng(seed)
+    w = lambda *s, k=1.0: rng.normal(size=s) * k / np.sqrt(np.prod(s[1:]))  # noqa: E731
+    nodes, inits = [], []
+
+    def neuron(name, x, y, c, th):
+        n, i = ir.make_neuron(name, x, y, np.full([c, 1, 1], th, np.float32) if c else np.float32(th),
+                              np.full([c, 1, 1], th / 2, np.float32) if c else np.float32(th / 2))
+        nodes.append(n)
+        inits.extend(i)
+
+    def conv(name, x, y, wt, **kw):
+        inits.append(_init(name + ".w", wt))
+        nodes.append(helper.make_node("Conv", [x, name + ".w"], [y], name=name, **kw))
+
+    conv("c0", "x", "h0", w(4, 2, 3, 3, k=2.5), pads=[1, 1, 1, 1])
+    inits.append(_init("c0.b", rng.normal(size=4) * 0.2))
+    nodes[-1].input.append("c0.b")
+    neuron("a", "h0", "sa", 4, 1.0)
+    conv("c1", "sa", "h1", w(4, 2, 3, 3, k=2.0), pads=[1, 1, 1, 1], group=2)
+    neuron("b", "h1", "sb", 4, 0.8)
+    conv("c2", "sb", "h2", w(4, 4, 3, 3, k=1.5), pads=[1, 1, 1, 1])
+    nodes.append(helper.make_node("Add", ["h2", "sa"], ["h3"], name="add1"))
+    neuron("c", "h3", "sc", 4, 1.2)
+    conv("c3", "sc", "h4", w(8, 4, 3, 3, k=2.0), pads=[1, 1, 1, 1], strides=[2, 2])
+    inits += [_init("sl.starts", np.array([0, 0], np.int64)), _init("sl.ends", np.array([8, 8], np.int64)),
+              _init("sl.axes", np.array([2, 3], np.int64)), _init("sl.steps", np.array([2, 2], np.int64)),
+              _init("pd.pads", np.array([0, 2, 0, 0, 0, 2, 0, 0], np.int64))]
+    nodes += [helper.make_node("Slice", ["sc", "sl.starts", "sl.ends", "sl.axes", "sl.steps"], ["s4"], name="slice"),
+              helper.make_node("Pad", ["s4", "pd.pads"], ["p4"], name="pad"),
+              helper.make_node("Add", ["h4", "p4"], ["h5"], name="add2")]
+    neuron("d", "h5", "sd", 8, 1.0)
+    nodes += [helper.make_node("AveragePool", ["sd"], ["pool"], kernel_shape=[2, 2], strides=[2, 2], name="pool"),
+              helper.make_node("Flatten", ["pool"], ["flat"], name="flatten")]
+    inits += [_init("fc1.w", w(6, 32, k=3.0)), _init("fc1.b", rng.normal(size=6) * 0.1),
+              _init("fc2.w", w(3, 6, k=1.0)), _init("fc2.b", rng.normal(size=3) * 0.1)]
+    nodes.append(helper.make_node("Gemm", ["flat", "fc1.w", "fc1.b"], ["h6"], transB=1, name="fc1"))
+    neuron("e", "h6", "se", 0, 0.7)
+    nodes.append(helper.make_node("Gemm", ["se", "fc2.w", "fc2.b"], ["y"], transB=1, name="fc2"))
+    g = helper.make_graph(nodes, "res", [_vi("x", ["N", 2, 8, 8])], [_vi("y", ["N", 3])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    ir.ensure_domain(m)
+    return m
+
+
+@pytest.fixture(scope="module")
+def net_and_data():
+    m = residual_net()
+    x = np.random.default_rng(1).uniform(0, 1, size=(6, 2, 8, 8)).astype(np.float32)
+    return m, x
+
+
+def test_compat_rewrites_only_bytencoder_defaults():
+    src = "class A:\n    x: ByteEncoder = ByteEncoder()\n    y: int = 0\n"
+    out = compat.patch_source(src)
+    assert "default_factory=ByteEncoder" in out and "y: int = 0" in out
+    assert out.count("\n") == src.count("\n")  # line numbers kept
+    from lava.magma.compiler import var_model
+    a, b = var_model.CoreEncoder(), var_model.CoreEncoder()
+    assert a.x is not b.x  # a fresh default per instance, not a shared one
+    assert compat._finder is None and not any(isinstance(f, compat._VarModelFinder) for f in __import__("sys").meta_path)
+
+
+def test_lowering_structure(net_and_data):
+    lg = lower(net_and_data[0])
+    pops = lg.populations
+    assert [p.depth for p in pops.values() if p.relay_of is None] == [0, 1, 2, 3, 5, 6]
+    relays = [p for p in pops.values() if p.relay_of]
+    assert [r.relay_of for r in relays] == ["a"]          # the short residual branch is delayed
+    assert pops["a"].input_ops and not pops["a"].terms   # analog input injected as bias
+    assert sum(o.is_process for o in pops["d"].terms[1].ops) == 1  # slice+pad folded in one conv
+
+
+def test_reference_matches_torch_runtime(net_and_data):
+    from snnconvert.runtime import SpikingNetwork
+
+    m, x = net_and_data
+    torch_net = SpikingNetwork(m, cpu_kernels="torch").double()
+    torch_net.record = True
+    with torch.no_grad():
+        y = torch_net(torch.as_tensor(x, dtype=torch.float64), T).numpy()
+    ref = simulate(lower(m), x.astype(np.float64), T)
+    np.testing.assert_allclose(ref.readout, y, atol=1e-9)
+    for name in "abcde":
+        np.testing.assert_array_equal(ref.counts[name], torch_net.spike_counts[name].numpy())
+
+
+def test_lava_float_and_fixed_match_reference(net_and_data):
+    m, x = net_and_data
+    m_q = lava.quantize(m, x, T)
+    net = lava.network(m_q)
+    ref_f = net.reference(x, T, fixed_point=False)
+    got_f = net.run(x, T, fixed_point=False, batch_size=4, neuron_counts=True)  # 2 chunks
+    np.testing.assert_allclose(got_f.readout, ref_f.readout, atol=1e-12)
+    for name in "abcde":
+        np.testing.assert_array_equal(got_f.counts[name], ref_f.counts[name])
+    ref_q = net.reference(x, T, fixed_point=True)
+    got_q = net.run(x, T, fixed_point=True, batch_size=6, neuron_counts=True)
+    np.testing.assert_array_equal(got_q.readout, ref_q.readout)  # bit-exact
+    for name in "abcde":
+        np.testing.assert_array_equal(got_q.counts[name], ref_q.counts[name])
+    assert np.corrcoef(ref_q.readout.ravel(), ref_f.readout.ravel())[0, 1] > 0.95
+
+
+def test_fixed_parameters_are_in_range(net_and_data):
+    m, x = net_and_data
+    net = lava.network(lava.quantize(m, x, T))
+    for name, fx in net.fixed.items():
+        for w in fx.weights:
+            mant = w >> fx.weight_exp
+            assert np.all(mant % 2 == 0) and mant.min() >= -256 and mant.max() <= 254
+        if name != "<output>":
+            assert 1 <= fx.vth.min() and fx.vth.max() <= 1 << 14
+
+
+def test_compile_load_roundtrip(tmp_path, net_and_data):
+    m, x = net_and_data
+    out = lava.compile(m, tmp_path / "art", fixed_point=True, calib=x)
+    net = lava.load(out)
+    assert net.fixed is not None
+    again = lava.network(lava.quantize(m, x, T))
+    a, b = net.reference(x, T), again.reference(x, T, fixed_point=True)
+    np.testing.assert_array_equal(a.readout, b.readout)
+
+
+def test_unsupported_ops_are_refused_by_name():
+    n, inits = ir.make_neuron("n", "h", "s", np.float32(1.0), np.float32(0.5))
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["h"], name="conv"), n,
+         helper.make_node("MaxPool", ["s"], ["p"], kernel_shape=[2, 2], strides=[2, 2], name="mp"),
+         helper.make_node("Flatten", ["p"], ["y"], name="fl")],
+        "g", [_vi("x", ["N", 1, 4, 4])], [_vi("y", ["N", 4])],
+        [_init("w", np.ones((1, 1, 1, 1)))] + inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    ir.ensure_domain(m)
+    with pytest.raises(TargetError) as e:
+        lower(m)
+    assert e.value.node == "mp" and e.value.op == "MaxPool" and "AveragePool" in str(e.value)
+
+
+def test_asymmetric_padding_refused():
+    n, inits = ir.make_neuron("n", "h", "s", np.float32(1.0), np.float32(0.5))
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["h"], pads=[0, 0, 1, 1], name="cv"), n,
+                           helper.make_node("Flatten", ["s"], ["y"], name="fl")],
+                          "g", [_vi("x", ["N", 1, 4, 4])], [_vi("y", ["N", 25])],
+                          [_init("w", np.ones((1, 1, 2, 2)))] + inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    ir.ensure_domain(m)
+    with pytest.raises(TargetError, match="asymmetric"):
+        lower(m)
