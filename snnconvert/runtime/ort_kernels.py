@@ -12,7 +12,7 @@ import onnxruntime as ort
 import torch
 from onnx import helper, numpy_helper
 
-KERNEL_OPS = ("Conv", "Gemm", "MatMul")
+KERNEL_OPS = ("Conv", "Gemm", "MatMul", "AveragePool", "GlobalAveragePool")
 
 
 class OrtKernels:
