@@ -92,3 +92,29 @@ def evaluate(snn: onnx.ModelProto | str | os.PathLike, x: np.ndarray, y: np.ndar
         report.rows.append(EvalRow(t, float(np.mean(pred == y)) if y is not None else None,
                                    float(np.mean(pred == ann_pred)), float(result.firing_rate.get(t, 0.0))))
     return report
+
+
+def evaluate_conversion(source: str | os.PathLike | onnx.ModelProto, calib: np.ndarray | None,
+                        x: np.ndarray, y: np.ndarray | None, timesteps: list[int], *,
+                        target: str = "torch", tune_t: int | None = None, progress: bool = False,
+                        target_options: dict | None = None, **convert_options) -> EvalReport:
+    """Convert an ANN and evaluate it against its own onnxruntime accuracy.
+
+    With ``v_init="optimized"`` the fit belongs to one T, so unless ``tune_t`` pins one, the
+    network is converted once per T and each T is evaluated on its own conversion.
+    """
+    ann = frontend.load_model(source)
+    ts = sorted(set(timesteps))
+    per_t = convert_options.get("v_init") == "optimized" and tune_t is None
+    groups = [[t] for t in ts] if per_t else [ts]
+    report: EvalReport | None = None
+    for group in groups:
+        snn = convert(ann, calib, timesteps=tune_t or max(group), progress=progress,
+                      **convert_options)
+        part = evaluate(snn, x, y, group, target=target, ann=ann, progress=progress,
+                        **(target_options or {}))
+        if report is None:
+            report = part
+        else:
+            report.rows.extend(part.rows)
+    return report

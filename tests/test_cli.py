@@ -92,3 +92,14 @@ def test_inspect_lists_mappings(capsys):
 def test_python_dash_m_entry_point_works():
     out = subprocess.run([sys.executable, "-m", "snnconvert", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "convert" in out.stdout and "eval" in out.stdout
+
+
+def test_eval_with_optimized_init_fits_each_t(tmp_path, data_files, capsys):
+    report = tmp_path / "opt.json"
+    code, stdout, _ = run(["eval", f"{FIX}/digits_resnet.onnx", "--calib", str(data_files / "calib.npz"),
+                           "--data", str(data_files / "test.npz"), "--timesteps", "2,4",
+                           "--v-init", "optimized", "--json", str(report)], capsys)
+    assert code == 0
+    rows = json.loads(report.read_text())["snn"]
+    assert [r["timesteps"] for r in rows] == [2, 4]
+    assert rows[1]["accuracy"] >= 0.9

@@ -26,7 +26,8 @@ def is_ir_file(path: Path) -> bool:
 @click.option("--timesteps", default="1,2,4,8,16,32,64", show_default=True,
               help="Comma-separated list of T.")
 @click.option("-T", "tune_t", default=None, type=click.IntRange(min=1),
-              help="T the on-the-fly conversion is tuned for (default: the largest --timesteps).")
+              help="T the on-the-fly conversion is tuned for (default: the largest --timesteps; "
+                   "with --v-init optimized, each T gets its own fit).")
 @click.option("--target", type=click.Choice(TARGETS), default="torch", show_default=True)
 @click.option("--fixed-point", is_flag=True, help="lava: run the Loihi 2 fixed-point model.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
@@ -41,20 +42,6 @@ def command(model: Path, data_path: str, calib: str | None, norm: str, per_chann
             batch_size: int, device: str) -> None:
     """Evaluate MODEL (an ANN .onnx converted on the fly with --calib, or a converted network)."""
     ts = parse_timesteps(timesteps)
-    ann = None
-    if is_ir_file(model):
-        source = model
-        snn_model = ir.load(model) if model.name.endswith(".snn.onnx") else None
-        shape = input_shape(snn_model) if snn_model is not None else None
-    else:
-        ann = load_model(model)
-        shape = input_shape(ann)
-    data = load_npz(data_path, labels=True, shape=shape, what="evaluation").limit(limit)
-    if ann is not None:
-        calib_x = load_npz(calib, labels=False, shape=shape, what="calibration").x if calib else None
-        source = api.convert(model, calib_x, timesteps=tune_t or max(ts), norm=norm,
-                             per_channel=per_channel, v_init=v_init, reset=reset, leak=leak,
-                             maxpool_to_avgpool=maxpool_to_avgpool, progress=True)
     options: dict = {"batch_size": batch_size}
     if target == "torch":
         options["device"] = device
@@ -62,9 +49,20 @@ def command(model: Path, data_path: str, calib: str | None, norm: str, per_chann
         options["fixed_point"] = fixed_point
     elif fixed_point:
         raise OptionError("--fixed-point applies to --target lava only")
-    report = api.evaluate(source, data.x, data.y, ts, target=target, ann=ann, progress=True,
-                          **options)
-    label = "ANN" if ann is not None else "ANN (rate limit of the IR)"
+    if is_ir_file(model):
+        snn_model = ir.load(model) if model.name.endswith(".snn.onnx") else None
+        shape = input_shape(snn_model) if snn_model is not None else None
+        data = load_npz(data_path, labels=True, shape=shape, what="evaluation").limit(limit)
+        report = api.evaluate(model, data.x, data.y, ts, target=target, progress=True, **options)
+    else:
+        shape = input_shape(load_model(model))
+        data = load_npz(data_path, labels=True, shape=shape, what="evaluation").limit(limit)
+        calib_x = load_npz(calib, labels=False, shape=shape, what="calibration").x if calib else None
+        report = api.evaluate_conversion(
+            model, calib_x, data.x, data.y, ts, target=target, tune_t=tune_t, progress=True,
+            target_options=options, norm=norm, per_channel=per_channel, v_init=v_init, reset=reset,
+            leak=leak, maxpool_to_avgpool=maxpool_to_avgpool)
+    label = "ANN (rate limit of the IR)" if report.ann_is_rate_limit else "ANN"
     click.echo(f"{label} accuracy: {report.ann_accuracy:.4f}  ({len(data.x)} samples, target {target})")
     click.echo(f"{'T':>6} {'accuracy':>9} {'agreement':>10} {'firing rate':>12}")
     for row in report.rows:
