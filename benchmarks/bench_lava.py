@@ -1,7 +1,9 @@
 """Lava target benchmark: equivalence with torch and the integer reference, accuracy, wall time.
 
-Usage: .venv/bin/python benchmarks/bench_lava.py [--n 1000] [--n-check 100] [--t 32] [--batch 100]
-Uses examples/mnist (model.onnx, calib.npz, test.npz). Prints one JSON line per measurement.
+Usage: .venv/bin/python benchmarks/bench_lava.py [--model example|sinabs-mnist-cnn|resnet20-cifar10]
+           [--ir TUNED.snn.onnx] [--n 1000] [--n-check 100] [--t 32] [--batch 100] [--no-fixed]
+The example uses examples/mnist; shared models use benchmarks/data (prepare_data.py) and ../shared.
+``--ir`` evaluates a given IR (e.g. a fine-tuned one) instead of converting. One JSON line per result.
 """
 from __future__ import annotations
 
@@ -22,18 +24,30 @@ def main() -> None:
     ap.add_argument("--n-check", type=int, default=100)
     ap.add_argument("--t", type=int, default=32)
     ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--model", default="example")
+    ap.add_argument("--ir", type=Path, default=None)
+    ap.add_argument("--no-fixed", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
     import snnconvert
     from snnconvert.runtime import SpikingNetwork
     from snnconvert.targets import lava
 
-    ex = ROOT / "examples" / "mnist"
-    calib = np.load(ex / "calib.npz")["x"]
-    test = np.load(ex / "test.npz")
+    if args.model == "example":
+        ex = ROOT / "examples" / "mnist"
+        path, calib, test = ex / "model.onnx", np.load(ex / "calib.npz")["x"], np.load(ex / "test.npz")
+    else:
+        import sys
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from datasets import MODELS, shared
+        path = (shared("models", "resnet20-cifar10", "resnet20_cifar10.onnx")
+                if args.model.startswith("resnet20") else MODELS[args.model].path)
+        data = ROOT / "benchmarks" / "data"
+        calib, test = np.load(data / f"{args.model}_calib.npz")["x"], np.load(data / f"{args.model}_test.npz")
     x, y = test["x"][:args.n], test["y"][:args.n]
-    model = snnconvert.convert(str(ex / "model.onnx"), calib=calib, timesteps=args.t)
-    net = lava.network(lava.quantize(model, calib[:256], args.t))
+    model = (snnconvert.load(args.ir) if args.ir else
+             snnconvert.convert(str(path), calib=calib, timesteps=args.t))
+    net = lava.network(lava.quantize(model, calib[:256], args.t) if not args.no_fixed else model)
     emit = lambda **kw: print(json.dumps(kw), flush=True)  # noqa: E731
 
     tnet = SpikingNetwork(model)
@@ -50,7 +64,10 @@ def main() -> None:
     lf = net.run(xc, args.t, fixed_point=False, batch_size=args.batch, neuron_counts=True)
     diff = {k: int(np.abs(lf.counts[k] - tnet.spike_counts[k].numpy()).sum()) for k in lf.counts}
     emit(what="lava-float-vs-torch counts", n=len(xc), abs_count_diff=diff,
-         total_spikes={k: int(v.sum()) for k, v in lf.counts.items()})
+         total_spikes={k: int(v.sum()) for k, v in lf.counts.items()},
+         prediction_agreement=float((lf.readout.argmax(1) == tres.predictions(args.t)[:len(xc)]).mean()))
+    if args.no_fixed:
+        return
     lq = net.run(xc, args.t, fixed_point=True, batch_size=args.batch, neuron_counts=True)
     rq = net.reference(xc, args.t, fixed_point=True)
     emit(what="lava-fixed-vs-integer-reference", n=len(xc),

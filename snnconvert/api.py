@@ -79,12 +79,15 @@ def evaluate(snn: onnx.ModelProto | str | os.PathLike, x: np.ndarray, y: np.ndar
              timesteps: list[int], *, target: str = "torch", ann: onnx.ModelProto | None = None,
              progress: bool = False, **target_options) -> EvalReport:
     """Simulate ``snn`` on ``target`` and compare with ``ann`` (or the IR's rate-limit ANN)."""
-    source = ir.load(snn) if isinstance(snn, (str, os.PathLike)) and target == "torch" else snn
-    reference = ann if ann is not None else (source if isinstance(source, onnx.ModelProto)
-                                             else ir.load(snn))
+    backend = get_target(target)
+    source = snn
+    if isinstance(snn, (str, os.PathLike)) and str(snn).endswith(".snn.onnx"):
+        source = ir.load(snn)
+    reference = ann if ann is not None else (
+        source if isinstance(source, onnx.ModelProto) else getattr(backend, "read_ir", ir.load)(snn))
     ann_pred = np.argmax(ann_outputs(reference, x), axis=1)
     ann_acc = float(np.mean(ann_pred == y)) if y is not None else None
-    result: SimResult = get_target(target).evaluate(source, x, sorted(set(timesteps)),
+    result: SimResult = backend.evaluate(source, x, sorted(set(timesteps)),
                                                     progress=progress, **target_options)
     report = EvalReport(ann_acc, ann_is_rate_limit=ann is None, target=target)
     for t in sorted(result.readout):

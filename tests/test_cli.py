@@ -103,3 +103,10 @@ def test_eval_with_optimized_init_fits_each_t(tmp_path, data_files, capsys):
     rows = json.loads(report.read_text())["snn"]
     assert [r["timesteps"] for r in rows] == [2, 4]
     assert rows[1]["accuracy"] >= 0.9
+
+
+def test_shorthand_convert_after_group_options(tmp_path, data_files, capsys):
+    out = tmp_path / "t.snn.onnx"
+    code, stdout, _ = run(["--threads", "1", f"{FIX}/digits_cnn.onnx", "--calib", str(data_files / "calib.npz"),
+                           "-o", str(out)], capsys)
+    assert code == 0 and out.exists()

@@ -181,3 +181,15 @@ def test_asymmetric_padding_refused():
     ir.ensure_domain(m)
     with pytest.raises(TargetError, match="asymmetric"):
         lower(m)
+
+
+def test_lava_imports_after_tqdm_fixed_the_start_method():
+    """tqdm's lock fixes multiprocessing's start method; Lava's own set_start_method must not fail."""
+    import subprocess
+    import sys
+
+    code = ("import tqdm, multiprocessing as mp; tqdm.tqdm.get_lock(); "
+            "assert mp.get_start_method(allow_none=True) == 'fork'; "
+            "import snnconvert.targets.lava; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

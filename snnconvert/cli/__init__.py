@@ -17,10 +17,10 @@ COMMAND_MODULES = ("convert", "evaluate", "inspect", "report", "finetune")
 class DefaultGroup(click.Group):
     """A group whose first argument, when it is not a command, is handed to ``convert``."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def resolve_command(self, ctx: click.Context, args: list[str]):
         if args and args[0] not in self.commands and not args[0].startswith("-"):
-            args = ["convert", *args]
-        return super().parse_args(ctx, args)
+            return "convert", self.commands["convert"], args
+        return super().resolve_command(ctx, args)
 
 
 @click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})

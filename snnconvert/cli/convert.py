@@ -39,6 +39,7 @@ def command(model: Path, target: str, calib: str | None, norm: str, per_channel:
             reset: str, leak: float, maxpool_to_avgpool: bool, timesteps: int, output: Path | None,
             fixed_point: bool, strict: bool) -> None:
     """Convert MODEL.onnx to a spiking network (.snn.onnx + the target's artifact)."""
+    backend = get_target(target)
     out = output or default_output(model)
     if out.resolve() == model.resolve():
         raise OptionError(f"output {out} would overwrite the input model",
@@ -59,6 +60,6 @@ def command(model: Path, target: str, calib: str | None, norm: str, per_channel:
         {"strict": strict} if target == "nir" else {})
     if target == "lava" and fixed_point and calib_x is not None:
         options["calib"] = calib_x
-    artifact = get_target(target).compile(snn, artifact_path(out, target), **options)
+    artifact = backend.compile(snn, artifact_path(out, target), **options)
     ir.save(snn, out)
     click.echo(f"wrote {out} and {artifact} (target {target}, T={timesteps})")

@@ -10,7 +10,7 @@ from .. import api, ir
 from ..data import input_shape, load_npz
 from ..errors import OptionError
 from ..frontend import load_model
-from ..targets import TARGETS
+from ..targets import TARGETS, get_target
 from .options import conversion_options, parse_timesteps
 
 
@@ -42,6 +42,7 @@ def command(model: Path, data_path: str, calib: str | None, norm: str, per_chann
             batch_size: int, device: str) -> None:
     """Evaluate MODEL (an ANN .onnx converted on the fly with --calib, or a converted network)."""
     ts = parse_timesteps(timesteps)
+    get_target(target)
     options: dict = {"batch_size": batch_size}
     if target == "torch":
         options["device"] = device

@@ -117,6 +117,7 @@ class SpikingNetwork(nn.Module):
             self._nodes.append((node, attrs, k))
         self._kinds = kinds
         self._tail = self._readout_tail(graph)
+        self._free_after = self._liveness(graph)
         self.record = False
         self.spike_counts: dict[str, torch.Tensor] = {}
         self.neuron_hook: NeuronHook | None = None
@@ -145,6 +146,24 @@ class SpikingNetwork(nn.Module):
                 tail.add(node.name)
         return tail
 
+    def _liveness(self, graph: onnx.GraphProto) -> list[list[str]]:
+        """For each node (outside the readout tail), the varying tensors no later node reads:
+        dropped right after it runs so a chunk holds only live activations."""
+        keep = {o.name for o in graph.output}
+        for node, _, _ in self._nodes:
+            if node.name in self._tail:
+                keep.update(node.input)
+        last: dict[str, int] = {}
+        for i, (node, _, _) in enumerate(self._nodes):
+            if node.name not in self._tail:
+                for name in node.input:
+                    last[name] = i
+        free: list[list[str]] = [[] for _ in self._nodes]
+        for name, i in last.items():
+            if self._kinds.get(name) == VARYING and name not in keep:
+                free[i].append(name)
+        return free
+
     # ---------------------------------------------------------------- values
     def _value(self, name: str, env: dict) -> torch.Tensor | None:
         if not name:
@@ -171,7 +190,7 @@ class SpikingNetwork(nn.Module):
         batch = x.shape[0]
         env: dict[str, torch.Tensor] = {self.input_name: x}
         env.update(cache)
-        for node, attrs, kind in self._nodes:
+        for index, (node, attrs, kind) in enumerate(self._nodes):
             if (node.name in self._tail) != tail:
                 continue
             out_name = node.output[0]
@@ -188,6 +207,9 @@ class SpikingNetwork(nn.Module):
             env[out_name] = y
             if stop_at is not None and out_name == stop_at:
                 break
+            if not tail:
+                for name in self._free_after[index]:
+                    env.pop(name, None)
         return env
 
     def _promote(self, node: onnx.NodeProto, args: list, steps: int, batch: int) -> list:

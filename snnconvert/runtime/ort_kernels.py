@@ -47,6 +47,7 @@ class OrtKernels:
                                   [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
         opts = ort.SessionOptions()
+        opts.enable_cpu_mem_arena = False  # one session per node: per-session arenas never shrink
         opts.intra_op_num_threads = torch.get_num_threads()
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3

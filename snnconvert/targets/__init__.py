@@ -6,6 +6,7 @@
     simulate ``source`` (an IR model, or a path to the artifact ``compile`` wrote) on inputs
     ``x`` (float32, model input layout) for each T in ``timesteps``.
 
+A target may also expose ``read_ir(path) -> onnx.ModelProto``, the IR inside its artifact.
 Targets import nothing from each other; optional dependencies (lava, nir) are imported
 lazily so that ``import snnconvert`` never needs them.
 """

@@ -17,7 +17,8 @@ import onnx
 from . import compat
 
 compat.install()
-import lava.magma.core.process.process  # noqa: E402,F401  (sets the fork start method early)
+with compat.tolerate_fork_start_method():
+    import lava.magma.core.process.process  # noqa: E402,F401  (sets the fork start method)
 
 from ... import ir  # noqa: E402
 from ...errors import TargetError  # noqa: E402
@@ -133,3 +134,9 @@ def evaluate(source, x: np.ndarray, timesteps, fixed_point: bool = False, batch_
 
 
 __all__ = ["LavaNetwork", "compile", "evaluate", "load", "network", "quantize"]
+
+
+def read_ir(path: str | Path) -> onnx.ModelProto:
+    """The IR inside an artifact written by :func:`compile` (or a bare .snn.onnx)."""
+    path = Path(path)
+    return ir.load(path / IR_FILE if path.is_dir() else path)

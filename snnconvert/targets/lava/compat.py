@@ -9,9 +9,11 @@ itself. It is a no-op on Python < 3.11 or when the installed lava no longer has 
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import multiprocessing
 import re
 import sys
 from types import ModuleType
@@ -96,3 +98,28 @@ def uninstall() -> None:
 
 def patched_module() -> ModuleType | None:
     return sys.modules.get(TARGET)
+
+
+@contextlib.contextmanager
+def tolerate_fork_start_method():
+    """Let Lava's import-time ``multiprocessing.set_start_method('fork')`` pass when the start
+    method is already 'fork' (tqdm and others fix it by creating a lock): only for the duration
+    of the import, and only for a call that would change nothing. Another method is an error."""
+    current = multiprocessing.get_start_method(allow_none=True)
+    if current is None:
+        yield
+        return
+    if current != "fork":
+        raise RuntimeError(f"Lava needs the 'fork' start method, but this process uses '{current}'")
+    original = multiprocessing.set_start_method
+
+    def same_method(method, force=False):
+        if method == multiprocessing.get_start_method(allow_none=True):
+            return None
+        return original(method, force=force)
+
+    multiprocessing.set_start_method = same_method
+    try:
+        yield
+    finally:
+        multiprocessing.set_start_method = original

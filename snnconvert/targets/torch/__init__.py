@@ -17,7 +17,7 @@ from ... import ir
 from ...runtime import SpikingNetwork
 from .. import SimResult
 
-__all__ = ["compile", "load", "evaluate", "SpikingNetwork"]
+__all__ = ["compile", "load", "evaluate", "read_ir", "SpikingNetwork"]
 
 
 def compile(model: onnx.ModelProto, out: str | os.PathLike, **options) -> Path:
@@ -48,3 +48,10 @@ def evaluate(source: onnx.ModelProto | str | os.PathLike, x: np.ndarray, timeste
     net = (SpikingNetwork(source, **options).to(device) if isinstance(source, onnx.ModelProto)
            else load(source, device))
     return net.simulate(x, timesteps, batch_size=batch_size, progress=progress)
+
+
+def read_ir(path: str | os.PathLike) -> onnx.ModelProto:
+    """The IR inside a ``.pt`` artifact (or a bare .snn.onnx)."""
+    if str(path).endswith(".pt"):
+        return onnx.load_from_string(torch.load(str(path), map_location="cpu", weights_only=False)["ir"])
+    return ir.load(path)

@@ -34,7 +34,7 @@ def conv_whc(x, weight, stride, padding, dilation, groups):
     reps = groups // period
     # groups repeating with ``period`` (a kernel tiled per sample): one matmul for all repeats
     win = win.reshape(wo, ho, reps, period, cg, kw, kh)
-    wg = wf.reshape(period, og, kw, kh, cg)
+    wg = wf[:period * og].reshape(period, og, kw, kh, cg)
     if period == 1:
         cols = win.reshape(wo * ho * reps, cg * kw * kh)
         out = cols @ wg[0].transpose(3, 1, 2, 0).reshape(cg * kw * kh, og)
