@@ -31,6 +31,7 @@ OVERRIDES = {"resnet20-cifar10": ("models", "resnet20-cifar10", "resnet20_cifar1
 GRIDS = {
     "best": [("percentile:99.99", True, "optimized")],
     "init": [("percentile:99.99", True, v) for v in ("zero", "half", "optimized")],
+    "p999": [("percentile:99.9", True, "optimized")],
     "norm-half": [("max", False, "half"), ("percentile:99.99", False, "half"), ("max", True, "half"),
                   ("percentile:99.9", True, "half")],
     "norm": [(n, pc, v) for n in ("max", "percentile:99.9", "percentile:99.99", "percentile:99.999")
