@@ -85,11 +85,3 @@ def value_rank(model: onnx.ModelProto, name: str) -> int | None:
         if vi.name == name and vi.type.tensor_type.HasField("shape"):
             return len(vi.type.tensor_type.shape.dim)
     return None
-
-
-def value_shape(model: onnx.ModelProto, name: str) -> list | None:
-    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
-        if vi.name == name and vi.type.tensor_type.HasField("shape"):
-            return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                    for d in vi.type.tensor_type.shape.dim]
-    return None

@@ -162,15 +162,6 @@ def neurons(model: onnx.ModelProto) -> list[Neuron]:
     return out
 
 
-def set_neuron_attr(node: onnx.NodeProto, name: str, value: Any) -> None:
-    """Set attribute ``name`` of a neuron node, replacing any existing value."""
-    for i, a in enumerate(node.attribute):
-        if a.name == name:
-            del node.attribute[i]
-            break
-    node.attribute.append(helper.make_attribute(name, value))
-
-
 def get_meta(model: onnx.ModelProto, key: str, default: str | None = None) -> str | None:
     full = META_PREFIX + key
     for p in model.metadata_props:
@@ -237,7 +228,3 @@ def load(path: str | os.PathLike) -> onnx.ModelProto:
         raise ModelLoadError(f"{path} is an ONNX model but not a converted SNN",
                              hint="Convert it first with 'snnconvert convert', or pass --calib.")
     return model
-
-
-def neuron_names(model: onnx.ModelProto) -> Iterable[str]:
-    return (n.name for n in model.graph.node if is_neuron(n))

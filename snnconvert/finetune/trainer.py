@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .. import ir
+from .. import graph, ir
 from ..errors import DataError, OptionError
 from ..runtime import SpikingNetwork
 from . import checkpoint as ckpt
@@ -55,7 +55,7 @@ def build_network(model: onnx.ModelProto, cfg: FinetuneConfig) -> SpikingNetwork
     if cfg.leak is not None:
         for node in work.graph.node:
             if ir.is_neuron(node):
-                ir.set_neuron_attr(node, "leak", float(cfg.leak))
+                graph.set_attr(node, "leak", float(cfg.leak))
     try:
         device = torch.device(cfg.device)
     except RuntimeError:

@@ -181,7 +181,7 @@ class SpikingNetwork(nn.Module):
 
     # ------------------------------------------------------------- execution
     def _run_chunk(self, x: torch.Tensor, steps: int, state: dict, cache: dict,
-                   stop_at: str | None = None, tail: bool = False) -> dict:
+                   tail: bool = False) -> dict:
         """Evaluate the graph for ``steps`` steps; returns the value environment.
 
         ``tail=False`` skips the readout tail; ``tail=True`` runs only the tail, on the
@@ -205,8 +205,6 @@ class SpikingNetwork(nn.Module):
                 y = STATELESS[node.op_type](attrs, *args)
                 cache[out_name] = y
             env[out_name] = y
-            if stop_at is not None and out_name == stop_at:
-                break
             if not tail:
                 for name in self._free_after[index]:
                     env.pop(name, None)
