@@ -63,13 +63,15 @@ def main() -> None:
     cnet = SpikingNetwork(model, cpu_kernels="torch").double()
     cnet.record = True
     with torch.no_grad():
-        cnet(torch.as_tensor(xc, dtype=torch.float64), args.t)
+        ref64 = cnet(torch.as_tensor(xc, dtype=torch.float64), args.t).numpy()
     lf = net.run(xc, args.t, fixed_point=False, batch_size=args.batch, neuron_counts=True)
     diff = {k: int(np.abs(lf.counts[k] - cnet.spike_counts[k].numpy()).sum())
             for k in lf.counts if k in cnet.spike_counts}  # relay neurons exist only in Lava
     emit(what="lava-float-vs-torch counts", n=len(xc), abs_count_diff=diff,
          total_spikes={k: int(v.sum()) for k, v in lf.counts.items() if k in cnet.spike_counts},
-         prediction_agreement=float((lf.readout.argmax(1) == tres.predictions(args.t)[:len(xc)]).mean()))
+         prediction_agreement=float((lf.readout.argmax(1) == tres.predictions(args.t)[:len(xc)]).mean()),
+         prediction_agreement_float64=float((lf.readout.argmax(1) == ref64.argmax(1)).mean()),
+         float32_vs_float64_torch=float((ref64.argmax(1) == tres.predictions(args.t)[:len(xc)]).mean()))
     if args.no_fixed:
         return
     lq = net.run(xc, args.t, fixed_point=True, batch_size=args.batch, neuron_counts=True)
