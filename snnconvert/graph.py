@@ -29,6 +29,21 @@ def attr(node: onnx.NodeProto, name: str, default=None):
     return default
 
 
+def attrs(node: onnx.NodeProto) -> dict:
+    """All attributes of ``node`` as Python values (strings decoded, tensors as numpy arrays)."""
+    out = {}
+    for a in node.attribute:
+        v = helper.get_attribute_value(a)
+        if isinstance(v, bytes):
+            v = v.decode()
+        elif isinstance(v, onnx.TensorProto):
+            v = numpy_helper.to_array(v)
+        elif isinstance(v, list):
+            v = [x.decode() if isinstance(x, bytes) else x for x in v]
+        out[a.name] = v
+    return out
+
+
 def set_attr(node: onnx.NodeProto, name: str, value) -> None:
     for i, a in enumerate(node.attribute):
         if a.name == name:

@@ -12,7 +12,6 @@ import warnings
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from ..onnxrt import outputs
 from .base import Pass, PassContext

@@ -14,9 +14,10 @@ import numpy as np
 import onnx
 import torch
 import torch.nn.functional as F
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from .. import ir, onnxrt
+from ..graph import attrs as graph_attrs
 from ..errors import UnsupportedModelError
 
 READOUT = "readout"
@@ -34,14 +35,6 @@ class Layer:
     @property
     def neurons(self) -> int:
         return int(np.prod(self.shape))
-
-
-def _attrs(node: onnx.NodeProto) -> dict:
-    out = {}
-    for a in node.attribute:
-        v = helper.get_attribute_value(a)
-        out[a.name] = v.decode() if isinstance(v, bytes) else v
-    return out
 
 
 def _pads(a: dict) -> tuple[list[int], list[int]]:
@@ -85,7 +78,7 @@ class EventCounter:
         return env, analog
 
     def _op(self, node: onnx.NodeProto, ins: list) -> torch.Tensor:
-        a, op, x = _attrs(node), node.op_type, ins[0]
+        a, op, x = graph_attrs(node), node.op_type, ins[0]
         if op == "Conv":
             w = torch.as_tensor(self.consts[node.input[1]] != 0, dtype=x.dtype)
             (t, l), (b, r) = _pads(a)

@@ -16,11 +16,12 @@ from typing import Callable
 import numpy as np
 import onnx
 import torch
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 from torch import nn
 from tqdm.auto import tqdm
 
 from .. import ir
+from ..graph import attrs as graph_attrs
 from ..errors import UnsupportedModelError
 from ..targets import SimResult
 from . import fused
@@ -41,20 +42,6 @@ fire(current) -> spikes [T, B, ...]) -> the spikes to propagate."""
 def param_key(name: str) -> str:
     """ParameterDict key for an initializer name ('.' is not allowed in module keys)."""
     return name.replace(".", "__")
-
-
-def _attrs(node: onnx.NodeProto) -> dict:
-    out = {}
-    for a in node.attribute:
-        v = helper.get_attribute_value(a)
-        if isinstance(v, bytes):
-            v = v.decode()
-        elif isinstance(v, onnx.TensorProto):
-            v = numpy_helper.to_array(v)
-        elif isinstance(v, list):
-            v = [x.decode() if isinstance(x, bytes) else x for x in v]
-        out[a.name] = v
-    return out
 
 
 class SpikingNetwork(nn.Module):
@@ -97,7 +84,7 @@ class SpikingNetwork(nn.Module):
         for i, node in enumerate(graph.node):
             if not node.name:
                 node.name = f"{node.op_type}_{i}"
-            attrs = _attrs(node)
+            attrs = graph_attrs(node)
             if node.op_type == "Constant" and not node.domain:
                 value = numpy_helper.to_array(attrs["value"])
                 self.register_buffer(f"const_{i}", torch.from_numpy(np.array(value)), persistent=False)
@@ -350,7 +337,6 @@ class SpikingNetwork(nn.Module):
         t_max = ts[-1]
         device = next(iter(self.params.values())).device if len(self.params) else torch.device("cpu")
         readouts: dict[int, list[np.ndarray]] = {t: [] for t in ts}
-        spikes: dict[int, float] = {t: 0.0 for t in ts}
         layer_spikes: dict[int, dict[str, float]] = {t: {} for t in ts}
         sizes: dict[str, int] = {}
         counts: dict[str, torch.Tensor] = {}

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from ... import ir, onnxrt
+from ...graph import attrs as graph_attrs
 from ...errors import TargetError
 
 POOL_MODES = ("sum", "avg")
@@ -58,14 +59,6 @@ class _Builder:
         self.nodes[key] = node
         self.edges.extend((src, key) for src in inputs)
         return key
-
-
-def _attrs(node: onnx.NodeProto) -> dict:
-    out = {}
-    for a in node.attribute:
-        v = helper.get_attribute_value(a)
-        out[a.name] = v.decode() if isinstance(v, bytes) else v
-    return out
 
 
 def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
@@ -196,7 +189,7 @@ class _Exporter:
     def op_Conv(self, node):
         import nir
 
-        a = _attrs(node)
+        a = graph_attrs(node)
         x = self.get(node, node.input[0])
         w = self.const(node.input[1])
         if w is None or w.ndim != 4:
@@ -237,7 +230,7 @@ class _Exporter:
         self._fresh(node, [self.b.add(node.name or node.output[0], layer, x.nodes)])
 
     def op_Gemm(self, node):
-        a = _attrs(node)
+        a = graph_attrs(node)
         if a.get("transA", 0):
             self.fail(node, "Gemm with transA=1 is not supported")
         w = self.const(node.input[1])
@@ -349,7 +342,7 @@ class _Exporter:
         self.src[node.output[0]] = _Src([key], np.asarray(pending))
 
     def op_AveragePool(self, node):
-        a = _attrs(node)
+        a = graph_attrs(node)
         k = list(a["kernel_shape"])
         pads = list(a.get("pads", [0, 0, 0, 0]))
         if a.get("ceil_mode", 0):
@@ -362,7 +355,7 @@ class _Exporter:
         self._pool(node, k, k, [0, 0, 0, 0], True)
 
     def op_MaxPool(self, node):
-        a = _attrs(node)
+        a = graph_attrs(node)
         k = list(a["kernel_shape"])
         self.lose(node, "MaxPool has no NIR node; approximated by average pooling")
         self._pool(node, k, list(a.get("strides", k)), list(a.get("pads", [0, 0, 0, 0])), True)
@@ -387,7 +380,7 @@ class _Exporter:
         self.src[node.output[0]] = _Src([key], pending)
 
     def op_Flatten(self, node):
-        if int(_attrs(node).get("axis", 1)) != 1:
+        if int(graph_attrs(node).get("axis", 1)) != 1:
             self.fail(node, "Flatten must keep the batch axis (axis=1)")
         self._flatten(node)
 
