@@ -118,7 +118,9 @@ def test_reference_matches_torch_runtime(net_and_data):
         np.testing.assert_array_equal(ref.counts[name], torch_net.spike_counts[name].numpy())
 
 
-def test_lava_float_and_fixed_match_reference(net_and_data):
+def test_lava_float_and_fixed_match_reference(net_and_data, monkeypatch):
+    from snnconvert.targets.lava import runner
+
     m, x = net_and_data
     m_q = lava.quantize(m, x, T)
     net = lava.network(m_q)
@@ -128,7 +130,9 @@ def test_lava_float_and_fixed_match_reference(net_and_data):
     for name in "abcde":
         np.testing.assert_array_equal(got_f.counts[name], ref_f.counts[name])
     ref_q = net.reference(x, T, fixed_point=True)
-    got_q = net.run(x, T, fixed_point=True, batch_size=6, neuron_counts=True)
+    # 3 batches of 2; banks for 2 batches per compiled graph: two graphs, the first with 2 banks
+    monkeypatch.setattr(runner, "BANK_BYTES", 8 * 2 * 4 * 8 * 8 * 2)
+    got_q = net.run(x, T, fixed_point=True, batch_size=2, neuron_counts=True)
     np.testing.assert_array_equal(got_q.readout, ref_q.readout)  # bit-exact
     for name in "abcde":
         np.testing.assert_array_equal(got_q.counts[name], ref_q.counts[name])
@@ -193,3 +197,81 @@ def test_lava_imports_after_tqdm_fixed_the_start_method():
             "import snnconvert.targets.lava; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def concat_net(seed: int = 2) -> onnx.ModelProto:
+    """Concat of spikes at two depths feeding a conv, and Concat of two conv outputs into one IF."""
+    rng = np.random.default_rng(seed)
+    w = lambda *s, k=1.0: rng.normal(size=s) * k / np.sqrt(np.prod(s[1:]))  # noqa: E731
+    nodes, inits = [], []
+
+    def neuron(name, x, y, c, th):
+        n, i = ir.make_neuron(name, x, y, np.full([c, 1, 1], th, np.float32), np.full([c, 1, 1], th / 2, np.float32))
+        nodes.append(n)
+        inits.extend(i)
+
+    def conv(name, x, y, wt):
+        inits.append(_init(name + ".w", wt))
+        nodes.append(helper.make_node("Conv", [x, name + ".w"], [y], name=name, pads=[1, 1, 1, 1]))
+
+    conv("ca", "x", "ha", w(3, 2, 3, 3, k=2.5))
+    neuron("a", "ha", "sa", 3, 1.0)
+    conv("cb", "sa", "hb", w(2, 3, 3, 3, k=2.0))
+    neuron("b", "hb", "sb", 2, 0.8)
+    nodes.append(helper.make_node("Concat", ["sa", "sb"], ["cat1"], axis=1, name="cat1"))
+    conv("cc", "cat1", "hc", w(4, 5, 3, 3, k=2.0))
+    neuron("c", "hc", "sc", 4, 1.0)
+    conv("cd", "sc", "hd", w(2, 4, 3, 3, k=2.0))
+    conv("ce", "sc", "he", w(3, 4, 3, 3, k=2.0))
+    nodes.append(helper.make_node("Concat", ["hd", "he"], ["cat2"], axis=-3, name="cat2"))
+    neuron("d", "cat2", "sd", 5, 0.9)
+    inits.append(_init("fc.w", w(3, 5, k=3.0)))
+    nodes += [helper.make_node("GlobalAveragePool", ["sd"], ["gap"], name="gap"),
+              helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
+              helper.make_node("Gemm", ["flat", "fc.w"], ["y"], transB=1, name="fc")]
+    g = helper.make_graph(nodes, "cat", [_vi("x", ["N", 2, 6, 6])], [_vi("y", ["N", 3])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    ir.ensure_domain(m)
+    return m
+
+
+def test_concat_maps_to_split_weights_and_matches_torch():
+    from snnconvert.runtime import SpikingNetwork
+
+    m = concat_net()
+    x = np.random.default_rng(3).uniform(0, 1, size=(4, 2, 6, 6))
+    lg = lower(m)
+    # every concatenated part reaches its neurons through one synapse (the placement is folded)
+    for name in "cd":
+        assert [sum(o.is_process for o in t.ops) for t in lg.populations[name].terms] == [1, 1]
+    assert [p.relay_of for p in lg.populations.values() if p.relay_of] == ["a"]
+    torch_net = SpikingNetwork(m, cpu_kernels="torch").double()
+    torch_net.record = True
+    with torch.no_grad():
+        y = torch_net(torch.as_tensor(x, dtype=torch.float64), T).numpy()
+    net = lava.network(lava.quantize(m, x, T))
+    ref = net.reference(x, T, fixed_point=False)
+    np.testing.assert_allclose(ref.readout, y, atol=1e-9)
+    got = net.run(x, T, fixed_point=False, batch_size=2, neuron_counts=True)
+    for name in "abcd":
+        assert ref.counts[name].sum() > 0
+        np.testing.assert_array_equal(ref.counts[name], torch_net.spike_counts[name].numpy())
+        np.testing.assert_array_equal(got.counts[name], ref.counts[name])
+    got_q, ref_q = net.run(x, T, fixed_point=True, neuron_counts=True), net.reference(x, T, fixed_point=True)
+    np.testing.assert_array_equal(got_q.readout, ref_q.readout)
+
+
+def test_concat_of_rows_is_refused_by_name():
+    n, inits = ir.make_neuron("n", "h", "s", np.float32(1.0), np.float32(0.5))
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["h"], name="conv"), n,
+         helper.make_node("Concat", ["s", "s"], ["c"], axis=2, name="rows"),
+         helper.make_node("Flatten", ["c"], ["y"], name="fl")],
+        "g", [_vi("x", ["N", 1, 4, 4])], [_vi("y", ["N", 32])],
+        [_init("w", np.ones((1, 1, 1, 1)))] + inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    ir.ensure_domain(m)
+    with pytest.raises(TargetError, match="only channel concatenation") as e:
+        lower(m)
+    assert e.value.node == "rows" and e.value.op == "Concat"

@@ -34,16 +34,17 @@ def is_ir_file(path: Path) -> bool:
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write a PNG of accuracy vs T.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use the first N samples.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Samples simulated side by side (default: 256 on torch, 100 on lava).")
 @click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda).")
 def command(model: Path, data_path: str, calib: str | None, norm: str, per_channel: bool,
             v_init: str, reset: str, leak: float, maxpool_to_avgpool: bool, timesteps: str,
             tune_t: int | None, target: str, fixed_point: bool, json_path: Path | None, plot_path: Path | None, limit: int | None,
-            batch_size: int, device: str) -> None:
+            batch_size: int | None, device: str) -> None:
     """Evaluate MODEL (an ANN .onnx converted on the fly with --calib, or a converted network)."""
     ts = parse_timesteps(timesteps)
     get_target(target)
-    options: dict = {"batch_size": batch_size}
+    options: dict = {} if batch_size is None else {"batch_size": batch_size}
     if target == "torch":
         options["device"] = device
     if target == "lava":

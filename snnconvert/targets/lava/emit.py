@@ -65,18 +65,30 @@ class Emitted:
 
 
 def population_bias(p: Population, fixed: FixedLayer | None, dynamic: np.ndarray | None, b: int):
-    """Per-sample bias [B, *shape] (float), or (mantissa, exponent) in fixed point."""
-    total = np.broadcast_to(p.bias, (b,) + p.shape)
+    """Per-bank, per-sample bias [K, B, *shape] (float), or (mantissa, exponent) in fixed point.
+
+    ``dynamic`` is the input-driven current [K, B, *shape] of K batches (K = 1 without it).
+    """
+    total = np.broadcast_to(p.bias, (1, b) + p.shape)
     if dynamic is not None:
         total = total + dynamic
     if fixed is None:
-        return total, np.zeros((b,) + p.shape, np.int32)
+        return total, np.zeros((1, b) + p.shape, np.int32)
     return fixed.quantize_bias(total)
+
+
+def _banked_lava(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """[K, B, *shape] -> [K, *lava layout]."""
+    return np.stack([to_lava(np.asarray(k), shape) for k in a])
 
 
 def emit(lg: LayerGraph, batch: int, timesteps: int, fixed: dict[str, FixedLayer] | None = None,
          dynamic_bias: dict[str, np.ndarray] | None = None) -> Emitted:
-    """Build the Lava processes for ``batch`` samples (nothing runs yet)."""
+    """Build the Lava processes for ``batch`` samples (nothing runs yet).
+
+    ``dynamic_bias`` maps populations to input-driven currents [K, B, *shape]: K batches run
+    one after the other, batch k in the k-th reset window (its currents preloaded as bias banks).
+    """
     from lava.proc.conv.process import Conv
 
     from .procs.if_neuron import IF
@@ -101,8 +113,9 @@ def emit(lg: LayerGraph, batch: int, timesteps: int, fixed: dict[str, FixedLayer
                 vth, v0, dv = tile(p.threshold), tile(p.v_init), p.leak
             else:
                 vth, v0, dv = tile(fx.vth), tile(fx.v_init), fx.dv
-            dst = IF(shape=shape, vth=vth, v_init=v0, bias=to_lava(bias, p.shape),
-                     bias_exp=to_lava(bias_exp, p.shape), dv=dv,
+            dst = IF(shape=shape, vth=vth, v_init=v0, bias=_banked_lava(bias, p.shape),
+                     bias_exp=_banked_lava(np.broadcast_to(bias_exp, bias.shape), p.shape), dv=dv,
+                     banks=bias.shape[0],
                      reset_zero=p.reset == "zero", reset_interval=interval,
                      reset_offset=offset, count_window=timesteps, batch=batch,
                      batch_axis=0 if len(p.shape) == 1 else 2, name=name)

@@ -131,6 +131,11 @@ def _fold(a: Op, b: Op) -> Op | None:
     """Compose b∘a into one op when exact and cheap, else None."""
     if a.kind == "dense" and b.kind == "dense":
         return Op("dense", a.in_shape, b.out_shape, b.weight @ a.weight)
+    if _is_placement(a) and b.kind == "conv" and not b.is_pointwise:
+        # a (scaled) channel placement, i.e. a Concat, in front of a conv: split the conv's weights
+        am = a.weight[:, :, 0, 0]
+        w = np.einsum("ocij,ck->okij", _full_conv_weight(b), am)
+        return Op("conv", a.in_shape, b.out_shape, w, b.stride, b.pad, b.dilation, 1)
     if a.kind == "conv" and b.is_pointwise:
         if b.groups == b.weight.shape[0] == a.out_shape[0] and b.weight.shape[1] == 1:
             w = a.weight * b.weight.reshape(-1, 1, 1, 1)
@@ -139,6 +144,13 @@ def _fold(a: Op, b: Op) -> Op | None:
         w = np.einsum("oc,cikl->oikl", bm, _full_conv_weight(a))
         return Op("conv", a.in_shape, b.out_shape, w, a.stride, a.pad, a.dilation, 1)
     return None
+
+
+def _is_placement(op: Op) -> bool:
+    """A 1x1 conv sending each input channel to at most one output channel (with a scale)."""
+    if not op.is_pointwise or op.groups != 1:
+        return False
+    return bool(np.all(np.count_nonzero(op.weight[:, :, 0, 0], axis=0) <= 1))
 
 
 def simplify(ops: list[Op]) -> list[Op]:
@@ -331,7 +343,8 @@ def _selection_op(node, in_shape, picked: torch.Tensor) -> Op:
 
 
 SUPPORTED = ("Conv, Gemm, MatMul, Add, Sub, Mul, Div (by constants), AveragePool, GlobalAveragePool, "
-             "BatchNormalization, Flatten, Reshape (flatten), Slice, Pad, Identity, Dropout")
+             "BatchNormalization, Concat (channels), Flatten, Reshape (flatten), Slice, Pad, Identity, "
+             "Dropout")
 
 
 def lower(model: onnx.ModelProto) -> LayerGraph:
@@ -475,12 +488,47 @@ def _map_node(node, op, a, get, inits) -> _Expr:
         return _apply_expr(e, Op("flatten", e.shape, (int(np.prod(e.shape)),)))
     if op == "Slice":
         return _apply_expr(e, _slice_op(node, e, inits))
+    if op == "Concat":
+        return _concat(node, a, get, inits)
     if op == "Pad":
         return _apply_expr(e, _pad_op(node, e, inits, a))
-    hints = {"MaxPool": "Lava has no max-pooling synapse; retrain with AveragePool or a strided conv.",
-             "Concat": "Concatenation is not supported by the lava target yet."}
+    hints = {"MaxPool": "Lava has no max-pooling synapse; convert with --maxpool-to-avgpool "
+                        "(it reports the ANN accuracy change) or retrain with AveragePool."}
     raise TargetError("operator not supported by the lava target", node=node.name, op=op,
                       hint=hints.get(op, f"Supported: {SUPPORTED}."))
+
+
+def _concat(node, a, get, inits) -> _Expr:
+    """Concat along channels (or features): each part is placed by a 0/1 channel map, then summed.
+
+    The placement is a 1x1 conv, folded into the next conv or dense layer, so a concatenation
+    costs no synapse of its own: the next layer's weights are split per branch.
+    """
+    if any(name in inits for name in node.input):
+        raise TargetError("concatenating a constant tensor", node=node.name, op=node.op_type)
+    parts = [get(name) for name in node.input]
+    rank = len(parts[0].shape)
+    axis = int(a.get("axis", 1))
+    axis = axis + rank + 1 if axis < 0 else axis
+    if axis != 1 or any(len(p.shape) != rank or p.shape[1:] != parts[0].shape[1:] for p in parts):
+        raise TargetError(f"only channel concatenation maps to Lava (axis {a.get('axis', 1)}, "
+                          f"shapes {[p.shape for p in parts]})", node=node.name, op=node.op_type)
+    total = sum(p.shape[0] for p in parts)
+    out_shape = (total,) + parts[0].shape[1:]
+    terms, const, offset = [], np.zeros(out_shape), 0
+    for p in parts:
+        c = p.shape[0]
+        place = np.zeros((total, c))
+        place[offset:offset + c] = np.eye(c)
+        if rank == 1:
+            op = Op("dense", p.shape, out_shape, place)
+        else:
+            op = Op("conv", p.shape, out_shape, place.reshape(total, c, 1, 1))
+        e = _apply_expr(p, op)
+        terms += e.terms
+        const = const + e.const
+        offset += c
+    return _Expr(terms, const)
 
 
 def _scale(node, e: _Expr, k: np.ndarray, shift: np.ndarray) -> _Expr:

@@ -4,6 +4,10 @@ Each step: (optionally) v := v_init when ``time_step % reset_interval == reset_o
 v = v*(1-dv) + a_in + bias; s = v >= vth; v -= s*vth ("subtract") or v[s] = 0 ("zero").
 Spikes are sent as 0/1. ``spike_count`` counts spikes in the ``count_window`` steps that
 follow each reset (all steps when ``reset_interval`` is 0).
+``bias`` and ``bias_exp`` may carry a leading bank axis: the k-th reset window uses bank k (the
+last bank after that). A multi-batch evaluation preloads every batch's input current this way:
+Lava's Var.set moves one element per message, so setting 10^6 biases between batches costs
+tens of seconds, while a bank switch at reset costs nothing.
 The fixed_pt model uses Lava LIF's integer scaling: a_in << 6, vth << 6, bias_mant << bias_exp,
 12-bit decay rounded toward zero, v saturated to 24 bits.
 """
@@ -25,16 +29,17 @@ class IF(AbstractProcess):
 
     def __init__(self, *, shape, vth=1.0, bias=0, bias_exp=0, v_init=0, dv=0,
                  reset_zero=False, reset_interval=0, reset_offset=0, count_window=0,
-                 batch=1, batch_axis=0, name=None):
+                 batch=1, batch_axis=0, banks=1, name=None):
         super().__init__(shape=shape, name=name)
         full = lambda x: np.broadcast_to(np.asarray(x), shape).copy()  # noqa: E731
+        banked = lambda x: np.broadcast_to(np.asarray(x), (banks,) + tuple(shape)).copy()  # noqa: E731
         self.a_in = InPort(shape=shape)
         self.s_out = OutPort(shape=shape)
         self.v = Var(shape=shape, init=full(v_init))
         self.v_init = Var(shape=shape, init=full(v_init))
         self.vth = Var(shape=shape, init=full(vth))
-        self.bias = Var(shape=shape, init=full(bias))
-        self.bias_exp = Var(shape=shape, init=full(bias_exp))
+        self.bias = Var(shape=(banks,) + tuple(shape), init=banked(bias))
+        self.bias_exp = Var(shape=(banks,) + tuple(shape), init=banked(bias_exp))
         self.spike_count = Var(shape=shape, init=np.zeros(shape, np.int32))
         self.sample_count = Var(shape=(batch,), init=np.zeros(batch, np.int64))
         self.batch_axis = Var(shape=(1,), init=int(batch_axis))
@@ -52,6 +57,14 @@ class _IFBase(PyLoihiProcessModel):
         b = self.sample_count.shape[0]
         moved = np.moveaxis(s, int(self.batch_axis[0]), 0)
         self.sample_count[:] += moved.reshape(b, -1).sum(axis=1)
+
+    def _bank(self) -> int:
+        """Index of the bias bank of the current reset window."""
+        interval = int(self.reset_interval[0])
+        if interval <= 0:
+            return 0
+        k = max(0, self.time_step - int(self.reset_offset[0])) // interval
+        return min(k, self.bias.shape[0] - 1)
 
     def _reset_and_window(self):
         """Apply a pipelined reset if due; return whether this step counts spikes."""
@@ -92,7 +105,7 @@ class PyIFFloat(_IFBase):
         a = self.a_in.recv()
         dv = float(self.dv[0])
         v = self.v * (1.0 - dv) if dv else self.v
-        v = v + a + self.bias
+        v = v + a + self.bias[self._bank()]
         s = v >= self.vth
         if self.reset_zero[0]:
             v[s] = 0.0
@@ -134,7 +147,8 @@ class PyIFFixed(_IFBase):
         if dv:
             d = v * (4096 - dv)
             v = np.sign(d) * np.right_shift(np.abs(d), 12)
-        bias = np.left_shift(self.bias.astype(np.int64), self.bias_exp.astype(np.int64))
+        k = self._bank()
+        bias = np.left_shift(self.bias[k].astype(np.int64), self.bias_exp[k].astype(np.int64))
         v = np.clip(v + np.left_shift(a, 6) + bias, -self.V_MAX, self.V_MAX)
         vth = np.left_shift(self.vth.astype(np.int64), 6)
         s = v >= vth
