@@ -110,3 +110,16 @@ def test_shorthand_convert_after_group_options(tmp_path, data_files, capsys):
     code, stdout, _ = run(["--threads", "1", f"{FIX}/digits_cnn.onnx", "--calib", str(data_files / "calib.npz"),
                            "-o", str(out)], capsys)
     assert code == 0 and out.exists()
+
+
+def test_a_converted_file_is_recognized_by_content(tmp_path, data_files, capsys):
+    out = tmp_path / "net"  # no .snn.onnx suffix
+    code, stdout, _ = run([f"{FIX}/digits_cnn.onnx", "--calib", str(data_files / "calib.npz"), "-T", "8",
+                           "-o", str(out)], capsys)
+    assert code == 0, stdout
+    code, stdout, err = run(["eval", str(out), "--data", str(data_files / "test.npz"), "--timesteps", "8"],
+                            capsys)
+    assert code == 0, err
+    assert "ANN (rate limit of the IR) accuracy" in stdout
+    code, _, err = run([str(out), "--calib", str(data_files / "calib.npz")], capsys)
+    assert code == 2 and f"error: '{out}' is already a converted spiking network" in err

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import click
+import onnx
 
 from .. import api, ir
 from ..data import input_shape, load_npz
@@ -15,7 +16,15 @@ from .options import conversion_options, parse_timesteps
 
 
 def is_ir_file(path: Path) -> bool:
-    return path.name.endswith(".snn.onnx") or path.suffix in (".pt", ".lava", ".nir")
+    """A converted network (by name, or an ONNX file declaring the spiking domain) or an artifact."""
+    if path.name.endswith(".snn.onnx") or path.suffix in (".pt", ".lava", ".nir"):
+        return True
+    if path.is_dir():
+        return (path / "model.snn.onnx").exists()
+    try:
+        return path.is_file() and ir.is_snn(onnx.load(str(path), load_external_data=False))
+    except Exception:  # not ONNX: the ANN loader reports it
+        return False
 
 
 @click.command("eval")
@@ -52,10 +61,11 @@ def command(model: Path, data_path: str, calib: str | None, norm: str, per_chann
     elif fixed_point:
         raise OptionError("--fixed-point applies to --target lava only")
     if is_ir_file(model):
-        snn_model = ir.load(model) if model.name.endswith(".snn.onnx") else None
+        snn_model = ir.load(model) if model.is_file() and model.suffix not in (".pt", ".nir") else None
         shape = input_shape(snn_model) if snn_model is not None else None
         data = load_npz(data_path, labels=True, shape=shape, what="evaluation").limit(limit)
-        report = api.evaluate(model, data.x, data.y, ts, target=target, progress=True, **options)
+        source = snn_model if snn_model is not None else model
+        report = api.evaluate(source, data.x, data.y, ts, target=target, progress=True, **options)
     else:
         shape = input_shape(load_model(model))
         data = load_npz(data_path, labels=True, shape=shape, what="evaluation").limit(limit)

@@ -28,7 +28,8 @@ def upgrade_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
             raise ModelLoadError(
                 f"cannot convert the model from opset {current} to opset {opset}: {_first_line(exc)}",
                 hint="re-export the model at a recent opset (>= 13).") from None
-    model.ir_version = max(model.ir_version, helper.find_min_ir_version_for(list(model.opset_import)))
+    model.ir_version = max(model.ir_version, helper.find_min_ir_version_for(
+        list(model.opset_import), ignore_unknown=True))  # custom domains (ours) have no table
     return model
 
 

@@ -7,6 +7,8 @@ import os
 import onnx
 import onnx_graphsurgeon as gs
 
+from .. import ir
+from ..errors import ModelLoadError
 from .batching import free_reshape_batch, symbolic_batch
 from .cleanup import drop_pass_through, drop_trailing_softmax
 from .folding import fold
@@ -33,6 +35,11 @@ def load_model(source: str | os.PathLike | onnx.ModelProto, *, opset: int = 17,
     """
     entries: list[tuple[str, str]] = []
     model = read_model(source)
+    if any(ir.is_neuron(n) for n in model.graph.node):
+        where = f"'{source}'" if isinstance(source, (str, os.PathLike)) else "this model"
+        raise ModelLoadError(f"{where} is already a converted spiking network",
+                             hint="evaluate it with `snnconvert eval MODEL --data D.npz`, "
+                                  "or convert the original ANN.")
     check_input_dims(model)
     batch_one = fix_batch_to_one(model)
     model.graph.ClearField("value_info")
