@@ -275,3 +275,62 @@ def test_concat_of_rows_is_refused_by_name():
     with pytest.raises(TargetError, match="only channel concatenation") as e:
         lower(m)
     assert e.value.node == "rows" and e.value.op == "Concat"
+
+
+def keras_net(seed: int = 4, transpose_into_conv: bool = False) -> onnx.ModelProto:
+    """tf2onnx shape: NHWC input transposed to NCHW, NCHW -> NHWC before the flatten,
+    a classifier output reshaped to [N, classes, 1, 1]."""
+    rng = np.random.default_rng(seed)
+    inits = [_init("w0", rng.normal(size=(4, 3, 3, 3)) * 0.6), _init("b0", rng.normal(size=4) * 0.1),
+             _init("shape", np.array([-1, 4 * 5 * 5], np.int64)),
+             _init("w1", rng.normal(size=(4 * 5 * 5, 6)) * 0.4), _init("w2", rng.normal(size=(6, 3)) * 0.8),
+             _init("oshape", np.array([0, 3, 1, 1], np.int64)),
+             _init("w3", rng.normal(size=(2, 5, 1, 1)))]
+    n0, i0 = ir.make_neuron("a", "h0", "sa", np.full([4, 1, 1], 1.0, np.float32), np.full([4, 1, 1], 0.5, np.float32))
+    n1, i1 = ir.make_neuron("b", "h1", "sb", np.float32(0.9), np.float32(0.45))
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 3, 1, 2], name="in_t"),
+             helper.make_node("Conv", ["xt", "w0", "b0"], ["h0"], pads=[1, 1, 1, 1], name="conv"), n0,
+             helper.make_node("Transpose", ["sa"], ["st"], perm=[0, 2, 3, 1], name="to_nhwc")]
+    if transpose_into_conv:
+        n2, i2 = ir.make_neuron("c", "h3", "sc", np.float32(1.0), np.float32(0.5))
+        nodes += [helper.make_node("Conv", ["st", "w3"], ["h3"], name="bad"), n2,
+                  helper.make_node("Flatten", ["sc"], ["y"], name="flat")]
+        inits += i2
+        out = _vi("y", ["N", 2 * 5 * 4])
+    else:
+        nodes += [helper.make_node("Reshape", ["st", "shape"], ["flat"], name="flatten"),
+                  helper.make_node("MatMul", ["flat", "w1"], ["h1"], name="fc1"), n1,
+                  helper.make_node("MatMul", ["sb", "w2"], ["logits"], name="fc2"),
+                  helper.make_node("Reshape", ["logits", "oshape"], ["y"], name="out_reshape")]
+        out = _vi("y", ["N", 3, 1, 1])
+    g = helper.make_graph(nodes, "keras", [_vi("x", ["N", 5, 5, 3])], [out], inits + i0 + i1)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    ir.ensure_domain(m)
+    return m
+
+
+def test_transpose_before_flatten_folds_into_dense_and_matches_torch():
+    from snnconvert.runtime import SpikingNetwork
+
+    m = keras_net()
+    x = np.random.default_rng(5).uniform(0, 1, size=(4, 5, 5, 3))
+    net = lava.network(lava.quantize(m, x, T))
+    kinds = [o.kind for o in net.graph.populations["b"].terms[0].ops]
+    assert kinds == ["flatten", "dense"]  # the NHWC permutation lives in the dense weights
+    torch_net = SpikingNetwork(m, cpu_kernels="torch").double()
+    torch_net.record = True
+    with torch.no_grad():
+        y = torch_net(torch.as_tensor(x, dtype=torch.float64), T).numpy()
+    got = net.run(x, T, fixed_point=False, batch_size=2, neuron_counts=True)
+    np.testing.assert_allclose(got.readout, y.reshape(4, 3), atol=1e-9)
+    for name in "ab":
+        assert got.counts[name].sum() > 0
+        np.testing.assert_array_equal(got.counts[name], torch_net.spike_counts[name].numpy())
+    got_q, ref_q = net.run(x, T, fixed_point=True), net.reference(x, T, fixed_point=True)
+    np.testing.assert_array_equal(got_q.readout, ref_q.readout)
+
+
+def test_transpose_into_a_conv_is_refused():
+    with pytest.raises(TargetError, match="Transpose of the spikes of 'a'"):
+        lower(keras_net(transpose_into_conv=True))

@@ -3,7 +3,9 @@
 Every neuron input (and the graph output) is decomposed into
 ``sum_k chain_k(spikes of population k) + input_prefix(x) + constant``. Chains hold canonical
 ops (``conv`` in ONNX layout, ``dense``, ``flatten``); each ``conv``/``dense`` op becomes one
-Lava synapse process (one step of delay), ``flatten`` is a port reshape. Spikes are binary:
+Lava synapse process (one step of delay), ``flatten`` is a port reshape. A ``transpose`` (e.g.
+NCHW -> NHWC before a Keras flatten) becomes a ``gather`` after the flatten and is folded into
+the next dense layer's columns; on the host-side input prefix it is applied as is. Spikes are binary:
 the source threshold is folded into the first weighted op. The time-invariant prefix (terms
 fed by the graph input) is evaluated on the host and injected as a per-sample bias.
 Branches of unequal latency get relay populations (identity IF) so that every population
@@ -30,7 +32,7 @@ OUTPUT = "<output>"
 class Op:
     """One linear, bias-free op on a single sample (NCHW without batch, or flat)."""
 
-    kind: str                       # "conv" | "dense" | "flatten"
+    kind: str                       # "conv" | "dense" | "flatten" | "transpose" | "gather"
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
     weight: np.ndarray | None = None   # conv: (Cout, Cin/g, kH, kW); dense: (Fout, Fin)
@@ -38,10 +40,12 @@ class Op:
     pad: tuple[int, int] = (0, 0)      # symmetric (H, W)
     dilation: tuple[int, int] = (1, 1)
     groups: int = 1
+    perm: tuple[int, ...] | None = None   # transpose: per-sample axis order
+    index: np.ndarray | None = None       # gather: out[i] = in[index[i]] (flat)
 
     @property
     def is_process(self) -> bool:
-        return self.kind != "flatten"
+        return self.kind in ("conv", "dense")
 
     @property
     def is_pointwise(self) -> bool:
@@ -103,6 +107,10 @@ def apply_op(op: Op, x: torch.Tensor) -> torch.Tensor:
     """Apply ``op`` to a batch ``x`` [N, *op.in_shape] (float64)."""
     if op.kind == "flatten":
         return x.reshape(x.shape[0], -1)
+    if op.kind == "transpose":
+        return x.permute(0, *(a + 1 for a in op.perm))
+    if op.kind == "gather":
+        return x[:, torch.as_tensor(op.index)]
     w = torch.as_tensor(op.weight, dtype=x.dtype)
     if op.kind == "dense":
         return x @ w.T
@@ -129,6 +137,10 @@ def _full_conv_weight(op: Op) -> np.ndarray:
 
 def _fold(a: Op, b: Op) -> Op | None:
     """Compose b∘a into one op when exact and cheap, else None."""
+    if a.kind == "gather" and b.kind == "dense":
+        w = np.zeros((b.weight.shape[0],) + a.in_shape)
+        np.add.at(w.T, a.index, b.weight.T)  # column index[i] of the result gets column i
+        return Op("dense", a.in_shape, b.out_shape, w)
     if a.kind == "dense" and b.kind == "dense":
         return Op("dense", a.in_shape, b.out_shape, b.weight @ a.weight)
     if _is_placement(a) and b.kind == "conv" and not b.is_pointwise:
@@ -153,9 +165,23 @@ def _is_placement(op: Op) -> bool:
     return bool(np.all(np.count_nonzero(op.weight[:, :, 0, 0], axis=0) <= 1))
 
 
-def simplify(ops: list[Op]) -> list[Op]:
+def _transpose_then_flatten(ops: list[Op]) -> list[Op]:
+    """Rewrite transpose -> flatten as flatten -> gather (a permutation of the flat features)."""
     out: list[Op] = []
     for op in ops:
+        if op.kind == "flatten" and out and out[-1].kind == "transpose":
+            t = out.pop()
+            idx = np.arange(int(np.prod(t.in_shape))).reshape(t.in_shape).transpose(t.perm).reshape(-1)
+            n = idx.size
+            out += [Op("flatten", t.in_shape, (n,)), Op("gather", (n,), (n,), index=idx)]
+        else:
+            out.append(op)
+    return out
+
+
+def simplify(ops: list[Op]) -> list[Op]:
+    out: list[Op] = []
+    for op in _transpose_then_flatten(ops):
         merged = _fold(out[-1], op) if out else None
         if merged is not None:
             out[-1] = merged
@@ -178,6 +204,12 @@ def scale_into(ops: list[Op], scale: np.ndarray) -> list[Op]:
     for i, op in enumerate(ops):
         if op.kind == "flatten":
             scale = scale.reshape(-1)
+            continue
+        if op.kind == "transpose":
+            scale = scale.transpose(op.perm)
+            continue
+        if op.kind == "gather":
+            scale = scale[op.index]
             continue
         if op.kind == "dense":
             op.weight = op.weight * scale.reshape(1, -1)
@@ -343,8 +375,8 @@ def _selection_op(node, in_shape, picked: torch.Tensor) -> Op:
 
 
 SUPPORTED = ("Conv, Gemm, MatMul, Add, Sub, Mul, Div (by constants), AveragePool, GlobalAveragePool, "
-             "BatchNormalization, Concat (channels), Flatten, Reshape (flatten), Slice, Pad, Identity, "
-             "Dropout")
+             "BatchNormalization, Concat (channels), Flatten, Reshape (flatten), Transpose (before a "
+             "flatten), Slice, Pad, Identity, Dropout")
 
 
 def lower(model: onnx.ModelProto) -> LayerGraph:
@@ -474,14 +506,22 @@ def _map_node(node, op, a, get, inits) -> _Expr:
         return _apply_expr(e, o, bias)
     if op in ("AveragePool", "GlobalAveragePool"):
         return _apply_expr(e, _pool_op(node, a, e.shape))
+    if op == "Transpose":
+        perm = [int(p) for p in a.get("perm", reversed(range(len(e.shape) + 1)))]  # ONNX default: reverse
+        if perm[0] != 0:
+            raise TargetError("a Transpose that moves the batch axis", node=node.name, op=op)
+        per = tuple(p - 1 for p in perm[1:])
+        shape = tuple(e.shape[p] for p in per)
+        return _apply_expr(e, Op("transpose", e.shape, shape, perm=per))
     if op in ("Flatten", "Reshape"):
         if op == "Flatten" and a.get("axis", 1) != 1:
             raise TargetError("Flatten must keep the batch axis (axis=1)", node=node.name, op=op)
         if op == "Reshape":
             target = inits.get(node.input[1])
             n = int(np.prod(e.shape))
-            if target is None or len(target) != 2 or int(np.prod([t for t in target[1:] if t > 0])) not in (n, 1) \
-                    or not (target[1] in (-1, n)):
+            # [N, F] and [N, F, 1, ..., 1] (a classifier's trailing singleton axes) are flattens
+            if target is None or len(target) < 2 or target[1] not in (-1, n) \
+                    or any(int(t) != 1 for t in target[2:]):
                 raise TargetError("only a reshape to [N, features] maps to Lava", node=node.name, op=op)
         if len(e.shape) == 1:
             return e
@@ -549,7 +589,12 @@ def _finalize_term(pop_src: Population, ops: list[Op]) -> list[Op]:
     """Simplify a chain, fold in the source's spike value, and make sure it ends in a process."""
     ops = scale_into(ops if any(o.is_process for o in ops) else ops + [identity_op(ops[-1].out_shape if ops else pop_src.shape)],
                      pop_src.spike_value)
-    return push_scales_forward(simplify(ops))
+    ops = push_scales_forward(simplify(ops))
+    if any(o.kind in ("transpose", "gather") for o in ops):
+        raise TargetError(f"a Transpose of the spikes of '{pop_src.name}' that does not feed a "
+                          "Flatten and a dense layer cannot be mapped to Lava",
+                          hint="Keep activations in NCHW between convolutions.")
+    return ops
 
 
 def _is_selection(op: Op) -> bool:
