@@ -93,8 +93,11 @@ def test_fused_kernel_is_bit_identical_to_the_torch_loop(constant, reset, leak):
     th = torch.rand(4, 1, 1, generator=gen) + 0.5
     cur = torch.randn(6, 4, 5, 5, generator=gen) if constant else torch.randn(9, 6, 4, 5, 5, generator=gen)
     a = neurons.if_neuron_fast(cur, 9, v, th, reset, leak)
-    b = fused.if_neuron_fused(cur, 9, v, th, reset, leak)
+    b = fused.if_neuron_fused(cur, 9, v, th, reset, leak, stats=True)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    fired = a[0] > 0
+    assert torch.equal(b[2], fired.sum(0).to(torch.int32))                 # per-neuron counts
+    assert torch.equal(b[3], fired.flatten(1).sum(1)) and b[3].sum() > 0   # per-step totals
 
 
 def test_cpu_kernels_give_the_torch_results(digits):
@@ -102,7 +105,12 @@ def test_cpu_kernels_give_the_torch_results(digits):
 
     snn = sc.convert("tests/fixtures/digits_resnet.onnx", digits["x_train"][:100], timesteps=8)
     x = digits["x_test"][:64]
-    fast = SpikingNetwork(snn).simulate(x, [8])
-    plain = SpikingNetwork(snn, cpu_kernels="torch").simulate(x, [8])
+    fast_net, plain_net = SpikingNetwork(snn), SpikingNetwork(snn, cpu_kernels="torch")
+    fast = fast_net.simulate(x, [4, 8], record=True)
+    plain = plain_net.simulate(x, [4, 8], record=True)
     np.testing.assert_allclose(fast.readout[8], plain.readout[8], atol=1e-4)
     assert np.mean(fast.predictions(8) == plain.predictions(8)) == 1.0
+    for t in (4, 8):  # rates counted inside the fused kernel = rates from the spike tensors
+        assert fast.layer_rates[t] == pytest.approx(plain.layer_rates[t], rel=1e-3)
+    for name, c in plain_net.spike_counts.items():
+        assert torch.allclose(fast_net.spike_counts[name], c, atol=2)

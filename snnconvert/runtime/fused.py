@@ -22,12 +22,14 @@ BLOCK = 256
 
 if numba is not None:
     @numba.njit(cache=True, nogil=True)
-    def _if_steps(current, constant, v, theta, out, decay, leaky, subtract):  # pragma: no cover
+    def _if_steps(current, constant, v, theta, out, decay, leaky, subtract,
+                  counts, per_step, stats):  # pragma: no cover
         steps, n = out.shape
         for i0 in range(0, n, BLOCK):
             i1 = min(i0 + BLOCK, n)
             for t in range(steps):
                 row = 0 if constant else t
+                fired_now = 0
                 for i in range(i0, i1):
                     vi = v[i] * decay if leaky else v[i]
                     vi = vi + current[row, i]
@@ -39,6 +41,11 @@ if numba is not None:
                         v[i] = vi - spike
                     else:
                         v[i] = np.float32(0.0) if fired else vi
+                    if stats and fired:
+                        counts[i] += 1
+                        fired_now += 1
+                if stats:
+                    per_step[t] += fired_now
 
 
 def available() -> bool:
@@ -46,14 +53,24 @@ def available() -> bool:
 
 
 def if_neuron_fused(current: torch.Tensor, steps: int, v: torch.Tensor, threshold: torch.Tensor,
-                    reset: str = "subtract", leak: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same contract as ``if_neuron_fast`` for float32 CPU tensors."""
+                    reset: str = "subtract", leak: float = 0.0, stats: bool = False) -> tuple:
+    """Same contract as ``if_neuron_fast`` for float32 CPU tensors.
+
+    With ``stats`` it also returns the spike count of every neuron [*v.shape] and the number
+    of spikes at each step [steps], counted in the same pass (a separate torch reduction over
+    the spike tensor cost more than the recurrence itself).
+    """
     constant = current.dim() == v.dim()
     shape = v.shape
     v_np = v.detach().contiguous().clone().numpy().reshape(-1)
     theta = torch.broadcast_to(threshold.detach(), shape).contiguous().numpy().reshape(-1)
     cur = current.detach().contiguous().numpy().reshape(1 if constant else steps, -1)
     out = np.empty((steps, v_np.size), np.float32)
+    counts = np.zeros(v_np.size if stats else 0, np.int32)
+    per_step = np.zeros(steps if stats else 0, np.int64)
     _if_steps(cur, constant, v_np, theta, out, np.float32(1.0 - leak), bool(leak),
-              reset == "subtract")
-    return torch.from_numpy(out).view(steps, *shape), torch.from_numpy(v_np).view(shape)
+              reset == "subtract", counts, per_step, stats)
+    result = (torch.from_numpy(out).view(steps, *shape), torch.from_numpy(v_np).view(shape))
+    if stats:
+        result += (torch.from_numpy(counts).view(shape), torch.from_numpy(per_step))
+    return result

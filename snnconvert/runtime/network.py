@@ -230,12 +230,17 @@ class SpikingNetwork(nn.Module):
         prev = state.get(node.name)
         start = prev["t"] if prev else 0
 
+        stats: list = []
+
         def fire(cur: torch.Tensor, v: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
             if v is None:
                 v = torch.zeros((batch, *per_sample), dtype=cur.dtype, device=cur.device) + v0
             if fast and self._ort is not None and cur.device.type == "cpu" and fused.available() \
                     and cur.dtype == torch.float32:
-                return fused.if_neuron_fused(cur, steps, v, theta, reset, leak)
+                s, v_end, *counted = fused.if_neuron_fused(cur, steps, v, theta, reset, leak,
+                                                          stats=self.record)
+                stats[:] = counted
+                return s, v_end
             if fast:
                 return nrn.if_neuron_fast(cur, steps, v, theta, reset, leak)
             return nrn.if_neuron(cur, steps, v, theta, reset, leak, self.surrogate, self.alpha)
@@ -246,13 +251,18 @@ class SpikingNetwork(nn.Module):
             spikes, v_end = fire(current, prev["v"] if prev else None)
             state[node.name] = {"t": start + steps, "v": v_end}
         if self.record:
-            self._record(node.name, spikes, theta)
+            if stats:
+                self._add_record(node.name, stats[0].to(torch.float32), stats[1].to(torch.float64))
+            else:
+                self._record(node.name, spikes, theta)
         return spikes.reshape(steps * batch, *per_sample)
 
     def _record(self, name: str, spikes: torch.Tensor, theta: torch.Tensor) -> None:
         s = (spikes.detach() > 0)
-        counts = s.sum(0).to(torch.float32)
-        per_step = s.flatten(1).sum(1).to(torch.float64)
+        self._add_record(name, s.sum(0).to(torch.float32), s.flatten(1).sum(1).to(torch.float64))
+
+    def _add_record(self, name: str, counts: torch.Tensor, per_step: torch.Tensor) -> None:
+        """Accumulate per-neuron spike counts [batch, ...] and per-step totals [steps]."""
         if name in self.spike_counts:
             self.spike_counts[name] = self.spike_counts[name] + counts
             self._per_step[name].append(per_step)
