@@ -334,3 +334,25 @@ def test_transpose_before_flatten_folds_into_dense_and_matches_torch():
 def test_transpose_into_a_conv_is_refused():
     with pytest.raises(TargetError, match="Transpose of the spikes of 'a'"):
         lower(keras_net(transpose_into_conv=True))
+
+
+def test_leaky_and_reset_to_zero_neurons_match_the_references(net_and_data):
+    """LIF (12-bit decay, the int64 path of the fixed model) and reset-to-zero, float and fixed."""
+    m, x = net_and_data
+    m = onnx.ModelProto.FromString(m.SerializeToString())
+    for node in m.graph.node:
+        if ir.is_neuron(node):
+            for a in node.attribute:
+                if a.name == "leak":
+                    a.f = 0.05
+                if a.name == "reset" and node.name == "b":
+                    a.s = b"zero"
+    net = lava.network(lava.quantize(m, x, T))
+    assert net.fixed["a"].dv > 0
+    for fixed in (False, True):
+        ref = net.reference(x, T, fixed_point=fixed)
+        got = net.run(x, T, fixed_point=fixed, batch_size=3, neuron_counts=True)
+        for name in "abcde":
+            assert ref.counts[name].sum() > 0
+            np.testing.assert_array_equal(got.counts[name], ref.counts[name])
+        np.testing.assert_allclose(got.readout, ref.readout, atol=0 if fixed else 1e-12)
