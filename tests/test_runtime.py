@@ -41,14 +41,25 @@ def test_dynamics_match_a_step_by_step_reference(reset, leak):
 
 def test_time_chunks_and_readout_tail_do_not_change_results():
     m = mlp_ir(threshold=0.8, v_init=0.4)
-    whole = SpikingNetwork(m).simulate(X, [1, 5, 17])
+    whole = SpikingNetwork(m, time_chunk=None).simulate(X, [1, 5, 17])
     chunked = SpikingNetwork(m, time_chunk=4).simulate(X, [1, 5, 17])
+    auto = SpikingNetwork(m)
+    res = auto.simulate(X, [1, 5, 17])
+    assert auto._step_elements == 8  # the hidden layer's width, measured on the first step
+    assert auto._chunk_steps(torch.zeros(len(X), 4), 17) == 16  # a tiny net: the largest chunk
+    assert auto._chunk_steps(torch.zeros(10 ** 6, 4), 17) == 1  # a huge batch: one step at a time
     no_tail = SpikingNetwork(m)
     no_tail._tail = set()
     per_step = no_tail.simulate(X, [1, 5, 17])
     for t in (1, 5, 17):
         np.testing.assert_allclose(chunked.readout[t], whole.readout[t], atol=1e-5)
+        np.testing.assert_allclose(res.readout[t], whole.readout[t], atol=1e-5)
         np.testing.assert_allclose(per_step.readout[t], whole.readout[t], atol=1e-5)
+
+
+def test_time_chunk_is_validated():
+    with pytest.raises(ValueError, match="time_chunk"):
+        SpikingNetwork(mlp_ir(threshold=0.8, v_init=0.4), time_chunk=0)
 
 
 def test_snn_approaches_the_rate_limit_ann_as_t_grows():
