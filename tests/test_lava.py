@@ -356,3 +356,15 @@ def test_leaky_and_reset_to_zero_neurons_match_the_references(net_and_data):
             assert ref.counts[name].sum() > 0
             np.testing.assert_array_equal(got.counts[name], ref.counts[name])
         np.testing.assert_allclose(got.readout, ref.readout, atol=0 if fixed else 1e-12)
+
+
+@pytest.mark.parametrize("window", [1, 4, 12, 32, 255])
+def test_count_packing_round_trips_up_to_the_window(window):
+    from snnconvert.targets.lava.procs.if_neuron import pack, pack_layout, unpack_counts
+
+    counts = np.random.default_rng(window).integers(0, window + 1, size=1001)
+    counts[:3] = [window, 0, window]
+    words = -(-counts.size // pack_layout(window)[1])
+    packed = pack(counts, words, window)
+    assert packed.max() < 2.0 ** 53
+    np.testing.assert_array_equal(unpack_counts(packed, counts.size, window), counts)

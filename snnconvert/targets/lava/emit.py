@@ -83,11 +83,12 @@ def _banked_lava(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def emit(lg: LayerGraph, batch: int, timesteps: int, fixed: dict[str, FixedLayer] | None = None,
-         dynamic_bias: dict[str, np.ndarray] | None = None) -> Emitted:
+         dynamic_bias: dict[str, np.ndarray] | None = None, pack_counts: bool = False) -> Emitted:
     """Build the Lava processes for ``batch`` samples (nothing runs yet).
 
     ``dynamic_bias`` maps populations to input-driven currents [K, B, *shape]: K batches run
     one after the other, batch k in the k-th reset window (its currents preloaded as bias banks).
+    ``pack_counts`` makes the neurons keep packed per-neuron counts for a fast read-back.
     """
     from lava.proc.conv.process import Conv
 
@@ -118,7 +119,7 @@ def emit(lg: LayerGraph, batch: int, timesteps: int, fixed: dict[str, FixedLayer
                      banks=bias.shape[0],
                      reset_zero=p.reset == "zero", reset_interval=interval,
                      reset_offset=offset, count_window=timesteps, batch=batch,
-                     batch_axis=0 if len(p.shape) == 1 else 2, name=name)
+                     batch_axis=0 if len(p.shape) == 1 else 2, pack_counts=pack_counts, name=name)
             em.neurons[name] = dst
         for k, term in enumerate(p.terms):
             port = em.neurons[term.source].s_out

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .emit import emit, from_lava, run_config
+from .emit import emit, from_lava, lava_shape, run_config
 from .fixed import FixedLayer
 from .lowering import LayerGraph
 from .reference import RefResult, dynamic_bias
@@ -23,8 +23,8 @@ def run_lava(lg: LayerGraph, x: np.ndarray, timesteps: int,
              progress: bool = False, neuron_counts: bool = False) -> RefResult:
     """Simulate ``x`` [N, *input] in Lava; returns read-out and spike counts.
 
-    Counts are per neuron [N, *shape] when ``neuron_counts`` (slow: Lava's Var.get moves one
-    element per message), else per sample [N].
+    Counts are per neuron [N, *shape] when ``neuron_counts`` (read back packed, several counts
+    per element, because Lava's Var.get moves one element per message), else per sample [N].
     """
     n = x.shape[0]
     chunks = -(-n // max(1, min(batch_size, n)))
@@ -56,9 +56,11 @@ def _run_segment(lg: LayerGraph, x: np.ndarray, b: int, timesteps: int,
     """One compiled graph running the len(x) // b batches of ``x`` back to back."""
     from lava.magma.core.run_conditions import RunSteps
 
+    from .procs.if_neuron import unpack_counts
+
     k = x.shape[0] // b
     dyn = {name: d.reshape((k, b) + d.shape[1:]) for name, d in dynamic_bias(lg, x).items()}
-    em = emit(lg, b, timesteps, fixed, dyn)
+    em = emit(lg, b, timesteps, fixed, dyn, pack_counts=neuron_counts)
     cfg = run_config(fixed is not None)
     out_pop = lg.output
     gain = fixed[out_pop.name].gain if fixed else 1.0
@@ -71,7 +73,9 @@ def _run_segment(lg: LayerGraph, x: np.ndarray, b: int, timesteps: int,
         readouts.append(r + out_dyn[c] if out_dyn is not None else r)
         for name, proc in em.neurons.items():
             if neuron_counts:
-                counts[name].append(from_lava(proc.spike_count.get(), lg.populations[name].shape, b))
+                shape = lg.populations[name].shape
+                flat = unpack_counts(proc.packed_counts.get(), b * int(np.prod(shape)), timesteps)
+                counts[name].append(from_lava(flat.reshape(lava_shape(shape, b)), shape, b))
             else:
                 counts[name].append(np.asarray(proc.sample_count.get()))
         if bar is not None:

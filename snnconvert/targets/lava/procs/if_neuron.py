@@ -7,7 +7,9 @@ follow each reset (all steps when ``reset_interval`` is 0).
 ``bias`` and ``bias_exp`` may carry a leading bank axis: the k-th reset window uses bank k (the
 last bank after that). A multi-batch evaluation preloads every batch's input current this way:
 Lava's Var.set moves one element per message, so setting 10^6 biases between batches costs
-tens of seconds, while a bank switch at reset costs nothing.
+tens of seconds, while a bank switch at reset costs nothing. For the same reason, with
+``pack_counts`` the per-neuron counts of each window are also packed, 53 // bits of them per
+float64 element of ``packed_counts`` (8 at T=32), so reading them back costs 8x fewer messages.
 The fixed_pt model uses Lava LIF's integer scaling: a_in << 6, vth << 6, bias_mant << bias_exp,
 12-bit decay rounded toward zero, v saturated to 24 bits.
 """
@@ -24,12 +26,34 @@ from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
 
+def pack_layout(window: int) -> tuple[int, int]:
+    """(bits per count, counts per float64 element) for counts of at most ``window``."""
+    bits = max(1, int(window).bit_length())
+    return bits, 53 // bits
+
+
+def pack(counts: np.ndarray, words: int, window: int) -> np.ndarray:
+    """Counts in [0, window] -> ``words`` float64 elements (exact: every word is below 2^53)."""
+    bits, k = pack_layout(window)
+    c = np.zeros(words * k, np.int64)
+    c[:counts.size] = counts.reshape(-1)
+    return (c.reshape(-1, k) << (bits * np.arange(k, dtype=np.int64))).sum(axis=1).astype(np.float64)
+
+
+def unpack_counts(packed: np.ndarray, size: int, window: int) -> np.ndarray:
+    """Inverse of the packing done at the end of each window: ``size`` int64 counts."""
+    bits, k = pack_layout(window)
+    words = np.asarray(packed).astype(np.int64).reshape(-1, 1)
+    fields = (words >> (bits * np.arange(k, dtype=np.int64))) & ((1 << bits) - 1)
+    return fields.reshape(-1)[:size]
+
+
 class IF(AbstractProcess):
     """Soft- or hard-reset IF/LIF neurons; vth, bias, bias_exp and v_init are per neuron."""
 
     def __init__(self, *, shape, vth=1.0, bias=0, bias_exp=0, v_init=0, dv=0,
                  reset_zero=False, reset_interval=0, reset_offset=0, count_window=0,
-                 batch=1, batch_axis=0, banks=1, name=None):
+                 batch=1, batch_axis=0, banks=1, pack_counts=False, name=None):
         super().__init__(shape=shape, name=name)
         full = lambda x: np.broadcast_to(np.asarray(x), shape).copy()  # noqa: E731
         banked = lambda x: np.broadcast_to(np.asarray(x), (banks,) + tuple(shape)).copy()  # noqa: E731
@@ -48,6 +72,9 @@ class IF(AbstractProcess):
         self.reset_interval = Var(shape=(1,), init=int(reset_interval))
         self.reset_offset = Var(shape=(1,), init=int(reset_offset))
         self.count_window = Var(shape=(1,), init=int(count_window))
+        words = -(-int(np.prod(shape)) // pack_layout(count_window)[1]) if pack_counts else 1
+        self.pack_counts = Var(shape=(1,), init=int(bool(pack_counts)))
+        self.packed_counts = Var(shape=(words,), init=np.zeros(words))
 
 
 class _IFBase(PyLoihiProcessModel):
@@ -57,6 +84,13 @@ class _IFBase(PyLoihiProcessModel):
         b = self.sample_count.shape[0]
         moved = np.moveaxis(s, int(self.batch_axis[0]), 0)
         self.sample_count[:] += moved.reshape(b, -1).sum(axis=1)
+        window = int(self.count_window[0])
+        if self.pack_counts[0] and window > 0 and self.reset_interval[0] > 0 \
+                and self._phase() == window - 1:
+            self.packed_counts[:] = pack(self.spike_count, self.packed_counts.shape[0], window)
+
+    def _phase(self) -> int:
+        return (self.time_step - int(self.reset_offset[0])) % int(self.reset_interval[0])
 
     def _bank(self) -> int:
         """Index of the bias bank of the current reset window."""
@@ -71,7 +105,7 @@ class _IFBase(PyLoihiProcessModel):
         interval = int(self.reset_interval[0])
         if interval <= 0:
             return True
-        phase = (self.time_step - int(self.reset_offset[0])) % interval
+        phase = self._phase()
         if phase == 0:
             self.v[:] = self.v_init
             self.spike_count[:] = 0
@@ -99,6 +133,8 @@ class PyIFFloat(_IFBase):
     reset_interval: np.ndarray = LavaPyType(np.ndarray, int)
     reset_offset: np.ndarray = LavaPyType(np.ndarray, int)
     count_window: np.ndarray = LavaPyType(np.ndarray, int)
+    pack_counts: np.ndarray = LavaPyType(np.ndarray, int)
+    packed_counts: np.ndarray = LavaPyType(np.ndarray, float)
 
     def run_spk(self):
         counting = self._reset_and_window()
@@ -136,6 +172,8 @@ class PyIFFixed(_IFBase):
     reset_interval: np.ndarray = LavaPyType(np.ndarray, int)
     reset_offset: np.ndarray = LavaPyType(np.ndarray, int)
     count_window: np.ndarray = LavaPyType(np.ndarray, int)
+    pack_counts: np.ndarray = LavaPyType(np.ndarray, int)
+    packed_counts: np.ndarray = LavaPyType(np.ndarray, float)
 
     V_MAX = (1 << 23) - 1
 
