@@ -16,6 +16,10 @@ from .lowering import LayerGraph
 from .reference import RefResult, dynamic_bias
 
 BANK_BYTES = 256 << 20  # preloaded input currents per compiled graph
+CHANNEL_SLOTS = 4
+"""Messages each Lava channel can hold. Lava's default, 64, makes every channel 64 arrays of
+B x neurons in shared memory (ResNet-20 at batch 50: over 16 GB of /dev/shm); processes step in
+lock-step, so a message or two is ever in flight."""
 
 
 def run_lava(lg: LayerGraph, x: np.ndarray, timesteps: int,
@@ -67,7 +71,8 @@ def _run_segment(lg: LayerGraph, x: np.ndarray, b: int, timesteps: int,
     out_dyn = dyn.get(out_pop.name)
     readouts, counts = [], {name: [] for name in em.neurons}
     for c in range(k):
-        em.sink.run(condition=RunSteps(num_steps=em.interval), run_cfg=cfg)
+        em.sink.run(condition=RunSteps(num_steps=em.interval), run_cfg=cfg,
+                    compile_config={"pypy_channel_size": CHANNEL_SLOTS})
         total = from_lava(np.asarray(em.sink.total.get(), np.float64), out_pop.shape, b)
         r = total / (timesteps * gain) + out_pop.bias
         readouts.append(r + out_dyn[c] if out_dyn is not None else r)
