@@ -368,3 +368,22 @@ def test_count_packing_round_trips_up_to_the_window(window):
     packed = pack(counts, words, window)
     assert packed.max() < 2.0 ** 53
     np.testing.assert_array_equal(unpack_counts(packed, counts.size, window), counts)
+
+
+def test_fixed_point_gives_small_weight_channels_their_own_gain(net_and_data):
+    """A channel with 1/100 the weights of its layer keeps ~7-bit weights (per-channel gain)."""
+    m, x = net_and_data
+    m = onnx.ModelProto.FromString(m.SerializeToString())
+    w = next(t for t in m.graph.initializer if t.name == "c1.w")
+    arr = numpy_helper.to_array(w).copy()
+    arr[0] *= 0.01
+    w.CopyFrom(numpy_helper.from_array(arr, "c1.w"))
+    net = lava.network(lava.quantize(m, x, T))
+    fx, pop = net.fixed["b"], net.graph.populations["b"]
+    w_float = [o for o in pop.terms[0].ops if o.is_process][-1].weight
+    g_c = np.broadcast_to(fx.gain, pop.shape)[:, 0, 0].reshape(-1, 1, 1, 1)
+    err = np.abs(fx.weights[0] / g_c - w_float).reshape(4, -1).max(axis=1)
+    peak = np.abs(w_float).reshape(4, -1).max(axis=1)
+    assert np.all(err / peak < 0.02), err / peak
+    ref_q, ref_f = net.reference(x, T, fixed_point=True), net.reference(x, T, fixed_point=False)
+    assert np.array_equal(ref_q.counts["b"].sum((0, 2, 3)) > 0, ref_f.counts["b"].sum((0, 2, 3)) > 0)

@@ -1,11 +1,15 @@
 """Loihi-2-style fixed-point parameters of a layer graph, and their storage in the IR.
 
-Per population, one ``gain`` g (integer weight units per float unit of input current) sets
-every scale: weights ``W_int = round_even(W*g / 2^we) << we`` (8-bit signed mantissa, even,
-exponent we >= 0 baked in because Lava's Conv ignores ``weight_exp``), threshold mantissa
-``vth = round(theta*g)`` (<= 2^14: eight thresholds of head-room in the 24-bit v), v_init and
-bias in v-units (``x*64*g``; bias as a 13-bit mantissa << 3-bit exponent). Populations fed by
-the host-computed input get a g small enough for their bias range (data percentile).
+Per population, a ``gain`` g per channel (integer weight units per float unit of input current;
+per neuron for flat layers) sets every scale: weights ``W_int = round_even(W*g_c / 2^we) << we``
+(8-bit signed mantissa, even, one exponent we >= 0 per layer, baked in because Lava's Conv
+ignores ``weight_exp``), threshold mantissa ``vth = round(theta*g)`` (<= 2^14: eight thresholds
+of head-room in the 24-bit v), v_init and bias in v-units (``x*64*g``; bias as a 13-bit mantissa
+<< 3-bit exponent). An IF neuron's spikes are unchanged when its input, bias, v and threshold
+are scaled together, so each channel's gain is chosen to put that channel's largest weight near
+the top of the shared mantissa range (a channel of small weights would otherwise keep only a few
+bits), down to 1/128 of the threshold-limited gain. Populations fed by the host-computed input
+get gains small enough for their bias range (data percentile).
 The read-out has no threshold: full-range weights, capped so that T steps of the
 99.9th-percentile current fit a 24-bit accumulator with a factor 2 margin.
 """
@@ -36,7 +40,7 @@ def round_even(x: np.ndarray) -> np.ndarray:
 class FixedLayer:
     """Integer parameters of one population (weights: last op of each term, ONNX layout)."""
 
-    gain: float
+    gain: np.ndarray | float   # per neuron (population shape); a scalar for the read-out
     weight_exp: int
     vth: np.ndarray
     v_init: np.ndarray
@@ -73,16 +77,46 @@ def quantize(lg: LayerGraph, timesteps: int, bias_range: dict[str, float],
             vth = np.zeros(p.shape, np.int64)
             v0 = np.zeros(p.shape, np.int64)
         else:
-            g = VTH_MAX / float(np.max(p.threshold))
-            b = float(np.abs(p.bias).max()) + bias_range.get(name, 0.0)
-            if b > 0:
-                g = min(g, BIAS_MANT_MAX * 2 ** BIAS_EXP_MAX / (64.0 * b))
-            we = max(0, int(np.ceil(np.log2(max_w * g / W_MAX)))) if max_w > 0 else 0
+            g, we = _channel_gains(p, last, bias_range.get(name, 0.0))
             vth = np.maximum(np.rint(p.threshold * g), 1).astype(np.int64)
             v0 = np.clip(np.rint(p.v_init * 64 * g), -V_LIMIT, V_LIMIT).astype(np.int64)
-        weights = [np.clip(round_even(w * g / 2 ** we), -256, W_MAX) << we for w in last]
+        weights = [np.clip(round_even(w * _rows(g, w) / 2 ** we), -256, W_MAX) << we for w in last]
         out[name] = FixedLayer(g, we, vth, v0, int(np.rint(p.leak * 4096)), weights)
     return out
+
+
+GAIN_SPREAD = 7  # a channel's gain may drop to 2^-7 of its threshold limit (vth >= 128)
+
+
+def _channel_gains(p, last: list[np.ndarray], input_bias: float) -> tuple[np.ndarray, int]:
+    """Per-neuron gains (constant over each channel) and the layer's weight exponent."""
+    per_c = p.threshold.reshape(p.shape[0], -1)
+    bias_c = np.abs(p.bias).reshape(p.shape[0], -1).max(axis=1) + input_bias
+    limit = VTH_MAX / per_c.max(axis=1)
+    with np.errstate(divide="ignore"):
+        limit = np.minimum(limit, np.where(bias_c > 0, BIAS_MANT_MAX * 2 ** BIAS_EXP_MAX / (64.0 * bias_c),
+                                           np.inf))
+    peak = np.zeros(p.shape[0])
+    for w in last:
+        peak = np.maximum(peak, np.abs(w).reshape(w.shape[0], -1).max(axis=1))
+    top = peak * limit                       # each channel's largest weight at its highest gain
+    if not np.any(top > 0):
+        g_c, we = limit, 0
+    else:
+        floor = max(top[top > 0].min(), top.max() / 2 ** GAIN_SPREAD)
+        we = max(0, int(np.ceil(np.log2(floor / W_MAX))))
+        with np.errstate(divide="ignore"):
+            g_c = np.minimum(limit, np.where(peak > 0, W_MAX * 2 ** we / peak, np.inf))
+    g = np.broadcast_to(g_c.reshape((-1,) + (1,) * (len(p.shape) - 1)), p.shape).copy()
+    return g, we
+
+
+def _rows(g: np.ndarray | float, w: np.ndarray):
+    """The gain of each output row of weight ``w`` (its first axis), shaped to broadcast."""
+    g = np.asarray(g, np.float64)
+    if g.ndim == 0:
+        return g
+    return g.reshape(g.shape[0], -1)[:, 0].reshape((-1,) + (1,) * (w.ndim - 1))
 
 
 def _key(pop: str) -> str:
@@ -117,7 +151,8 @@ def load_layers(model: onnx.ModelProto, lg: LayerGraph) -> dict[str, FixedLayer]
         if k + "gain" not in inits:
             raise KeyError(f"fixed-point data missing for population '{pop}'")
         we, dv = (int(v) for v in arr(k + "exp_dv"))
-        out[pop] = FixedLayer(float(arr(k + "gain")), we, arr(k + "vth_mant").astype(np.int64),
+        gain = arr(k + "gain").astype(np.float64)
+        out[pop] = FixedLayer(float(gain) if gain.ndim == 0 else gain, we, arr(k + "vth_mant").astype(np.int64),
                               arr(k + "v_init").astype(np.int64), dv,
                               [arr(k + f"w{i}").astype(np.int64) for i in range(len(p.terms))])
     return out
