@@ -28,6 +28,15 @@ def _init(name, arr):
     return numpy_helper.from_array(arr.astype(np.float32) if arr.dtype.kind == "f" else arr, name)
 
 
+def _model(nodes, name: str, x, y, inits) -> onnx.ModelProto:
+    """An opset-17 IR model of ``nodes`` with input ``x`` and output ``y`` (value infos)."""
+    m = helper.make_model(helper.make_graph(nodes, name, [x], [y], inits),
+                          opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    ir.ensure_domain(m)
+    return m
+
+
 def residual_net(seed: int = 0) -> onnx.ModelProto:
     """Every mapped layer kind: conv (pad, groups, stride), residual Add with a latency gap,
     ResNet option-A shortcut (Slice step 2 + channel Pad), AveragePool, Flatten, Gemm."""
@@ -69,11 +78,7 @@ def residual_net(seed: int = 0) -> onnx.ModelProto:
     nodes.append(helper.make_node("Gemm", ["flat", "fc1.w", "fc1.b"], ["h6"], transB=1, name="fc1"))
     neuron("e", "h6", "se", 0, 0.7)
     nodes.append(helper.make_node("Gemm", ["se", "fc2.w", "fc2.b"], ["y"], transB=1, name="fc2"))
-    g = helper.make_graph(nodes, "res", [_vi("x", ["N", 2, 8, 8])], [_vi("y", ["N", 3])], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    ir.ensure_domain(m)
-    return m
+    return _model(nodes, "res", _vi("x", ["N", 2, 8, 8]), _vi("y", ["N", 3]), inits)
 
 
 @pytest.fixture(scope="module")
@@ -229,11 +234,7 @@ def concat_net(seed: int = 2) -> onnx.ModelProto:
     nodes += [helper.make_node("GlobalAveragePool", ["sd"], ["gap"], name="gap"),
               helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
               helper.make_node("Gemm", ["flat", "fc.w"], ["y"], transB=1, name="fc")]
-    g = helper.make_graph(nodes, "cat", [_vi("x", ["N", 2, 6, 6])], [_vi("y", ["N", 3])], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    ir.ensure_domain(m)
-    return m
+    return _model(nodes, "cat", _vi("x", ["N", 2, 6, 6]), _vi("y", ["N", 3]), inits)
 
 
 def test_concat_maps_to_split_weights_and_matches_torch():
@@ -303,11 +304,7 @@ def keras_net(seed: int = 4, transpose_into_conv: bool = False) -> onnx.ModelPro
                   helper.make_node("MatMul", ["sb", "w2"], ["logits"], name="fc2"),
                   helper.make_node("Reshape", ["logits", "oshape"], ["y"], name="out_reshape")]
         out = _vi("y", ["N", 3, 1, 1])
-    g = helper.make_graph(nodes, "keras", [_vi("x", ["N", 5, 5, 3])], [out], inits + i0 + i1)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    ir.ensure_domain(m)
-    return m
+    return _model(nodes, "keras", _vi("x", ["N", 5, 5, 3]), out, inits + i0 + i1)
 
 
 def test_transpose_before_flatten_folds_into_dense_and_matches_torch():
