@@ -72,7 +72,8 @@ def export(net: nn.Module, shape: tuple[int, ...]) -> onnx.ModelProto:
     return onnx.load_from_string(buf.getvalue())
 
 
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+          derandomize=True, database=None)  # the same examples on every run: CI must not flake
 @given(networks())
 def test_random_cnn_converts_faithfully_or_is_refused_by_name(case):
     net, shape, seed = case

@@ -15,16 +15,22 @@ from ..targets import TARGETS, get_target
 from .options import conversion_options, parse_timesteps
 
 
-def is_ir_file(path: Path) -> bool:
-    """A converted network (by name, or an ONNX file declaring the spiking domain) or an artifact."""
-    if path.name.endswith(".snn.onnx") or path.suffix in (".pt", ".lava", ".nir"):
-        return True
-    if path.is_dir():
-        return (path / "model.snn.onnx").exists()
+def read_converted(path: Path) -> tuple[bool, onnx.ModelProto | None]:
+    """Whether ``path`` holds a converted network, and its IR when it is one ONNX file.
+
+    Recognized by name (``.snn.onnx``, artifacts ``.pt``/``.nir``/``.lava`` or a directory with
+    ``model.snn.onnx``) or by content (an ONNX file declaring the spiking domain); the file is
+    parsed once. Anything else is an ANN, left to the front-end (which reports unreadable files).
+    """
+    if path.suffix in (".pt", ".lava", ".nir") or (path.is_dir() and (path / "model.snn.onnx").exists()):
+        return True, None
+    if path.name.endswith(".snn.onnx"):
+        return True, ir.load(path)
     try:
-        return path.is_file() and ir.is_snn(onnx.load(str(path), load_external_data=False))
+        model = onnx.load(str(path)) if path.is_file() else None
     except Exception:  # not ONNX: the ANN loader reports it
-        return False
+        return False, None
+    return (True, model) if model is not None and ir.is_snn(model) else (False, None)
 
 
 @click.command("eval")
@@ -60,8 +66,8 @@ def command(model: Path, data_path: str, calib: str | None, norm: str, per_chann
         options["fixed_point"] = fixed_point
     elif fixed_point:
         raise OptionError("--fixed-point applies to --target lava only")
-    if is_ir_file(model):
-        snn_model = ir.load(model) if model.is_file() and model.suffix not in (".pt", ".nir") else None
+    converted, snn_model = read_converted(model)
+    if converted:
         shape = input_shape(snn_model) if snn_model is not None else None
         data = load_npz(data_path, labels=True, shape=shape, what="evaluation").limit(limit)
         source = snn_model if snn_model is not None else model

@@ -243,31 +243,30 @@ class SpikingNetwork(nn.Module):
         prev = state.get(node.name)
         start = prev["t"] if prev else 0
 
-        stats: list = []
-
-        def fire(cur: torch.Tensor, v: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        def fire(cur: torch.Tensor, v: torch.Tensor | None = None) -> tuple:
+            """(spikes, v at the end, (counts, per-step totals) when the kernel counted them)."""
             if v is None:
                 v = torch.zeros((batch, *per_sample), dtype=cur.dtype, device=cur.device) + v0
             if fast and self._ort is not None and cur.device.type == "cpu" and fused.available() \
                     and cur.dtype == torch.float32:
                 s, v_end, *counted = fused.if_neuron_fused(cur, steps, v, theta, reset, leak,
                                                           stats=self.record)
-                stats[:] = counted
-                return s, v_end
+                return s, v_end, counted or None
             if fast:
-                return nrn.if_neuron_fast(cur, steps, v, theta, reset, leak)
-            return nrn.if_neuron(cur, steps, v, theta, reset, leak, self.surrogate, self.alpha)
+                return (*nrn.if_neuron_fast(cur, steps, v, theta, reset, leak), None)
+            return (*nrn.if_neuron(cur, steps, v, theta, reset, leak, self.surrogate, self.alpha), None)
 
+        counted = None
         if self.neuron_hook is not None:
             spikes = self.neuron_hook(node.name, current, 1 if invariant else 2, lambda c: fire(c)[0])
         else:
-            spikes, v_end = fire(current, prev["v"] if prev else None)
+            spikes, v_end, counted = fire(current, prev["v"] if prev else None)
             state[node.name] = {"t": start + steps, "v": v_end}
         if self.record:
-            if stats:
-                self._add_record(node.name, stats[0].to(torch.float32), stats[1].to(torch.float64))
+            if counted is not None:
+                self._add_record(node.name, counted[0].to(torch.float32), counted[1].to(torch.float64))
             else:
-                self._record(node.name, spikes, theta)
+                self._record(node.name, spikes)
         return spikes.reshape(steps * batch, *per_sample)
 
     def _chunk_steps(self, x: torch.Tensor, timesteps: int) -> int:
@@ -280,7 +279,7 @@ class SpikingNetwork(nn.Module):
             return 1
         return max(1, min(16, round(CPU_CHUNK_ELEMENTS / (x.shape[0] * self._step_elements))))
 
-    def _record(self, name: str, spikes: torch.Tensor, theta: torch.Tensor) -> None:
+    def _record(self, name: str, spikes: torch.Tensor) -> None:
         s = (spikes.detach() > 0)
         self._add_record(name, s.sum(0).to(torch.float32), s.flatten(1).sum(1).to(torch.float64))
 

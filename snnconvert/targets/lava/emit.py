@@ -115,8 +115,7 @@ def emit(lg: LayerGraph, batch: int, timesteps: int, fixed: dict[str, FixedLayer
             else:
                 vth, v0, dv = tile(fx.vth), tile(fx.v_init), fx.dv
             dst = IF(shape=shape, vth=vth, v_init=v0, bias=_banked_lava(bias, p.shape),
-                     bias_exp=_banked_lava(np.broadcast_to(bias_exp, bias.shape), p.shape), dv=dv,
-                     banks=bias.shape[0],
+                     bias_exp=_banked_lava(bias_exp, p.shape), dv=dv,
                      reset_zero=p.reset == "zero", reset_interval=interval,
                      reset_offset=offset, count_window=timesteps, batch=batch,
                      batch_axis=0 if len(p.shape) == 1 else 2, pack_counts=pack_counts, name=name)

@@ -73,14 +73,16 @@ def quantize(lg: LayerGraph, timesteps: int, bias_range: dict[str, float],
             g = W_MAX / max_w if max_w > 0 else 1.0
             if output_p999 > 0:
                 g = min(g, (V_LIMIT + 1) / (2 * 64 * timesteps * output_p999))
-            we = 0
+            we, rows = 0, np.full(p.shape[0], g)
             vth = np.zeros(p.shape, np.int64)
             v0 = np.zeros(p.shape, np.int64)
         else:
-            g, we = _channel_gains(p, last, bias_range.get(name, 0.0))
+            rows, we = _channel_gains(p, last, bias_range.get(name, 0.0))
+            g = np.broadcast_to(rows.reshape((-1,) + (1,) * (len(p.shape) - 1)), p.shape).copy()
             vth = np.maximum(np.rint(p.threshold * g), 1).astype(np.int64)
             v0 = np.clip(np.rint(p.v_init * 64 * g), -V_LIMIT, V_LIMIT).astype(np.int64)
-        weights = [np.clip(round_even(w * _rows(g, w) / 2 ** we), -256, W_MAX) << we for w in last]
+        weights = [np.clip(round_even(w * rows.reshape((-1,) + (1,) * (w.ndim - 1)) / 2 ** we),
+                           -256, W_MAX) << we for w in last]
         out[name] = FixedLayer(g, we, vth, v0, int(np.rint(p.leak * 4096)), weights)
     return out
 
@@ -89,7 +91,7 @@ GAIN_SPREAD = 7  # a channel's gain may drop to 2^-7 of its threshold limit (vth
 
 
 def _channel_gains(p, last: list[np.ndarray], input_bias: float) -> tuple[np.ndarray, int]:
-    """Per-neuron gains (constant over each channel) and the layer's weight exponent."""
+    """Gain of each channel (neuron, in flat layers) and the layer's weight exponent."""
     per_c = p.threshold.reshape(p.shape[0], -1)
     bias_c = np.abs(p.bias).reshape(p.shape[0], -1).max(axis=1) + input_bias
     limit = VTH_MAX / per_c.max(axis=1)
@@ -107,16 +109,7 @@ def _channel_gains(p, last: list[np.ndarray], input_bias: float) -> tuple[np.nda
         we = max(0, int(np.ceil(np.log2(floor / W_MAX))))
         with np.errstate(divide="ignore"):
             g_c = np.minimum(limit, np.where(peak > 0, W_MAX * 2 ** we / peak, np.inf))
-    g = np.broadcast_to(g_c.reshape((-1,) + (1,) * (len(p.shape) - 1)), p.shape).copy()
-    return g, we
-
-
-def _rows(g: np.ndarray | float, w: np.ndarray):
-    """The gain of each output row of weight ``w`` (its first axis), shaped to broadcast."""
-    g = np.asarray(g, np.float64)
-    if g.ndim == 0:
-        return g
-    return g.reshape(g.shape[0], -1)[:, 0].reshape((-1,) + (1,) * (w.ndim - 1))
+    return g_c, we
 
 
 def _key(pop: str) -> str:

@@ -23,6 +23,7 @@ from onnx import numpy_helper
 
 from ... import ir
 from ...errors import TargetError
+from ...graph import attrs
 
 INPUT = "<input>"
 OUTPUT = "<output>"
@@ -138,8 +139,8 @@ def _full_conv_weight(op: Op) -> np.ndarray:
 def _fold(a: Op, b: Op) -> Op | None:
     """Compose b∘a into one op when exact and cheap, else None."""
     if a.kind == "gather" and b.kind == "dense":
-        w = np.zeros((b.weight.shape[0],) + a.in_shape)
-        np.add.at(w.T, a.index, b.weight.T)  # column index[i] of the result gets column i
+        w = np.empty_like(b.weight)
+        w[:, a.index] = b.weight  # input feature index[i] meets the weights of gathered feature i
         return Op("dense", a.in_shape, b.out_shape, w)
     if a.kind == "dense" and b.kind == "dense":
         return Op("dense", a.in_shape, b.out_shape, b.weight @ a.weight)
@@ -241,14 +242,6 @@ class _Expr:
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.const.shape)
-
-
-def _attrs(node: onnx.NodeProto) -> dict:
-    out = {}
-    for a in node.attribute:
-        v = onnx.helper.get_attribute_value(a)
-        out[a.name] = v.decode() if isinstance(v, bytes) else v
-    return out
 
 
 def _apply_expr(e: _Expr, op: Op, const_extra: np.ndarray | None = None) -> _Expr:
@@ -385,7 +378,7 @@ def lower(model: onnx.ModelProto) -> LayerGraph:
     inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     for node in graph.node:
         if node.op_type == "Constant":
-            inits[node.output[0]] = numpy_helper.to_array(_attrs(node)["value"])
+            inits[node.output[0]] = attrs(node)["value"]
     real_inputs = [i for i in graph.input if i.name not in inits]
     if len(real_inputs) != 1 or len(graph.output) != 1:
         raise TargetError("the lava target needs exactly one graph input and one output")
@@ -406,7 +399,7 @@ def lower(model: onnx.ModelProto) -> LayerGraph:
     for node in graph.node:
         if node.op_type == "Constant":
             continue
-        a = _attrs(node)
+        a = attrs(node)
         op = node.op_type
         if ir.is_neuron(node):
             e = get(node.input[0])

@@ -4,8 +4,8 @@ Each step: (optionally) v := v_init when ``time_step % reset_interval == reset_o
 v = v*(1-dv) + a_in + bias; s = v >= vth; v -= s*vth ("subtract") or v[s] = 0 ("zero").
 Spikes are sent as 0/1. ``spike_count`` counts spikes in the ``count_window`` steps that
 follow each reset (all steps when ``reset_interval`` is 0).
-``bias`` and ``bias_exp`` may carry a leading bank axis: the k-th reset window uses bank k (the
-last bank after that). A multi-batch evaluation preloads every batch's input current this way:
+``bias`` and ``bias_exp`` may carry a leading bank axis (each its own number of banks): the k-th
+reset window uses bank k (the last bank after that). A multi-batch evaluation preloads every batch's input current this way:
 Lava's Var.set moves one element per message, so setting 10^6 biases between batches costs
 tens of seconds, while a bank switch at reset costs nothing. For the same reason, with
 ``pack_counts`` the per-neuron counts of each window are also packed, 53 // bits of them per
@@ -53,17 +53,19 @@ class IF(AbstractProcess):
 
     def __init__(self, *, shape, vth=1.0, bias=0, bias_exp=0, v_init=0, dv=0,
                  reset_zero=False, reset_interval=0, reset_offset=0, count_window=0,
-                 batch=1, batch_axis=0, banks=1, pack_counts=False, name=None):
+                 batch=1, batch_axis=0, pack_counts=False, name=None):
         super().__init__(shape=shape, name=name)
         full = lambda x: np.broadcast_to(np.asarray(x), shape).copy()  # noqa: E731
-        banked = lambda x: np.broadcast_to(np.asarray(x), (banks,) + tuple(shape)).copy()  # noqa: E731
+        banked = lambda x: (np.asarray(x).copy() if np.ndim(x) == len(shape) + 1  # noqa: E731
+                            else np.broadcast_to(np.asarray(x), (1,) + tuple(shape)).copy())
         self.a_in = InPort(shape=shape)
         self.s_out = OutPort(shape=shape)
         self.v = Var(shape=shape, init=full(v_init))
         self.v_init = Var(shape=shape, init=full(v_init))
         self.vth = Var(shape=shape, init=full(vth))
-        self.bias = Var(shape=(banks,) + tuple(shape), init=banked(bias))
-        self.bias_exp = Var(shape=(banks,) + tuple(shape), init=banked(bias_exp))
+        bias, bias_exp = banked(bias), banked(bias_exp)
+        self.bias = Var(shape=bias.shape, init=bias)
+        self.bias_exp = Var(shape=bias_exp.shape, init=bias_exp)
         self.spike_count = Var(shape=shape, init=np.zeros(shape, np.int32))
         self.sample_count = Var(shape=(batch,), init=np.zeros(batch, np.int64))
         self.batch_axis = Var(shape=(1,), init=int(batch_axis))
@@ -84,33 +86,30 @@ class _IFBase(PyLoihiProcessModel):
         b = self.sample_count.shape[0]
         moved = np.moveaxis(s, int(self.batch_axis[0]), 0)
         self.sample_count[:] += moved.reshape(b, -1).sum(axis=1)
-        window = int(self.count_window[0])
-        if self.pack_counts[0] and window > 0 and self.reset_interval[0] > 0 \
-                and self._phase() == window - 1:
-            self.packed_counts[:] = pack(self.spike_count, self.packed_counts.shape[0], window)
+        if self.pack_counts[0] and self._window_end:
+            self.packed_counts[:] = pack(self.spike_count, self.packed_counts.shape[0],
+                                         int(self.count_window[0]))
 
-    def _phase(self) -> int:
-        return (self.time_step - int(self.reset_offset[0])) % int(self.reset_interval[0])
-
-    def _bank(self) -> int:
-        """Index of the bias bank of the current reset window."""
+    def _bank(self, banks) -> np.ndarray:
+        """The bank of ``banks`` (bias or bias_exp) for the current reset window."""
         interval = int(self.reset_interval[0])
-        if interval <= 0:
-            return 0
-        k = max(0, self.time_step - int(self.reset_offset[0])) // interval
-        return min(k, self.bias.shape[0] - 1)
+        k = max(0, self.time_step - int(self.reset_offset[0])) // interval if interval > 0 else 0
+        return banks[min(k, banks.shape[0] - 1)]
+
+    _window_end = False
 
     def _reset_and_window(self):
         """Apply a pipelined reset if due; return whether this step counts spikes."""
         interval = int(self.reset_interval[0])
         if interval <= 0:
             return True
-        phase = self._phase()
+        phase = (self.time_step - int(self.reset_offset[0])) % interval
         if phase == 0:
             self.v[:] = self.v_init
             self.spike_count[:] = 0
             self.sample_count[:] = 0
         window = int(self.count_window[0])
+        self._window_end = phase == window - 1
         return window <= 0 or phase < window
 
 
@@ -141,7 +140,7 @@ class PyIFFloat(_IFBase):
         a = self.a_in.recv()
         dv = float(self.dv[0])
         v = self.v * (1.0 - dv) if dv else self.v
-        v = v + a + self.bias[self._bank()]
+        v = v + a + self._bank(self.bias)
         s = v >= self.vth
         if self.reset_zero[0]:
             v[s] = 0.0
@@ -189,9 +188,8 @@ class PyIFFixed(_IFBase):
         if dv:
             d = v * (4096 - dv)
             v = np.sign(d) * np.right_shift(np.abs(d), 12)
-        k = self._bank()
         v += np.left_shift(a.astype(dt), 6)
-        v += np.left_shift(self.bias[k].astype(dt), self.bias_exp[k].astype(dt))
+        v += np.left_shift(self._bank(self.bias).astype(dt), self._bank(self.bias_exp).astype(dt))
         np.clip(v, -self.V_MAX, self.V_MAX, out=v)
         vth = np.left_shift(self.vth.astype(dt), 6)
         s = v >= vth
