@@ -7,11 +7,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from pathlib import Path
+
 from . import frontend, ir, onnxrt
-from .errors import OptionError
+from . import report as _report
+from .data import input_shape, load_npz
+from .errors import OptionError, TargetError
+from .profiles import Profile, fit, load_profile
+from .report import Report
 from .passes import PassContext, Pipeline, default_pipeline
 from .passes.pipeline import V_INIT_MODES
-from .targets import SimResult, get_target
+from .results import SimResult
+from .targets import get_target
 
 
 def convert(source: str | os.PathLike | onnx.ModelProto, calib: np.ndarray | None = None, *,
@@ -44,6 +51,34 @@ def convert(source: str | os.PathLike | onnx.ModelProto, calib: np.ndarray | Non
     if log is not None:
         log.extend(entries)
     return snn
+
+
+def build_report(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray | None = None,
+                 timesteps: int = 32, profile: str | Profile = "generic-float",
+                 out_dir: str | os.PathLike | None = None, batch_size: int = 128,
+                 name: str = "model") -> Report:
+    """Resource, energy and diagnostics report of ``model`` on ``x`` for a hardware profile."""
+    prof = profile if isinstance(profile, Profile) else load_profile(profile)
+    return _report.build_report(model, x, y, timesteps, prof, fit(model, prof), out_dir,
+                                batch_size, name)
+
+
+def run_report(model_path: str | os.PathLike, data_path: str | os.PathLike, timesteps: int = 32,
+               profile: str = "generic-float", json_path: str | os.PathLike | None = None,
+               out_dir: str | os.PathLike | None = None) -> Report:
+    """The ``snnconvert report`` command: refuses (TargetError) a network that does not fit."""
+    model = ir.load(model_path)
+    prof = load_profile(profile)
+    fitted = fit(model, prof)
+    if not fitted.fits:
+        raise TargetError(f"the network does not fit on '{prof.name}': " + "; ".join(fitted.reasons),
+                          hint="Use a larger profile (more chips) or a smaller network.")
+    data = load_npz(data_path, labels=False, shape=input_shape(model), what="report")
+    report = _report.build_report(model, data.x, data.y, timesteps, prof, fitted, out_dir,
+                                  name=Path(model_path).name.split(".")[0])
+    if json_path is not None:
+        ir.atomic_write_bytes(json_path, report.to_json().encode())
+    return report
 
 
 def ann_outputs(model: onnx.ModelProto, x: np.ndarray, batch_size: int = 256) -> np.ndarray:

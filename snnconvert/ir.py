@@ -26,6 +26,7 @@ T (``readout = membrane``). Graph-level metadata lives in ``metadata_props`` und
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -178,6 +179,78 @@ def set_meta(model: onnx.ModelProto, key: str, value: Any) -> None:
             p.value = text
             return
     model.metadata_props.add(key=full, value=text)
+
+
+DERIVED_KEY = "derived"
+"""Metadata key (``snnconvert.derived``) of the target data a model carries: a JSON object
+``{initializer prefix: digest of the float model it was derived from}``."""
+
+
+def source_digest(model: onnx.ModelProto) -> str:
+    """A digest of what target data is derived from: the nodes, every initializer that is not
+    itself derived data, and the timesteps the IR is tuned for."""
+    derived = tuple(derived_prefixes(model))
+    h = hashlib.sha256()
+    h.update(get_meta(model, "timesteps").encode())
+    for node in model.graph.node:
+        h.update(node.SerializeToString(deterministic=True))
+    for t in sorted((t for t in model.graph.initializer if not t.name.startswith(derived)),
+                    key=lambda t: t.name):
+        arr = numpy_helper.to_array(t)
+        h.update(f"{t.name}|{arr.dtype.str}|{arr.shape}|".encode())
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()[:16]
+
+
+def derived_prefixes(model: onnx.ModelProto) -> dict[str, str]:
+    """``{prefix: digest}`` of the target data stamped on ``model``."""
+    for p in model.metadata_props:
+        if p.key == META_PREFIX + DERIVED_KEY:
+            return dict(json.loads(p.value))
+    return {}
+
+
+def stamp_derived(model: onnx.ModelProto, prefix: str) -> str:
+    """Record that the initializers named ``prefix*`` derive from ``model``'s current float
+    parameters; returns the digest."""
+    stamps = derived_prefixes(model)
+    stamps[prefix] = ""
+    set_meta(model, DERIVED_KEY, stamps)  # the prefix is excluded from the digest
+    stamps[prefix] = source_digest(model)
+    set_meta(model, DERIVED_KEY, stamps)
+    return stamps[prefix]
+
+
+def derived_state(model: onnx.ModelProto, prefix: str) -> str:
+    """"absent" (no ``prefix*`` initializers), "fresh" (stamped with the model's current
+    digest) or "stale" (derived from other parameters, or never stamped)."""
+    if not any(t.name.startswith(prefix) for t in model.graph.initializer):
+        return "absent"
+    digest = derived_prefixes(model).get(prefix)
+    return "fresh" if digest is not None and digest == source_digest(model) else "stale"
+
+
+def drop_derived(model: onnx.ModelProto, prefixes: tuple[str, ...] | None = None) -> list[str]:
+    """Remove target data (all stamped prefixes, or ``prefixes``) and its stamps; returns the
+    names of the removed initializers."""
+    stamps = derived_prefixes(model)
+    drop = tuple(prefixes if prefixes is not None else stamps)
+    if not drop:
+        return []
+    removed = [t.name for t in model.graph.initializer if t.name.startswith(drop)]
+    keep = [t for t in model.graph.initializer if not t.name.startswith(drop)]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    for p in drop:
+        stamps.pop(p, None)
+    if stamps:
+        set_meta(model, DERIVED_KEY, stamps)
+    else:
+        for i, p in enumerate(model.metadata_props):
+            if p.key == META_PREFIX + DERIVED_KEY:
+                del model.metadata_props[i]
+                break
+    return removed
 
 
 def is_snn(model: onnx.ModelProto) -> bool:

@@ -13,6 +13,7 @@ import onnx
 
 from . import ir
 from .errors import OptionError
+from .ops.events import layers, synapses, tensor_shapes
 
 PROFILE_DIR = Path(__file__).resolve().parents[1] / "targets"
 REQUIRED = {
@@ -127,8 +128,6 @@ def _cores(count: int, per_core: int) -> int:
 def fit(model: onnx.ModelProto, profile: Profile | str, shapes: dict | None = None) -> FitReport:
     """Cores each neuron layer (and the readout) needs on ``profile``: the larger of its
     neurons / neurons_per_core and its fan-in synapses / synapses_per_core, rounded up."""
-    from .report.synapses import layers, synapses, tensor_shapes
-
     prof = profile if isinstance(profile, Profile) else load_profile(profile)
     shapes = shapes or tensor_shapes(model)
     syn = synapses(model, shapes)

@@ -11,7 +11,7 @@ from snnconvert.errors import TargetError
 
 pytest.importorskip("snnconvert.runtime")
 
-from snnconvert.report import build_report, run_report  # noqa: E402
+from snnconvert.api import build_report, run_report  # noqa: E402
 
 from test_nir import _cnn  # noqa: E402
 

@@ -15,14 +15,43 @@ from .options import conversion_options
 ARTIFACT_SUFFIX = {"torch": ".pt", "lava": ".lava", "nir": ".nir"}
 
 
+IR_SUFFIX = ".snn.onnx"
+
+
 def default_output(model: Path) -> Path:
     name = model.name[:-5] if model.name.endswith(".onnx") else model.name
-    return model.with_name(name + ".snn.onnx")
+    return model.with_name(name + IR_SUFFIX)
 
 
-def artifact_path(out: Path, target: str) -> Path:
-    base = out.name[: -len(".snn.onnx")] if out.name.endswith(".snn.onnx") else out.stem
-    return out.with_name(base + ARTIFACT_SUFFIX[target])
+def output_paths(model: Path, output: Path | None, target: str) -> tuple[Path, Path]:
+    """(IR path, artifact path) that ``-o`` names: one path per artifact, never the same file.
+
+    ``-o`` ending in the target's artifact suffix (``.pt``, ``.lava``, ``.nir``) names the
+    artifact, and the IR goes beside it as ``.snn.onnx``; any other ``-o`` names the IR, and the
+    artifact goes beside it (``X.snn.onnx``/``X.onnx``/``X`` -> ``X.pt``). Another target's
+    artifact suffix is refused."""
+    out = output or default_output(model)
+    name = out.name
+    suffix = ARTIFACT_SUFFIX[target]
+    others = {s: t for t, s in ARTIFACT_SUFFIX.items() if t != target}
+    if out.suffix in others:
+        raise OptionError(f"-o {out} names a {others[out.suffix]} artifact, but the target is {target}",
+                          hint=f"Use -o {out.with_suffix(suffix)} (or a .snn.onnx path) for --target {target}.")
+    if name.endswith(IR_SUFFIX):
+        base = name[: -len(IR_SUFFIX)]
+    elif name.endswith(".onnx"):
+        base = name[: -len(".onnx")]
+    elif out.suffix == suffix:
+        base = out.stem
+    else:
+        base = name
+    ir_path = out.with_name(base + IR_SUFFIX) if out.suffix == suffix else out
+    artifact = out.with_name(base + suffix)
+    for path in (ir_path, artifact):
+        if path.resolve() == model.resolve():
+            raise OptionError(f"output {path} would overwrite the input model",
+                              hint="Choose another path with -o.")
+    return ir_path, artifact
 
 
 @click.command("convert")
@@ -31,8 +60,10 @@ def artifact_path(out: Path, target: str) -> Path:
 @conversion_options
 @click.option("-T", "--timesteps", default=32, show_default=True, type=click.IntRange(min=1),
               help="Timesteps the network is tuned for (stored in the IR).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Output .snn.onnx (default: next to MODEL).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="X.pt / X.lava / X.nir names the target's artifact (the IR goes beside it "
+                   "as X.snn.onnx); any other path names the IR (the artifact goes beside it). "
+                   "Default: MODEL's name with .snn.onnx.")
 @click.option("--fixed-point", is_flag=True, help="lava: quantize to Loihi 2 fixed point.")
 @click.option("--strict", is_flag=True, help="nir: refuse instead of warning on semantic losses.")
 def command(model: Path, target: str, calib: str | None, norm: str, per_channel: bool, v_init: str,
@@ -40,10 +71,7 @@ def command(model: Path, target: str, calib: str | None, norm: str, per_channel:
             fixed_point: bool, strict: bool) -> None:
     """Convert MODEL.onnx to a spiking network (.snn.onnx + the target's artifact)."""
     backend = get_target(target)
-    out = output or default_output(model)
-    if out.resolve() == model.resolve():
-        raise OptionError(f"output {out} would overwrite the input model",
-                          hint="Choose another path with -o.")
+    out, artifact_out = output_paths(model, output, target)
     calib_x = calib_y = None
     if calib is not None:
         calib_data = load_npz(calib, labels=False, shape=input_shape(load_model(model)),
@@ -60,6 +88,6 @@ def command(model: Path, target: str, calib: str | None, norm: str, per_channel:
         {"strict": strict} if target == "nir" else {})
     if target == "lava" and fixed_point and calib_x is not None:
         options["calib"] = calib_x
-    artifact = backend.compile(snn, artifact_path(out, target), **options)
+    artifact = backend.compile(snn, artifact_out, **options)
     ir.save(snn, out)
     click.echo(f"wrote {out} and {artifact} (target {target}, T={timesteps})")

@@ -17,7 +17,7 @@ import click
 def command(model: str, data_path: str, timesteps: int, profile: str, json_path: str | None,
             out_dir: str | None) -> None:
     """Per-layer neurons, synapses, firing rates, SOPs vs MACs, fit on a chip, energy, plots."""
-    from ..report import run_report
+    from ..api import run_report
 
     r = run_report(model, data_path, timesteps, profile, json_path, out_dir)
     d = r.data

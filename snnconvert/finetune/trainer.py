@@ -49,9 +49,13 @@ class History:
 
 
 def build_network(model: onnx.ModelProto, cfg: FinetuneConfig) -> SpikingNetwork:
-    """A SpikingNetwork on a copy of ``model`` (with the LIF leak set when asked) on cfg.device."""
+    """A SpikingNetwork on a copy of ``model`` (with the LIF leak set when asked) on cfg.device.
+
+    Target data derived from the float parameters (fixed-point integers) is dropped: training
+    changes the floats, so a target derives it again from the tuned ones."""
     work = onnx.ModelProto()
     work.CopyFrom(model)
+    ir.drop_derived(work)
     if cfg.leak is not None:
         for node in work.graph.node:
             if ir.is_neuron(node):

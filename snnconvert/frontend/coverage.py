@@ -174,6 +174,8 @@ class _Classifier:
             return "pool", "average pooling of input currents (linear)"
         if op in ("MaxPool", "GlobalMaxPool"):
             return self.maxpool(node, attrs)
+        if op == "Slice":
+            return self.slice(node)
         if op in _STRUCTURAL:
             return "structural", _STRUCTURAL[op]
         if op == "Pad":
@@ -268,6 +270,18 @@ class _Classifier:
         k = "x".join(str(v) for v in attrs.get("kernel_shape", [])) or "global"
         return "pool", (f"{k} max pooling of spikes, gated by accumulated input (exact in the rate); "
                         "MaxPoolToAvgPool can swap it for an average pool")
+
+    def slice(self, node: onnx.NodeProto) -> tuple[str, str]:
+        if any(name and not self.is_const(name) for name in node.input[1:]):
+            return "unsupported", ("Slice with run-time starts/ends/axes/steps is not supported. "
+                                   "Hint: export the slice with constant bounds.")
+        steps = self.const_value(node.input[4]) if len(node.input) > 4 and node.input[4] else None
+        if steps is not None and np.any(np.asarray(steps) <= 0):
+            return "unsupported", (f"Slice steps {np.asarray(steps).tolist()} reverse an axis, which "
+                                   "is not supported (only forward slices). Hint: reverse the axis in "
+                                   "the weights instead (e.g. flip the next layer's kernel), or slice "
+                                   "with a positive step.")
+        return "structural", _STRUCTURAL["Slice"]
 
     def pad(self, node: onnx.NodeProto, attrs: dict) -> tuple[str, str]:
         mode = attrs.get("mode", b"constant")

@@ -1,6 +1,9 @@
 """Resource, energy and diagnostics report of a converted network: per-layer neurons, synapses,
 firing rates, synaptic operations vs the ANN's MACs, SNN/ANN rate correlation, fit on a
-hardware profile, an energy estimate, and accuracy-vs-T / firing-rate plots."""
+hardware profile, an energy estimate, and accuracy-vs-T / firing-rate plots.
+
+The profile and its fit are passed in (loaded and computed by :mod:`snnconvert.profiles`; the API
+composes the two), so the report and the profiles do not import each other."""
 from __future__ import annotations
 
 import json
@@ -14,11 +17,9 @@ import onnx
 import torch
 
 from .. import ir, onnxrt
-from ..errors import DataError, TargetError
-from ..profiles import Profile, fit, load_profile
-from .synapses import READOUT, ann_macs, layers, synapses, synaptic_events, tensor_shapes
+from ..ops.events import READOUT, ann_macs, layers, synapses, synaptic_events, tensor_shapes
 
-__all__ = ["Report", "build_report", "run_report"]
+__all__ = ["Report", "build_report"]
 
 
 @dataclass
@@ -94,20 +95,21 @@ def _plots(data: dict, out_dir: Path) -> list[Path]:
     return paths
 
 
-def build_report(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray | None = None,
-                 timesteps: int = 32, profile: str | Profile = "generic-float",
-                 out_dir: str | os.PathLike | None = None, batch_size: int = 128,
-                 name: str = "model") -> Report:
-    """Simulate ``model`` on ``x`` (labels ``y`` optional) and measure everything per layer."""
+def build_report(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray | None, timesteps: int,
+                 profile: Any, fitted: Any, out_dir: str | os.PathLike | None = None,
+                 batch_size: int = 128, name: str = "model") -> Report:
+    """Simulate ``model`` on ``x`` (labels ``y`` optional) and measure everything per layer.
+
+    ``profile``: a :class:`snnconvert.profiles.Profile`; ``fitted``: its
+    :class:`~snnconvert.profiles.FitReport` for ``model``."""
     from ..runtime import SpikingNetwork
 
-    prof = profile if isinstance(profile, Profile) else load_profile(profile)
+    prof = profile
     x = np.asarray(x, np.float32)
     shapes = tensor_shapes(model)
     lays = layers(model, shapes)
     syn = synapses(model, shapes)
     macs = ann_macs(model, shapes)
-    fitted = fit(model, prof, shapes)
 
     net = SpikingNetwork(model)
     ts = _curve_ts(timesteps)
@@ -182,32 +184,4 @@ def build_report(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray | None = N
     if out_dir is not None:
         report.plots = _plots(data, Path(out_dir))
         data["plots"] = [str(p) for p in report.plots]
-    return report
-
-
-def _load_data(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
-    try:
-        with np.load(path) as d:
-            if "x" not in d:
-                raise DataError(f"{path} has no array 'x'", hint="Save inputs as x (and labels as y).")
-            return d["x"].astype(np.float32), (d["y"] if "y" in d else None)
-    except FileNotFoundError:
-        raise DataError(f"data file not found: {path}") from None
-
-
-def run_report(model_path: str | os.PathLike, data_path: str | os.PathLike, timesteps: int = 32,
-               profile: str = "generic-float", json_path: str | os.PathLike | None = None,
-               out_dir: str | os.PathLike | None = None) -> Report:
-    """The ``snnconvert report`` command: refuses (TargetError) a network that does not fit."""
-    model = ir.load(model_path)
-    prof = load_profile(profile)
-    fitted = fit(model, prof)
-    if not fitted.fits:
-        raise TargetError(f"the network does not fit on '{prof.name}': " + "; ".join(fitted.reasons),
-                          hint="Use a larger profile (more chips) or a smaller network.")
-    x, y = _load_data(data_path)
-    report = build_report(model, x, y, timesteps, prof, out_dir,
-                          name=Path(model_path).name.split(".")[0])
-    if json_path is not None:
-        ir.atomic_write_bytes(json_path, report.to_json().encode())
     return report

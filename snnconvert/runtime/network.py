@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 
 from .. import ir
 from ..graph import attrs as graph_attrs
-from ..errors import UnsupportedModelError
-from ..targets import SimResult
+from ..errors import SnnConvertError, UnsupportedModelError
+from ..results import SimResult
 from . import fused
 from . import neurons as nrn
 from .ops import STATELESS
@@ -195,13 +195,19 @@ class SpikingNetwork(nn.Module):
             if kind != VARYING and out_name in cache:
                 continue
             args = [self._value(n, env) for n in node.input]
-            if ir.is_neuron(node):
-                y = self._neuron(node, attrs, args, steps, batch, state)
-            elif kind == VARYING:
-                y = self._varying_op(node, attrs, args, steps, batch, state)
-            else:
-                y = STATELESS[node.op_type](attrs, *args)
-                cache[out_name] = y
+            try:
+                if ir.is_neuron(node):
+                    y = self._neuron(node, attrs, args, steps, batch, state)
+                elif kind == VARYING:
+                    y = self._varying_op(node, attrs, args, steps, batch, state)
+                else:
+                    y = STATELESS[node.op_type](attrs, *args)
+                    cache[out_name] = y
+            except SnnConvertError as exc:
+                if exc.node is None:  # a kernel's refusal: name the node it came from
+                    raise type(exc)(exc.message, node=node.name, op=node.op_type,
+                                    hint=exc.hint) from None
+                raise
             if kind == VARYING and not tail:
                 self._step_elements = max(self._step_elements, y.numel() // (steps * batch))
             env[out_name] = y
@@ -394,13 +400,9 @@ class SpikingNetwork(nn.Module):
         finally:
             bar.close()
             self.record = previous
-        total_neurons = sum(sizes.values())
         result = SimResult(readout={t: np.concatenate(readouts[t]) for t in ts})
         for t in ts:
-            rates = {k: v / (n * sizes[k] * t) for k, v in layer_spikes[t].items()}
-            result.layer_rates[t] = rates
-            result.firing_rate[t] = (sum(layer_spikes[t].values()) / (n * total_neurons * t)
-                                     if total_neurons else 0.0)
+            result.add_rates(t, layer_spikes[t], sizes, n)
         if record:
             self.spike_counts = {k: torch.cat(v) for k, v in counts.items()}
         return result

@@ -12,7 +12,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..errors import UnsupportedModelError
+
 OpFn = Callable[..., torch.Tensor]
+SLICE_HINT = ("Reverse the axis in the weights instead (e.g. flip the next layer's kernel), "
+              "or slice with a positive step.")
 
 
 def _pads_2d(pads: list[int], nd: int) -> list[int]:
@@ -187,8 +191,9 @@ def slice_(attrs: dict, x: torch.Tensor, starts: torch.Tensor, ends: torch.Tenso
     for s, e, a, k in zip(st, en, ax, sp):
         a = int(a) % x.dim()
         n = x.shape[a]
-        if k < 0:
-            raise ValueError("negative Slice steps are not supported")
+        if k <= 0:
+            raise UnsupportedModelError(f"Slice step {k} is not supported (only forward slices).",
+                                        hint=SLICE_HINT)
         s = max(0, min(n, s + n if s < 0 else s))
         e = max(0, min(n, e + n if e < 0 else e))
         index[a] = slice(s, e, int(k))
@@ -209,7 +214,8 @@ def _nearest_index(size_in: int, size_out: int, scale: float, mode: str, roundin
     elif mode in ("half_pixel", "pytorch_half_pixel"):
         x = (o + 0.5) / scale - 0.5
     else:
-        raise ValueError(f"Resize coordinate_transformation_mode '{mode}' is not supported")
+        raise UnsupportedModelError(f"Resize coordinate_transformation_mode '{mode}' is not supported",
+                                    hint="Export Resize with half_pixel, asymmetric or align_corners.")
     if rounding == "floor":
         i = torch.floor(x)
     elif rounding == "ceil":

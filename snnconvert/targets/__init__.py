@@ -13,31 +13,14 @@ lazily so that ``import snnconvert`` never needs them.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
 from types import ModuleType
 
-import numpy as np
-
 from ..errors import OptionError, TargetError
+from ..results import SimResult
 
 TARGETS = ("torch", "lava", "nir")
 
-
-@dataclass
-class SimResult:
-    """What a simulation returns, per number of timesteps T.
-
-    readout      T -> [N, n_out] accumulated output-layer membrane divided by T
-    firing_rate  T -> mean spikes per neuron per step over all neuron layers
-    layer_rates  T -> {neuron name: mean spikes per neuron per step}
-    """
-
-    readout: dict[int, np.ndarray]
-    firing_rate: dict[int, float] = field(default_factory=dict)
-    layer_rates: dict[int, dict[str, float]] = field(default_factory=dict)
-
-    def predictions(self, t: int) -> np.ndarray:
-        return np.argmax(self.readout[t], axis=1)
+__all__ = ["TARGETS", "SimResult", "get_target"]
 
 
 def get_target(name: str) -> ModuleType:

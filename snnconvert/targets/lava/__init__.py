@@ -22,9 +22,11 @@ with compat.tolerate_fork_start_method():
 
 from ... import ir  # noqa: E402
 from ...errors import TargetError  # noqa: E402
-from .. import SimResult  # noqa: E402
+from ...results import SimResult  # noqa: E402
+from .fixed import PREFIX as FIXED_PREFIX  # noqa: E402
 from .fixed import FixedLayer, load_layers  # noqa: E402
 from .lowering import LayerGraph, lower  # noqa: E402
+from .quantize import quantize  # noqa: E402
 from .reference import RefResult, simulate  # noqa: E402
 from .runner import run_lava  # noqa: E402
 
@@ -60,25 +62,44 @@ class LavaNetwork:
         return self.fixed if fixed_point else None
 
 
+STALE_HINT = ("Compile again with fixed_point=True and calibration data (--fixed-point --calib) "
+              "to derive them from the current weights.")
+
+
+def _refuse_stale(model: onnx.ModelProto) -> None:
+    if ir.derived_state(model, FIXED_PREFIX) == "stale":
+        stamped = ir.derived_prefixes(model).get(FIXED_PREFIX)
+        raise TargetError(
+            f"the fixed-point parameters '{FIXED_PREFIX}*' were derived from other float parameters "
+            f"than this model carries (stamp {stamped or 'missing'}, weights now "
+            f"{ir.source_digest(model)}); deploying them would run the old network",
+            hint=STALE_HINT)
+
+
 def network(model: onnx.ModelProto) -> LavaNetwork:
-    """Lower an IR model (with its fixed-point data, if any) to a :class:`LavaNetwork`."""
+    """Lower an IR model (with its fixed-point data, if any) to a :class:`LavaNetwork`;
+    refuses fixed-point data derived from other float parameters."""
+    _refuse_stale(model)
     lg = lower(model)
     try:
         fx = load_layers(model, lg)
     except KeyError as exc:
-        raise TargetError(f"inconsistent fixed-point data: {exc}",
-                          hint="Re-run the quantize-fixed-point pass.") from None
+        raise TargetError(f"inconsistent fixed-point data: {exc}", hint=STALE_HINT) from None
     return LavaNetwork(model, lg, fx)
 
 
-def quantize(model: onnx.ModelProto, calib: np.ndarray | None, timesteps: int | None = None
-             ) -> onnx.ModelProto:
-    """Return a copy of ``model`` carrying Loihi-style fixed-point parameters."""
-    from ...passes.base import PassContext
-    from ...passes.quantize_fixed_point import QuantizeFixedPoint
-
-    t = timesteps or ir.timesteps(model)
-    return QuantizeFixedPoint()(model, PassContext(calib=calib, timesteps=t))
+def prepare(model: onnx.ModelProto, fixed_point: bool, calib: np.ndarray | None) -> onnx.ModelProto:
+    """The model a run or an artifact uses: fixed-point data derived now when asked for and
+    absent or stale (with ``calib``), stale data dropped from a float run."""
+    state = ir.derived_state(model, FIXED_PREFIX)
+    if fixed_point and state != "fresh":
+        if state == "stale" and calib is None:
+            _refuse_stale(model)
+        return quantize(model, calib)
+    if not fixed_point and state == "stale":
+        model = onnx.ModelProto.FromString(model.SerializeToString())
+        ir.drop_derived(model, (FIXED_PREFIX,))
+    return model
 
 
 def compile(model: onnx.ModelProto, out: str | Path, fixed_point: bool = False,
@@ -86,9 +107,7 @@ def compile(model: onnx.ModelProto, out: str | Path, fixed_point: bool = False,
     """Write the artifact directory ``out`` (IR + lava.json); checks that the graph maps."""
     if options:
         raise TargetError(f"unknown lava option(s): {', '.join(sorted(options))}")
-    if fixed_point and not any(t.name.startswith("lava_fx.") for t in model.graph.initializer):
-        model = quantize(model, calib)
-    net = network(model)
+    net = network(prepare(model, fixed_point, calib))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ir.save(net.model, out / IR_FILE)
@@ -113,10 +132,7 @@ def evaluate(source, x: np.ndarray, timesteps, fixed_point: bool = False, batch_
     if isinstance(source, LavaNetwork):
         net = source
     elif isinstance(source, onnx.ModelProto):
-        model = source
-        if fixed_point and not any(t.name.startswith("lava_fx.") for t in model.graph.initializer):
-            model = quantize(model, calib if calib is not None else np.asarray(x)[:256])
-        net = network(model)
+        net = network(prepare(source, fixed_point, calib if calib is not None else np.asarray(x)[:256]))
     else:
         net = load(source)
     ts = [timesteps] if isinstance(timesteps, int) else list(timesteps)
@@ -126,14 +142,11 @@ def evaluate(source, x: np.ndarray, timesteps, fixed_point: bool = False, batch_
         res.readout[t] = r.readout
         sizes = {k: int(np.prod(p.shape)) for k, p in net.graph.populations.items()
                  if not p.is_output and p.relay_of is None}
-        rates = {k: float(r.counts[k].mean()) / (t * sizes[k]) for k in sizes}
-        res.layer_rates[t] = rates
-        total = sum(sizes.values())
-        res.firing_rate[t] = sum(rates[k] * sizes[k] for k in rates) / total if total else 0.0
+        res.add_rates(t, {k: float(r.counts[k].sum()) for k in sizes}, sizes, len(x))
     return res
 
 
-__all__ = ["LavaNetwork", "compile", "evaluate", "load", "network", "quantize"]
+__all__ = ["LavaNetwork", "compile", "evaluate", "load", "network", "prepare", "quantize"]
 
 
 def read_ir(path: str | Path) -> onnx.ModelProto:

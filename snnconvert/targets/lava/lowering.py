@@ -256,7 +256,7 @@ def _conv_op(node, attrs, in_shape, w) -> Op:
     if attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
         raise TargetError("auto_pad is not supported", node=node.name, op=node.op_type,
                           hint="Export with explicit pads.")
-    if w.ndim != 4:
+    if w.ndim != 4 or len(in_shape) != 3:
         raise TargetError("only 2-D convolutions map to Lava", node=node.name, op=node.op_type)
     if pads[:2] != pads[2:]:
         raise TargetError(f"asymmetric padding {pads} is not expressible in Lava Conv",
@@ -272,6 +272,9 @@ def _conv_op(node, attrs, in_shape, w) -> Op:
 
 
 def _pool_op(node, attrs, in_shape) -> Op:
+    if len(in_shape) != 3:
+        raise TargetError(f"only 2-D pooling maps to Lava (per-sample shape {in_shape})",
+                          node=node.name, op=node.op_type)
     c, h, w = in_shape
     if node.op_type == "GlobalAveragePool":
         k, s, pads = [h, w], [1, 1], [0, 0, 0, 0]
@@ -409,13 +412,7 @@ def lower(model: onnx.ModelProto) -> LayerGraph:
             pops[name] = _population(name, e, thr, v0, a)
             env[node.output[0]] = _Expr([(name, [])], np.zeros(e.shape))
             continue
-        try:
-            env[node.output[0]] = _map_node(node, op, a, get, inits)
-        except TargetError:
-            raise
-        except Exception as exc:  # shape errors and the like
-            raise TargetError(f"cannot map to Lava ({type(exc).__name__}: {exc})",
-                              node=node.name, op=op) from None
+        env[node.output[0]] = _map_node(node, op, a, get, inits)
     out_name = graph.output[0].name
     e = get(out_name)
     if len(e.shape) != 1:
@@ -479,6 +476,8 @@ def _map_node(node, op, a, get, inits) -> _Expr:
         return _scale(node, e, np.broadcast_to(k.reshape(bshape), e.shape),
                       np.broadcast_to((b - mu * k).reshape(bshape), e.shape))
     if op == "Conv":
+        if node.input[1] not in inits:
+            raise TargetError("a convolution needs constant weights", node=node.name, op=op)
         w = inits[node.input[1]].astype(np.float64)
         o = _conv_op(node, a, e.shape, w)
         bias = np.zeros(o.out_shape)

@@ -7,6 +7,7 @@ with ``strict=True``. See :mod:`.export` for the exact mapping.
 from __future__ import annotations
 
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 import onnx
 
 from ...errors import TargetError
-from .. import SimResult
+from ...results import SimResult
 from .export import POOL_MODES, Loss, to_nir
 from .simulate import NirSimulator
 
@@ -44,7 +45,14 @@ def compile(model: onnx.ModelProto, out: str | os.PathLike, strict: bool = False
         warnings.warn(f"NIR export: {loss}", UserWarning, stacklevel=2)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    nir.write(str(out), graph)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    try:  # written whole or not at all
+        nir.write(tmp, graph)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return out
 
 

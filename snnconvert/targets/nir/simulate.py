@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import TargetError
-from .. import SimResult
+from ...results import SimResult
 
 
 def _t(a) -> torch.Tensor:
@@ -146,9 +146,6 @@ class NirSimulator:
                 counts[k].append(state[("count", k)].numpy())
         n = len(x)
         result = SimResult(readout={t: np.concatenate(v) for t, v in readout.items()})
-        total_neurons = sum(sizes.values())
         for t in ts:
-            result.layer_rates[t] = {k: v / (n * sizes[k] * t) for k, v in spikes_at[t].items()}
-            result.firing_rate[t] = (sum(spikes_at[t].values()) / (n * total_neurons * t)
-                                     if total_neurons else 0.0)
+            result.add_rates(t, spikes_at[t], sizes, n)
         return result, {k: np.concatenate(v) for k, v in counts.items()}

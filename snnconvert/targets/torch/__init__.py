@@ -15,7 +15,7 @@ import torch
 
 from ... import ir
 from ...runtime import SpikingNetwork
-from .. import SimResult
+from ...results import SimResult
 
 __all__ = ["compile", "load", "evaluate", "read_ir", "SpikingNetwork"]
 
