@@ -9,19 +9,19 @@ import onnx
 
 from pathlib import Path
 
-from . import frontend, ir, onnxrt
+from . import evaluation, frontend, ir, onnxrt
 from . import report as _report
 from .data import input_shape, load_npz
+from .datasets import Data
 from .errors import OptionError, TargetError
 from .profiles import Profile, fit, load_profile
 from .report import Report
 from .passes import PassContext, Pipeline, default_pipeline
 from .passes.pipeline import V_INIT_MODES
-from .results import SimResult
 from .targets import get_target
 
 
-def convert(source: str | os.PathLike | onnx.ModelProto, calib: np.ndarray | None = None, *,
+def convert(source: str | os.PathLike | onnx.ModelProto, calib: Data | None = None, *,
             timesteps: int = 32, norm: str = "percentile:99.99", per_channel: bool = True,
             v_init: str | float = "half", reset: str = "subtract", leak: float = 0.0,
             maxpool_to_avgpool: bool = False, pipeline: Pipeline | None = None, progress: bool = False,
@@ -29,7 +29,10 @@ def convert(source: str | os.PathLike | onnx.ModelProto, calib: np.ndarray | Non
             ) -> onnx.ModelProto:
     """Load an ANN, check that it converts, and run the conversion pipeline on it.
 
-    Returns the spiking IR (an ONNX model). ``log`` receives (step, message) pairs.
+    ``calib``: inputs, or any data stream (see :mod:`snnconvert.datasets`); calibration
+    statistics stream over it (sharded and reduced exactly under torch.distributed), passes that
+    simulate read its first samples. Returns the spiking IR (an ONNX model). ``log`` receives
+    (step, message) pairs.
     """
     if isinstance(v_init, str) and v_init not in V_INIT_MODES:
         raise OptionError(f"unknown initial potential '{v_init}'",
@@ -92,6 +95,7 @@ class EvalRow:
     accuracy: float | None
     agreement: float
     firing_rate: float
+    layer_rates: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -102,40 +106,50 @@ class EvalReport:
     rows: list[EvalRow] = field(default_factory=list)
     ann_is_rate_limit: bool = False
     target: str = "torch"
+    samples: int = 0
 
     def to_json(self) -> dict:
         return {"ann": {"accuracy": self.ann_accuracy},
                 "snn": [{"timesteps": r.timesteps, "accuracy": r.accuracy,
-                         "agreement": r.agreement, "firing_rate": r.firing_rate} for r in self.rows],
-                "target": self.target}
+                         "agreement": r.agreement, "firing_rate": r.firing_rate,
+                         "layer_rates": r.layer_rates} for r in self.rows],
+                "target": self.target, "samples": self.samples}
 
 
-def evaluate(snn: onnx.ModelProto | str | os.PathLike, x: np.ndarray, y: np.ndarray | None,
-             timesteps: list[int], *, target: str = "torch", ann: onnx.ModelProto | None = None,
-             progress: bool = False, **target_options) -> EvalReport:
-    """Simulate ``snn`` on ``target`` and compare with ``ann`` (or the IR's rate-limit ANN)."""
+def evaluate(snn: onnx.ModelProto | str | os.PathLike, x: Data, y: np.ndarray | None = None,
+             timesteps: list[int] = (32,), *, target: str = "torch", ann: onnx.ModelProto | None = None,
+             progress: bool = False, workers: int | None = None, **target_options) -> EvalReport:
+    """Simulate ``snn`` on ``target`` and compare with ``ann`` (or the IR's rate-limit ANN).
+
+    ``x``: inputs with labels ``y``, or any data (a Source from :func:`datasets.open_data`, a
+    DataLoader, an iterable of (x, y) batches) read batch by batch; under torch.distributed
+    each rank evaluates its share and the counts are summed, equal to a single-process run.
+    """
     backend = get_target(target)
     source = snn
     if isinstance(snn, (str, os.PathLike)) and str(snn).endswith(".snn.onnx"):
         source = ir.load(snn)
     reference = ann if ann is not None else (
         source if isinstance(source, onnx.ModelProto) else getattr(backend, "read_ir", ir.load)(snn))
-    ann_pred = np.argmax(ann_outputs(reference, x), axis=1)
-    ann_acc = float(np.mean(ann_pred == y)) if y is not None else None
-    result: SimResult = backend.evaluate(source, x, sorted(set(timesteps)),
-                                                    progress=progress, **target_options)
-    report = EvalReport(ann_acc, ann_is_rate_limit=ann is None, target=target)
-    for t in sorted(result.readout):
-        pred = result.predictions(t)
-        report.rows.append(EvalRow(t, float(np.mean(pred == y)) if y is not None else None,
-                                   float(np.mean(pred == ann_pred)), float(result.firing_rate.get(t, 0.0))))
+    ts = sorted(set(timesteps))
+    data = (x, y) if y is not None else x
+    counts = evaluation.tally(source, reference, data, ts, backend, target_options, workers=workers,
+                              progress=progress)
+    labelled = counts.labelled > 0
+    report = EvalReport(counts.ann_correct / counts.samples if labelled else None,
+                        ann_is_rate_limit=ann is None, target=target, samples=counts.samples)
+    for t in ts:
+        report.rows.append(EvalRow(t, counts.correct[t] / counts.samples if labelled else None,
+                                   counts.agree[t] / counts.samples, counts.firing_rate(t),
+                                   counts.layer_rates(t)))
     return report
 
 
-def evaluate_conversion(source: str | os.PathLike | onnx.ModelProto, calib: np.ndarray | None,
-                        x: np.ndarray, y: np.ndarray | None, timesteps: list[int], *,
+def evaluate_conversion(source: str | os.PathLike | onnx.ModelProto, calib: Data | None,
+                        x: Data, y: np.ndarray | None, timesteps: list[int], *,
                         target: str = "torch", tune_t: int | None = None, progress: bool = False,
-                        target_options: dict | None = None, **convert_options) -> EvalReport:
+                        target_options: dict | None = None, workers: int | None = None,
+                        **convert_options) -> EvalReport:
     """Convert an ANN and evaluate it against its own onnxruntime accuracy.
 
     With ``v_init="optimized"`` the fit belongs to one T, so unless ``tune_t`` pins one, the
@@ -149,7 +163,7 @@ def evaluate_conversion(source: str | os.PathLike | onnx.ModelProto, calib: np.n
     for group in groups:
         snn = convert(ann, calib, timesteps=tune_t or max(group), progress=progress,
                       **convert_options)
-        part = evaluate(snn, x, y, group, target=target, ann=ann, progress=progress,
+        part = evaluate(snn, x, y, group, target=target, ann=ann, progress=progress, workers=workers,
                         **(target_options or {}))
         if report is None:
             report = part

@@ -4,7 +4,7 @@ An IR model runs here as its rate-limit ANN (its IF function is clip(x, 0, θ)).
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import onnx
@@ -30,16 +30,21 @@ def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     return probe
 
 
-def iterate(model: onnx.ModelProto, x: np.ndarray, names: list[str] | None = None,
+def iterate(model: onnx.ModelProto, x: np.ndarray | Iterable[np.ndarray], names: list[str] | None = None,
             batch_size: int = 256, progress: bool = False, desc: str = "running"
             ) -> Iterator[dict[str, np.ndarray]]:
-    """Yield {name: array} for each batch of ``x``; ``names`` default to the graph outputs."""
+    """Yield {name: array} for each batch of ``x`` (an array, cut into ``batch_size`` batches, or
+    an iterable of batches); ``names`` default to the graph outputs."""
     names = names or [o.name for o in model.graph.output]
     sess = session(with_outputs(model, names))
     input_name = sess.get_inputs()[0].name
-    with tqdm(total=len(x), desc=desc, unit="img", disable=not progress, leave=False) as bar:
-        for start in range(0, len(x), batch_size):
-            xb = np.ascontiguousarray(x[start:start + batch_size], dtype=np.float32)
+    if isinstance(x, np.ndarray):
+        total, parts = len(x), (x[s:s + batch_size] for s in range(0, len(x), batch_size))
+    else:
+        total, parts = None, x
+    with tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False) as bar:
+        for part in parts:
+            xb = np.ascontiguousarray(part, dtype=np.float32)
             yield dict(zip(names, sess.run(names, {input_name: xb})))
             bar.update(len(xb))
 

@@ -40,7 +40,7 @@ def test_convert_then_eval_writes_ir_artifact_and_json(tmp_path, data_files, cap
     r = json.loads(report.read_text())
     assert [row["timesteps"] for row in r["snn"]] == [4, 16]
     assert 0.85 < r["snn"][1]["accuracy"] <= 1 and 0 <= r["ann"]["accuracy"] <= 1
-    assert set(r["snn"][0]) == {"timesteps", "accuracy", "agreement", "firing_rate"}
+    assert set(r["snn"][0]) == {"timesteps", "accuracy", "agreement", "firing_rate", "layer_rates"}
 
 
 def test_eval_of_an_ann_reports_the_onnxruntime_accuracy(data_files, capsys, digits):

@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from .. import distributed
 from ..errors import SnnConvertError
 
 COMMAND_MODULES = ("convert", "evaluate", "inspect", "report", "finetune")
@@ -88,4 +89,6 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"internal error: {type(exc).__name__}: {exc} (set SNNCONVERT_DEBUG=1 for a traceback)",
                    err=True)
         sys.exit(1)
+    finally:
+        distributed.shutdown()
     sys.exit(0)

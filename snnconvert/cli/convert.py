@@ -5,12 +5,13 @@ from pathlib import Path
 
 import click
 
-from .. import api, ir
-from ..data import input_shape, load_npz
+from .. import api, distributed, ir
+from ..data import input_shape
+from ..datasets import head, open_data
 from ..errors import OptionError
 from ..frontend import load_model
 from ..targets import TARGETS, get_target
-from .options import conversion_options
+from .options import conversion_options, data_options
 
 ARTIFACT_SUFFIX = {"torch": ".pt", "lava": ".lava", "nir": ".nir"}
 
@@ -58,6 +59,7 @@ def output_paths(model: Path, output: Path | None, target: str) -> tuple[Path, P
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--target", type=click.Choice(TARGETS), default="torch", show_default=True)
 @conversion_options
+@data_options
 @click.option("-T", "--timesteps", default=32, show_default=True, type=click.IntRange(min=1),
               help="Timesteps the network is tuned for (stored in the IR).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
@@ -67,27 +69,29 @@ def output_paths(model: Path, output: Path | None, target: str) -> tuple[Path, P
 @click.option("--fixed-point", is_flag=True, help="lava: quantize to Loihi 2 fixed point.")
 @click.option("--strict", is_flag=True, help="nir: refuse instead of warning on semantic losses.")
 def command(model: Path, target: str, calib: str | None, norm: str, per_channel: bool, v_init: str,
-            reset: str, leak: float, maxpool_to_avgpool: bool, timesteps: int, output: Path | None,
+            reset: str, leak: float, maxpool_to_avgpool: bool, preprocess: str | None,
+            workers: int | None, timesteps: int, output: Path | None,
             fixed_point: bool, strict: bool) -> None:
     """Convert MODEL.onnx to a spiking network (.snn.onnx + the target's artifact)."""
     backend = get_target(target)
     out, artifact_out = output_paths(model, output, target)
-    calib_x = calib_y = None
+    distributed.init_from_env()
+    calib_data = None
     if calib is not None:
-        calib_data = load_npz(calib, labels=False, shape=input_shape(load_model(model)),
-                              what="calibration")
-        calib_x, calib_y = calib_data.x, calib_data.y
+        calib_data = open_data(calib, preprocess=preprocess, shape=input_shape(load_model(model)),
+                               what="calibration data", workers=workers)
     log: list[tuple[str, str]] = []
-    snn = api.convert(model, calib_x, timesteps=timesteps, norm=norm, per_channel=per_channel,
+    snn = api.convert(model, calib_data, timesteps=timesteps, norm=norm, per_channel=per_channel,
                       v_init=v_init, reset=reset, leak=leak,
-                      maxpool_to_avgpool=maxpool_to_avgpool, progress=True, log=log,
-                      calib_labels=calib_y)
+                      maxpool_to_avgpool=maxpool_to_avgpool, progress=True, log=log)
+    if not distributed.is_main():
+        return
     for step, message in log:
         click.echo(f"  {step:22s} {message}")
     options = {"fixed_point": fixed_point} if target == "lava" else (
         {"strict": strict} if target == "nir" else {})
-    if target == "lava" and fixed_point and calib_x is not None:
-        options["calib"] = calib_x
+    if target == "lava" and fixed_point and calib_data is not None:
+        options["calib"] = head(calib_data, 256)
     artifact = backend.compile(snn, artifact_out, **options)
     ir.save(snn, out)
     click.echo(f"wrote {out} and {artifact} (target {target}, T={timesteps})")

@@ -7,12 +7,13 @@ from pathlib import Path
 import click
 import onnx
 
-from .. import api, ir
-from ..data import input_shape, load_npz
+from .. import api, distributed, ir
+from ..data import input_shape
+from ..datasets import open_data
 from ..errors import OptionError
 from ..frontend import load_model
 from ..targets import TARGETS, get_target
-from .options import conversion_options, parse_timesteps
+from .options import DATA_HELP, conversion_options, data_options, parse_timesteps
 
 
 def read_converted(path: Path) -> tuple[bool, onnx.ModelProto | None]:
@@ -35,9 +36,10 @@ def read_converted(path: Path) -> tuple[bool, onnx.ModelProto | None]:
 
 @click.command("eval")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False),
-              help="Evaluation data (.npz with x and y).")
+@click.option("--data", "data_path", required=True, type=click.Path(),
+              help="Evaluation data: " + DATA_HELP + ".")
 @conversion_options
+@data_options
 @click.option("--timesteps", default="1,2,4,8,16,32,64", show_default=True,
               help="Comma-separated list of T.")
 @click.option("-T", "tune_t", default=None, type=click.IntRange(min=1),
@@ -53,10 +55,15 @@ def read_converted(path: Path) -> tuple[bool, onnx.ModelProto | None]:
               help="Samples simulated side by side (default: 256 on torch, 100 on lava).")
 @click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda).")
 def command(model: Path, data_path: str, calib: str | None, norm: str, per_channel: bool,
-            v_init: str, reset: str, leak: float, maxpool_to_avgpool: bool, timesteps: str,
-            tune_t: int | None, target: str, fixed_point: bool, json_path: Path | None, plot_path: Path | None, limit: int | None,
+            v_init: str, reset: str, leak: float, maxpool_to_avgpool: bool, preprocess: str | None,
+            workers: int | None, timesteps: str, tune_t: int | None, target: str, fixed_point: bool,
+            json_path: Path | None, plot_path: Path | None, limit: int | None,
             batch_size: int | None, device: str) -> None:
-    """Evaluate MODEL (an ANN .onnx converted on the fly with --calib, or a converted network)."""
+    """Evaluate MODEL (an ANN .onnx converted on the fly with --calib, or a converted network).
+
+    Under ``torchrun --nproc-per-node N`` each process evaluates every N-th batch and the counts
+    are summed: the figures equal a single-process run; rank 0 prints and writes."""
+    device = distributed.init_from_env(device)
     ts = parse_timesteps(timesteps)
     get_target(target)
     options: dict = {} if batch_size is None else {"batch_size": batch_size}
@@ -69,19 +76,26 @@ def command(model: Path, data_path: str, calib: str | None, norm: str, per_chann
     converted, snn_model = read_converted(model)
     if converted:
         shape = input_shape(snn_model) if snn_model is not None else None
-        data = load_npz(data_path, labels=True, shape=shape, what="evaluation").limit(limit)
+        data = open_data(data_path, preprocess=preprocess, labels=True, shape=shape,
+                         what="evaluation data", limit=limit, workers=workers)
         source = snn_model if snn_model is not None else model
-        report = api.evaluate(source, data.x, data.y, ts, target=target, progress=True, **options)
+        report = api.evaluate(source, data, None, ts, target=target, progress=True, workers=workers,
+                              **options)
     else:
         shape = input_shape(load_model(model))
-        data = load_npz(data_path, labels=True, shape=shape, what="evaluation").limit(limit)
-        calib_x = load_npz(calib, labels=False, shape=shape, what="calibration").x if calib else None
+        data = open_data(data_path, preprocess=preprocess, labels=True, shape=shape,
+                         what="evaluation data", limit=limit, workers=workers)
+        calib_data = open_data(calib, preprocess=preprocess, shape=shape,
+                               what="calibration data", workers=workers) if calib else None
         report = api.evaluate_conversion(
-            model, calib_x, data.x, data.y, ts, target=target, tune_t=tune_t, progress=True,
-            target_options=options, norm=norm, per_channel=per_channel, v_init=v_init, reset=reset,
+            model, calib_data, data, None, ts, target=target, tune_t=tune_t, progress=True,
+            target_options=options, workers=workers, norm=norm, per_channel=per_channel, v_init=v_init, reset=reset,
             leak=leak, maxpool_to_avgpool=maxpool_to_avgpool)
+    if not distributed.is_main():
+        return
     label = "ANN (rate limit of the IR)" if report.ann_is_rate_limit else "ANN"
-    click.echo(f"{label} accuracy: {report.ann_accuracy:.4f}  ({len(data.x)} samples, target {target})")
+    click.echo(f"{label} accuracy: {report.ann_accuracy:.4f}  ({report.samples} samples, target {target}"
+               + (f", {distributed.world_size()} processes)" if distributed.world_size() > 1 else ")"))
     click.echo(f"{'T':>6} {'accuracy':>9} {'agreement':>10} {'firing rate':>12}")
     for row in report.rows:
         click.echo(f"{row.timesteps:>6} {row.accuracy:>9.4f} {row.agreement:>10.4f} {row.firing_rate:>12.4f}")

@@ -11,8 +11,8 @@ from ..errors import OptionError
 def conversion_options(f: Callable) -> Callable:
     """--calib, -T, --norm, --per-channel, --v-init, --reset, --leak."""
     options = [
-        click.option("--calib", type=click.Path(dir_okay=False), default=None,
-                     help="Calibration data (.npz with x) for threshold normalization."),
+        click.option("--calib", type=click.Path(), default=None,
+                     help="Calibration data (.npz with x, or any --data form) for threshold normalization."),
         click.option("--norm", default="percentile:99.99", show_default=True,
                      help="Threshold normalization: max or percentile:P."),
         click.option("--per-channel/--per-layer", default=True, show_default=True,
@@ -41,3 +41,23 @@ def parse_timesteps(text: str) -> list[int]:
     if not values or min(values) < 1:
         raise OptionError(f"--timesteps must list positive integers, got '{text}'")
     return sorted(set(values))
+
+
+DATA_HELP = ("a .npz with x and y; a .npy (memory-mapped) or a folder with x.npy and y.npy; a folder "
+             "of .npz shards; an image folder with one sub-folder per class (see --preprocess); or a "
+             ".toml naming one")
+
+
+def data_options(f: Callable) -> Callable:
+    """--preprocess and --workers: how streamed data (image folders, shards) is read."""
+    options = [
+        click.option("--preprocess", default=None,
+                     help="Image folders: a .toml file or inline 'resize=36 crop=32 scale=255 "
+                          "mean=0.49,0.48,0.45 std=0.25,0.24,0.26 layout=NCHW mode=RGB'."),
+        click.option("--workers", type=click.IntRange(min=0), default=None,
+                     help="Background loader processes (default: 2 for image folders, 1 for "
+                          "shards, 0 for arrays)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f

@@ -2,8 +2,11 @@
 pass, statistics of every neuron's input current: max, per-channel max, and histograms of the
 positive values (global and per channel) from which percentiles are read.
 
-Histograms keep a fixed number of bins over [0, R]; when a batch exceeds R, R doubles (bins
-pair up), so no activations are ever held beyond one batch.
+Histograms keep a fixed number of bins over [0, R) with R a power of two above every value seen;
+when a batch reaches R, R doubles (bins pair up), so no activations are ever held beyond one
+batch. Bin edges are then powers of two apart and binning is exact in floating point, so a
+histogram does not depend on the order of the batches: shards of the data (one per
+torch.distributed rank) reduce to exactly the single-process histogram.
 """
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from .. import ir, onnxrt
+from .. import distributed, ir, onnxrt
+from ..datasets import batches
 from ..errors import DataError
 from .base import Pass, PassContext
 
@@ -34,15 +38,9 @@ class Histogram:
         """values: [rows, n] (non-positive entries are ignored)."""
         bins = self.counts.shape[1]
         top = values.max(axis=1, initial=0.0)
-        for r in np.nonzero(top > self.ranges)[0]:
-            if self.ranges[r] == 0:
-                self.ranges[r] = float(top[r])
-                continue
-            k = int(np.ceil(np.log2(top[r] / self.ranges[r])))
-            f = 2 ** min(k, int(np.log2(bins)))
-            merged = self.counts[r].reshape(-1, f).sum(1)
-            self.counts[r] = np.concatenate([merged, np.zeros(bins - len(merged), np.int64)])
-            self.ranges[r] *= 2 ** k
+        for r in np.nonzero(top >= self.ranges)[0]:
+            if top[r] > 0:
+                self.grow(int(r), float(np.ldexp(1.0, np.frexp(top[r])[1])))
         pos = values > 0
         rows, cols = np.nonzero(pos)
         if rows.size == 0:
@@ -51,6 +49,27 @@ class Histogram:
         idx = np.minimum((values[pos] * scale[rows]).astype(np.int64), bins - 1)
         self.counts += np.bincount(rows * bins + idx, minlength=self.counts.size).reshape(
             self.counts.shape)
+
+    def grow(self, r: int, new_range: float) -> None:
+        """Widen row ``r`` to [0, new_range) (a power of two at least the current range)."""
+        bins = self.counts.shape[1]
+        if self.ranges[r] == 0:
+            self.ranges[r] = new_range
+            return
+        k = int(round(np.log2(new_range / self.ranges[r])))
+        if k <= 0:
+            return
+        f = 2 ** min(k, int(np.log2(bins)))
+        merged = self.counts[r].reshape(-1, f).sum(1)
+        self.counts[r] = np.concatenate([merged, np.zeros(bins - len(merged), np.int64)])
+        self.ranges[r] = new_range
+
+    def reduce(self) -> None:
+        """Merge this histogram over the torch.distributed ranks (exact: same ranges, summed counts)."""
+        ranges = distributed.all_max(self.ranges)
+        for r in np.nonzero(ranges > self.ranges)[0]:
+            self.grow(int(r), float(ranges[r]))
+        self.counts = distributed.all_sum(self.counts)
 
     def percentile(self, p: float) -> np.ndarray:
         """Per-row p-th percentile of the positive values (0 where a row saw none)."""
@@ -91,6 +110,20 @@ class ActivationStats:
         self.channel_hist.add(per_channel)
         self.count += x.shape[0]
 
+    def reduce(self) -> None:
+        """Combine the statistics of every torch.distributed rank (each saw its shard)."""
+        if distributed.world_size() == 1:
+            return
+        channels = int(distributed.all_max(0 if self.channel_max is None else len(self.channel_max)))
+        if self.hist is None:
+            self.hist, self.channel_hist = Histogram.empty(1), Histogram.empty(channels)
+            self.channel_max = np.full(channels, -np.inf)
+        self.max = float(distributed.all_max(self.max))
+        self.channel_max = distributed.all_max(self.channel_max)
+        self.hist.reduce()
+        self.channel_hist.reduce()
+        self.count = int(distributed.all_sum(self.count))
+
     def value(self, method: str, per_channel: bool) -> np.ndarray:
         """The normalization scale λ for ``method`` ('max' or 'percentile:P')."""
         if method == "max":
@@ -110,16 +143,22 @@ class Calibrate(Pass):
         self.batch_size = batch_size
 
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> onnx.ModelProto:
-        if ctx.calib is None or len(ctx.calib) == 0:
+        if ctx.calib is None or (isinstance(ctx.calib, np.ndarray) and len(ctx.calib) == 0):
             raise DataError("calibration needs data, but none was given",
                             hint="Pass --calib C.npz with an array 'x' of preprocessed inputs.")
         names = [n.input for n in ir.neurons(model)]
         stats = {n: ActivationStats() for n in names}
-        for batch in onnxrt.iterate(model, ctx.calib, names, self.batch_size, ctx.progress,
+        inputs = (x for x, _ in batches(ctx.calib, self.batch_size))
+        for batch in onnxrt.iterate(model, inputs, names, self.batch_size, ctx.progress,
                                     desc="calibrating"):
             for n, v in batch.items():
                 stats[n].update(v)
+        for s in stats.values():
+            s.reduce()
+        seen = next(iter(stats.values())).count if stats else 0
+        if names and seen == 0:
+            raise DataError("calibration needs data, but the calibration stream was empty")
         ctx.stats.update(stats)
         ctx.info(self.name, f"collected statistics of {len(names)} neuron input(s) over "
-                 f"{len(ctx.calib)} sample(s)")
+                 f"{seen} sample(s)")
         return model

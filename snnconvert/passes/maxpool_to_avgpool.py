@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 import onnx
 
+from ..datasets import head_labelled, is_empty
 from ..onnxrt import outputs
 from .base import Pass, PassContext
 
@@ -63,12 +64,12 @@ class MaxPoolToAvgPool(Pass):
         return model
 
     def _effect(self, before: onnx.ModelProto, after: onnx.ModelProto, ctx: PassContext) -> str:
-        if ctx.calib is None or len(ctx.calib) == 0:
+        if is_empty(ctx.calib):
             return "the ANN changes (average instead of max); its accuracy effect is unmeasured (no calibration data)"
-        x = ctx.calib[:self.samples]
+        x, labels = head_labelled(ctx.calib, self.samples)
         old = outputs(before, x).reshape(len(x), -1).argmax(1)
         new = outputs(after, x).reshape(len(x), -1).argmax(1)
-        labels = ctx.options.get("calib_labels")
+        labels = ctx.options.get("calib_labels", labels)
         if labels is not None and len(labels) >= len(x):
             y = np.asarray(labels)[:len(x)]
             a, b = 100 * float(np.mean(old == y)), 100 * float(np.mean(new == y))

@@ -14,6 +14,7 @@ from onnx import helper
 
 from .. import graph as g
 from .. import ir, onnxrt
+from ..datasets import head, is_empty
 from ..errors import DataError
 from .base import Pass, PassContext
 
@@ -83,12 +84,12 @@ class OptimizeInit(Pass):
 
         from ..runtime import SpikingNetwork
 
-        if ctx.calib is None or len(ctx.calib) == 0:
+        if is_empty(ctx.calib):
             raise DataError("data-optimized initialization needs calibration data",
                             hint="Pass --calib C.npz, or choose --v-init half.")
         steps = ctx.timesteps
         # The fit sees all T steps at once: keep samples × T (hence memory) bounded.
-        x = np.asarray(ctx.calib[: max(16, min(self.samples, self.samples * 32 // steps))], np.float32)
+        x = head(ctx.calib, max(16, min(self.samples, self.samples * 32 // steps)))
         neurons = {n.name: n for n in ir.neurons(model)}
         by_output = {n.output: n.name for n in neurons.values()}
         ann: dict = {}

@@ -17,7 +17,7 @@ from ... import ir
 from ...runtime import SpikingNetwork
 from ...results import SimResult
 
-__all__ = ["compile", "load", "evaluate", "read_ir", "SpikingNetwork"]
+__all__ = ["compile", "load", "evaluate", "simulator", "read_ir", "SpikingNetwork"]
 
 
 def compile(model: onnx.ModelProto, out: str | os.PathLike, **options) -> Path:
@@ -48,6 +48,14 @@ def evaluate(source: onnx.ModelProto | str | os.PathLike, x: np.ndarray, timeste
     net = (SpikingNetwork(source, **options).to(device) if isinstance(source, onnx.ModelProto)
            else load(source, device))
     return net.simulate(x, timesteps, batch_size=batch_size, progress=progress)
+
+
+def simulator(source: onnx.ModelProto | str | os.PathLike, timesteps: list[int], batch_size: int = 256,
+              device: str = "cpu", progress: bool = False, **options):
+    """A function x -> SimResult that reuses one network built on ``device`` (for streams)."""
+    net = (SpikingNetwork(source, **options).to(device) if isinstance(source, onnx.ModelProto)
+           else load(source, device))
+    return lambda x: net.simulate(x, timesteps, batch_size=batch_size)
 
 
 def read_ir(path: str | os.PathLike) -> onnx.ModelProto:
