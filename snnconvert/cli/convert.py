@@ -79,7 +79,7 @@ def command(model: Path, target: str, calib: str | None, norm: str, per_channel:
     calib_data = None
     if calib is not None:
         calib_data = open_data(calib, preprocess=preprocess, shape=input_shape(load_model(model)),
-                               what="calibration data", workers=workers)
+                               what="calibration", workers=workers)
     log: list[tuple[str, str]] = []
     snn = api.convert(model, calib_data, timesteps=timesteps, norm=norm, per_channel=per_channel,
                       v_init=v_init, reset=reset, leak=leak,

@@ -77,16 +77,16 @@ def command(model: Path, data_path: str, calib: str | None, norm: str, per_chann
     if converted:
         shape = input_shape(snn_model) if snn_model is not None else None
         data = open_data(data_path, preprocess=preprocess, labels=True, shape=shape,
-                         what="evaluation data", limit=limit, workers=workers)
+                         what="evaluation", limit=limit, workers=workers)
         source = snn_model if snn_model is not None else model
         report = api.evaluate(source, data, None, ts, target=target, progress=True, workers=workers,
                               **options)
     else:
         shape = input_shape(load_model(model))
         data = open_data(data_path, preprocess=preprocess, labels=True, shape=shape,
-                         what="evaluation data", limit=limit, workers=workers)
+                         what="evaluation", limit=limit, workers=workers)
         calib_data = open_data(calib, preprocess=preprocess, shape=shape,
-                               what="calibration data", workers=workers) if calib else None
+                               what="calibration", workers=workers) if calib else None
         report = api.evaluate_conversion(
             model, calib_data, data, None, ts, target=target, tune_t=tune_t, progress=True,
             target_options=options, workers=workers, norm=norm, per_channel=per_channel, v_init=v_init, reset=reset,

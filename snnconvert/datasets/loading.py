@@ -47,7 +47,7 @@ def open_data(path: str | os.PathLike, *, preprocess: str | os.PathLike | Prepro
     if p.suffix == ".toml" and p.is_file():
         source = _from_toml(p, preprocess)
     elif not p.exists():
-        raise DataError(f"{what} not found: {p}")
+        raise DataError(f"{what} {'file' if p.suffix else 'folder'} not found: {p}")
     elif p.is_file() and p.suffix == ".npz":
         d = load_npz(p, labels=labels, shape=shape, what=what)
         source = ArraySource(d.x, d.y, str(p))
@@ -61,7 +61,7 @@ def open_data(path: str | os.PathLike, *, preprocess: str | os.PathLike | Prepro
     elif p.is_dir() and _has_class_folders(p):
         source = ImageFolder(p, preprocess if isinstance(preprocess, Preprocess) else Preprocess.parse(preprocess))
     else:
-        raise DataError(f"{what} {p}: not a data file or folder",
+        raise DataError(f"{what} data {p}: not a data file or folder",
                         hint="Give a .npz file, a .npy file or folder with x.npy/y.npy, a folder of "
                              ".npz shards, or an image folder with one sub-folder per class.")
     check(source, shape=shape, labels=labels, what=what)
@@ -106,7 +106,7 @@ def check(source: Source, *, shape: list[int | None] | None = None, labels: bool
           what: str = "data") -> None:
     """One DataError line when the samples do not fit the model or labels are missing."""
     if labels and not source.has_labels:
-        raise DataError(f"{what} {source.path} has no labels", hint="Add integer labels (y).")
+        raise DataError(f"{what} data {source.path} has no labels", hint="Add integer labels (y).")
     if shape is None:
         return
     got = list(source.sample_shape)
@@ -115,7 +115,7 @@ def check(source: Source, *, shape: list[int | None] | None = None, labels: bool
     hint = None
     if sorted(got) == sorted(s for s in shape if s is not None) and len(got) == len(shape):
         hint = "The dimensions match in another order: check the layout (NCHW vs NHWC)."
-    raise DataError(f"{what} {source.path}: samples have shape {got}, the model expects "
+    raise DataError(f"{what} data {source.path}: samples have shape {got}, the model expects "
                     f"{['?' if s is None else s for s in shape]}", hint=hint)
 
 
