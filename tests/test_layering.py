@@ -13,13 +13,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "snnconvert"
 # component (dotted path under snnconvert, longest prefix wins) -> layer
 LAYERS = {
     "errors": 0, "graph": 0, "ir": 0, "results": 0, "onnxrt": 0, "data": 0,
+    "datasets": 0, "distributed": 0,
     "ops": 1,
     "frontend": 2,
     "runtime": 3,
     "passes": 4,
     "targets": 5,
     "targets.torch": 6, "targets.lava": 6, "targets.nir": 6,
-    "report": 7, "profiles": 7, "plots": 7, "finetune": 7,
+    "report": 7, "profiles": 7, "plots": 7, "finetune": 7, "evaluation": 7,
     "api": 8, "": 8,   # "" is the package's __init__ (it re-exports the API)
     "cli": 9, "__main__": 10,
 }
