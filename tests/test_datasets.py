@@ -175,3 +175,18 @@ def test_cli_eval_image_folder_equals_npz(tmp_path, digit_forms, capsys):
         results.append(json.loads(out.read_text()))
     assert results[0] == results[1]
     assert "120 samples" in capsys.readouterr().out
+
+
+def test_sharded_batches_cover_every_sample_once_whatever_the_process_count():
+    order = np.random.default_rng(0).permutation(23)
+    for world in (1, 2, 3):
+        for split in ("batches", "within"):
+            for skip in (0, 2):
+                parts = [list(datasets.ShardedBatches(order, 5, split, r, world, skip=skip))
+                         for r in range(world)]
+                assert [len(p) for p in parts] == [len(datasets.ShardedBatches(order, 5, split, r, world,
+                                                                               skip=skip)) for r in range(world)]
+                seen = sorted(i for p in parts for b in p for i in b)
+                assert seen == sorted(order[skip * 5:].tolist())
+    within = [list(datasets.ShardedBatches(order, 5, "within", r, 2)) for r in range(2)]
+    assert [len(b) for b in within[0]] == [3, 3, 3, 3, 2] and within[0][0] + within[1][0] == order[:5].tolist()

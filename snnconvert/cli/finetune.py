@@ -6,10 +6,13 @@ from pathlib import Path
 
 import click
 
-from .. import ir
-from ..data import input_shape, load_npz
+from .. import distributed, ir
+from ..data import input_shape
+from ..datasets import open_data
 from ..finetune import METHODS, FinetuneConfig, finetune
+from ..finetune.config import PRECISIONS
 from ..runtime.neurons import SURROGATES
+from .options import DATA_HELP, data_options
 
 
 def default_output(model: Path) -> Path:
@@ -19,15 +22,17 @@ def default_output(model: Path) -> Path:
 
 @click.command("finetune")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False),
-              help="Training data (.npz with x and y).")
-@click.option("--val", "val_path", default=None, type=click.Path(dir_okay=False),
-              help="Validation data (.npz with x and y), evaluated after every epoch.")
+@click.option("--data", "data_path", required=True, type=click.Path(),
+              help="Training data: " + DATA_HELP + ".")
+@click.option("--val", "val_path", default=None, type=click.Path(),
+              help="Validation data (any --data form), evaluated after every epoch.")
+@data_options
 @click.option("-T", "--timesteps", default=4, show_default=True, type=click.IntRange(min=1),
               help="Timesteps to train (and evaluate) at.")
 @click.option("--epochs", default=1, show_default=True, type=click.IntRange(min=0))
 @click.option("--lr", default=1e-4, show_default=True, type=click.FloatRange(min=0, min_open=True))
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Global batch: under torchrun each process takes its share of it.")
 @click.option("--weight-decay", default=0.0, show_default=True, type=click.FloatRange(min=0))
 @click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda).")
 @click.option("--surrogate", type=click.Choice(SURROGATES), default="atan", show_default=True)
@@ -46,24 +51,38 @@ def default_output(model: Path) -> Path:
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Checkpoint written after every epoch (default: OUTPUT.ckpt).")
 @click.option("--resume", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Continue from a checkpoint.")
-def command(model: Path, data_path: str, val_path: str | None, timesteps: int, epochs: int, lr: float,
+              help="Continue from a checkpoint (with any number of processes).")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=None,
+              help="Also write the checkpoint every N global batches (resumable mid-epoch).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+              help="bf16: bfloat16 autocast for the forward passes (GPUs).")
+def command(model: Path, data_path: str, val_path: str | None, preprocess: str | None,
+            workers: int | None, timesteps: int, epochs: int, lr: float,
             batch_size: int, weight_decay: float, device: str, surrogate: str, method: str,
             train_thresholds: bool, leak: float | None, sharpen_epochs: int, limit: int | None,
-            seed: int, output: Path | None, checkpoint: Path | None, resume: Path | None) -> None:
-    """Fine-tune a converted network MODEL (.snn.onnx) on labelled data."""
+            seed: int, output: Path | None, checkpoint: Path | None, resume: Path | None,
+            checkpoint_every: int | None, precision: str) -> None:
+    """Fine-tune a converted network MODEL (.snn.onnx) on labelled data.
+
+    Several processes: ``torchrun --nproc-per-node N -m snnconvert finetune ...`` (DDP; gloo on
+    CPU, nccl with --device cuda, one GPU per process); rank 0 writes the checkpoint and output."""
+    device = distributed.init_from_env(device)
     snn = ir.load(model)
     shape = input_shape(snn)
-    train = load_npz(data_path, labels=True, shape=shape, what="training").limit(limit)
-    val = load_npz(val_path, labels=True, shape=shape, what="validation") if val_path else None
+    train = open_data(data_path, preprocess=preprocess, labels=True, shape=shape, what="training",
+                      limit=limit, workers=workers)
+    val = open_data(val_path, preprocess=preprocess, labels=True, shape=shape, what="validation",
+                    workers=workers) if val_path else None
     output = output or default_output(model)
     checkpoint = checkpoint or output.with_name(output.name + ".ckpt")
     cfg = FinetuneConfig(timesteps=timesteps, epochs=epochs, lr=lr, batch_size=batch_size,
                          weight_decay=weight_decay, device=device, surrogate=surrogate, method=method,
                          train_thresholds=train_thresholds, leak=leak, sharpen_epochs=sharpen_epochs,
-                         seed=seed)
-    tuned, history = finetune(snn, train.x, train.y, val.x if val else None, val.y if val else None,
-                              config=cfg, checkpoint=checkpoint, resume=resume, progress=True)
+                         seed=seed, precision=precision)
+    tuned, history = finetune(snn, train, None, val, None, config=cfg, checkpoint=checkpoint,
+                              resume=resume, checkpoint_every=checkpoint_every, progress=True)
+    if not distributed.is_main():
+        return
     ir.save(tuned, output)
     if history.initial_val_accuracy is not None:
         click.echo(f"validation accuracy at T={timesteps} before: {history.initial_val_accuracy:.4f}")

@@ -7,6 +7,7 @@ from ..errors import OptionError
 from ..runtime.neurons import SURROGATES
 
 METHODS = ("bptt", "snn2ann")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -21,6 +22,8 @@ class FinetuneConfig:
                   sharpness s (activation ramps from lo=s to hi=1-s, in units of θ).
     lr            Adam's learning rate for parameters of RMS >= 0.05; smaller parameters get
                   lr · rms / 0.05 (see trainer.scale_for)
+    precision     "bf16": forward passes under bfloat16 autocast (matmuls and convolutions; the
+                  loss in float32), for GPUs; "fp32" otherwise
     logit_scale   the loss is CE(scale · readout); None fits the scale (temperature scaling)
                   on the converted network first, since converted readouts can be tiny or huge
                   (a bias-free net fed x/255 has logits 255x smaller than it was trained with).
@@ -46,6 +49,7 @@ class FinetuneConfig:
     logit_scale: float | None = None
     eval_batch_size: int = 256
     seed: int = 0
+    precision: str = "fp32"
 
     def validate(self) -> None:
         if self.timesteps < 1:
@@ -68,6 +72,8 @@ class FinetuneConfig:
             raise OptionError(f"sharpen_to must be in [0, 0.5), got {self.sharpen_to}")
         if self.logit_scale is not None and not self.logit_scale > 0:
             raise OptionError(f"logit_scale must be positive, got {self.logit_scale}")
+        if self.precision not in PRECISIONS:
+            raise OptionError(f"unknown precision '{self.precision}'", hint=f"Use one of: {', '.join(PRECISIONS)}.")
         if self.snn_chunk < 1:
             raise OptionError(f"snn_chunk must be at least 1, got {self.snn_chunk}")
 

@@ -8,6 +8,7 @@ is the plain graph output.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -33,7 +34,11 @@ def neuron_table(net: SpikingNetwork) -> dict[str, NeuronParams]:
     return out
 
 
-def bptt_logits(net: SpikingNetwork, x: torch.Tensor, timesteps: int) -> torch.Tensor:
+Forward = Callable[[torch.Tensor, int], torch.Tensor]
+"""net(x, timesteps) or its DistributedDataParallel wrapper (which syncs gradients)."""
+
+
+def bptt_logits(net: SpikingNetwork | Forward, x: torch.Tensor, timesteps: int) -> torch.Tensor:
     """The SNN readout after ``timesteps`` steps, differentiable through the surrogate."""
     return net(x, timesteps)
 
@@ -44,12 +49,15 @@ def _clip(current: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
 
 
 def snn2ann_logits(net: SpikingNetwork, x: torch.Tensor, timesteps: int, chunk: int,
-                   table: dict[str, NeuronParams]) -> tuple[torch.Tensor, dict[str, float]]:
+                   table: dict[str, NeuronParams], forward: Forward | None = None
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """SNN2ANN forward: spike counts from a no-grad SNN run, then one ANN pass whose
     activations carry the SNN rates θ·count/T forward and clip(x, 0, θ)'s gradient backward.
 
     The no-grad run is simulated ``chunk`` steps at a time, so memory does not grow with T.
-    Returns (logits, per-neuron fraction of noisy spikes: spikes where the ANN activation is 0).
+    ``forward`` runs the gradient pass (the DistributedDataParallel wrapper of ``net``).
+    Returns (logits, per-neuron fraction of noisy spikes, spikes where the ANN activation is 0,
+    as 0-d tensors on the device: no host round trip).
     """
     previous = (net.record, net.time_chunk)
     net.record, net.time_chunk = True, min(chunk, timesteps)
@@ -59,7 +67,7 @@ def snn2ann_logits(net: SpikingNetwork, x: torch.Tensor, timesteps: int, chunk: 
         counts = dict(net.spike_counts)
     finally:
         net.record, net.time_chunk = previous
-    noisy: dict[str, float] = {}
+    noisy: dict[str, torch.Tensor] = {}
 
     def hook(name, current, lead, fire):
         theta = net.params[table[name].threshold]
@@ -67,19 +75,19 @@ def snn2ann_logits(net: SpikingNetwork, x: torch.Tensor, timesteps: int, chunk: 
         count = counts[name].reshape(act.shape)
         rate = theta.detach() * count / timesteps
         with torch.no_grad():
-            noisy[name] = float(((act <= 0) & (count > 0)).float().mean())
+            noisy[name] = ((act <= 0) & (count > 0)).float().mean()
         return act + (rate - act).detach()
 
     net.neuron_hook = hook
     try:
-        logits = net(x, 1)
+        logits = (forward or net)(x, 1)
     finally:
         net.neuron_hook = None
     return logits, noisy
 
 
 def sharpen_logits(net: SpikingNetwork, x: torch.Tensor, sharpness: float,
-                   table: dict[str, NeuronParams]) -> torch.Tensor:
+                   table: dict[str, NeuronParams], forward: Forward | None = None) -> torch.Tensor:
     """pipe-S ANN twin: every neuron becomes θ·ramp(x/θ) with ramp 0 below s, 1 above 1-s and
     linear between (s = 0 is the IR's clip(x, 0, θ)); backward is clip's gradient, the
     rectangular surrogate 1[0 < x/θ < 1] of pipe-S."""
@@ -94,21 +102,24 @@ def sharpen_logits(net: SpikingNetwork, x: torch.Tensor, sharpness: float,
 
     net.neuron_hook = hook
     try:
-        return net(x, 1)
+        return (forward or net)(x, 1)
     finally:
         net.neuron_hook = None
 
 
 @torch.no_grad()
-def adjust_thresholds(net: SpikingNetwork, noisy: dict[str, float], table: dict[str, NeuronParams],
-                      tolerance: float, step: float) -> None:
+def adjust_thresholds(net: SpikingNetwork, noisy: dict[str, torch.Tensor | float],
+                      table: dict[str, NeuronParams], tolerance: float, step: float) -> None:
     """SNN2ANN's adaptive threshold adjustment: raise θ (and v_init with it, keeping v_init/θ)
-    by the relative ``step`` in every layer whose noisy-spike fraction exceeds ``tolerance``."""
+    by the relative ``step`` in every layer whose noisy-spike fraction exceeds ``tolerance``
+    (decided on the device, without a host round trip)."""
     for name, fraction in noisy.items():
-        if fraction > tolerance:
-            p = table[name]
-            net.params[p.threshold].mul_(1.0 + step)
-            net.params[p.v_init].mul_(1.0 + step)
+        p = table[name]
+        theta = net.params[p.threshold]
+        factor = torch.where(torch.as_tensor(fraction, device=theta.device) > tolerance,
+                             1.0 + step, 1.0).to(theta.dtype)
+        theta.mul_(factor)
+        net.params[p.v_init].mul_(factor)
 
 
 @torch.no_grad()

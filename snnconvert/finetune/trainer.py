@@ -6,6 +6,7 @@ import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Callable, Iterable
 
 import numpy as np
 import onnx
@@ -13,7 +14,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .. import graph, ir
+from .. import distributed, graph, ir
+from ..data import input_shape
+from ..datasets import ArraySource, Data, as_source, batches, head, head_labelled, loader
+from ..datasets import check as check_source
 from ..errors import DataError, OptionError
 from ..runtime import SpikingNetwork
 from . import checkpoint as ckpt
@@ -70,16 +74,28 @@ def build_network(model: onnx.ModelProto, cfg: FinetuneConfig) -> SpikingNetwork
 
 
 @torch.no_grad()
-def accuracy(net: SpikingNetwork, x: np.ndarray, y: np.ndarray, timesteps: int,
-             batch_size: int = 256) -> float:
-    """SNN accuracy at ``timesteps`` (no-grad simulation)."""
+def accuracy(net: SpikingNetwork, x: Data, y: np.ndarray | None, timesteps: int,
+             batch_size: int = 256, precision: str = "fp32") -> float:
+    """SNN accuracy at ``timesteps`` (no-grad simulation) on inputs ``x`` with labels ``y``, or
+    on any labelled data; under torch.distributed each rank runs its batches, counts are summed."""
     device = next(iter(net.params.values())).device
-    correct = 0
-    for i in range(0, len(x), batch_size):
-        out = net(torch.from_numpy(x[i:i + batch_size]).to(device), timesteps)
-        correct += int((out.argmax(1).cpu() == torch.from_numpy(y[i:i + batch_size])).sum())
-    return correct / len(x)
+    correct = torch.zeros(2, dtype=torch.int64, device=device)
+    for xb, yb in batches((x, y) if y is not None else x, batch_size):
+        with _autocast(device, precision):
+            out = net(torch.from_numpy(xb).to(device, non_blocking=True), timesteps)
+        target = torch.from_numpy(yb).to(device, non_blocking=True)
+        correct += torch.stack([(out.argmax(1) == target).sum(), torch.tensor(len(xb), device=device)])
+    right, total = (int(v) for v in distributed.all_sum(correct.cpu().numpy()))
+    return right / total
 
+
+def _autocast(device: torch.device, precision: str):
+    """bf16 autocast (matmuls and convolutions in bfloat16, neuron state in float32) or nothing."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+PROGRESS_EVERY = 50
+"""Steps between progress-bar loss/accuracy updates (each one reads the device's counters)."""
 
 LR_REFERENCE_RMS = 0.05
 
@@ -92,11 +108,17 @@ def scale_for(param: torch.Tensor) -> float:
 
 
 class Trainer:
-    """State of one fine-tuning run (network, optimizer, schedule, history)."""
+    """State of one fine-tuning run (network, optimizer, schedule, history).
 
-    def __init__(self, model: onnx.ModelProto, cfg: FinetuneConfig) -> None:
+    Under torch.distributed the network is wrapped in DistributedDataParallel: every rank
+    trains on its slice of each global batch of ``cfg.batch_size`` samples, and the loss is
+    scaled so that the all-reduced gradient is the global batch's mean, so a step (hence the
+    tuned network) is the same whatever the process count, up to float reduction order.
+    """
+
+    def __init__(self, model: onnx.ModelProto, cfg: FinetuneConfig, workers: int | None = None) -> None:
         cfg.validate()
-        self.cfg = cfg
+        self.cfg, self.workers = cfg, workers
         self.net = build_network(check_model(model), cfg)
         self.device = next(iter(self.net.params.values())).device
         self.table = methods.neuron_table(self.net)
@@ -112,29 +134,46 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=total)
         self.history = History()
         self.epoch = 0
+        self.step = 0
+        """Global batches done in the current epoch (a mid-epoch checkpoint resumes there)."""
+        self.partial = np.zeros(3)
+        """(loss sum, correct, samples) of the current epoch's finished steps, over all ranks."""
         self.logit_scale = cfg.logit_scale or 1.0
+        self.forward = self.net
+        if distributed.world_size() > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # ANN-branch phases (snn2ann, sharpen) leave v_init without a gradient.
+            unused = cfg.method != "bptt" or cfg.sharpen_epochs > 0
+            self.forward = DistributedDataParallel(
+                self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=unused)
 
     # ------------------------------------------------------------ state
-    def n_outputs(self, x: np.ndarray) -> int:
+    def n_outputs(self, x: Data) -> int:
         with torch.no_grad():
-            return int(self.net(torch.from_numpy(x[:1]).to(self.device), 1).shape[1])
+            return int(self.net(torch.from_numpy(head(x, 1)).to(self.device), 1).shape[1])
 
     @torch.no_grad()
-    def fit_logit_scale(self, x: np.ndarray, y: np.ndarray, n: int = 512) -> float:
+    def fit_logit_scale(self, x: Data, y: np.ndarray | None = None, n: int = 512) -> float:
         """Temperature scaling: the factor on the readout that minimises the cross-entropy of
-        the untrained network on up to ``n`` training samples (log-grid search)."""
-        out = torch.cat([self.net(torch.from_numpy(x[i:i + 256]).to(self.device), self.cfg.timesteps)
-                         for i in range(0, min(n, len(x)), 256)])
-        target = torch.from_numpy(y[:len(out)]).to(self.device)
+        the untrained network on up to ``n`` training samples (log-grid search; every rank uses
+        the same first samples, so the scale does not depend on the process count)."""
+        xs, ys = head_labelled((x, y) if y is not None else x, n)
+        out = torch.cat([self.net(torch.from_numpy(xs[i:i + 256]).to(self.device), self.cfg.timesteps)
+                         for i in range(0, len(xs), 256)])
+        target = torch.from_numpy(ys[:len(out)]).to(self.device)
         scales = torch.logspace(-3, 5, 161).tolist()
         losses = [float(F.cross_entropy(out * s, target)) for s in scales]
         self.logit_scale = scales[int(np.argmin(losses))]
         return self.logit_scale
 
     def state(self) -> dict:
-        return {"epoch": self.epoch, "logit_scale": self.logit_scale, "params": self.net.params.state_dict(),
+        return {"epoch": self.epoch, "step": self.step, "partial": self.partial.tolist(),
+                "logit_scale": self.logit_scale, "params": self.net.params.state_dict(),
                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                "history": self.history.to_dict(), "config": self.cfg.to_dict()}
+                "history": self.history.to_dict(), "config": self.cfg.to_dict(),
+                "processes": distributed.world_size()}
 
     def restore(self, state: dict) -> None:
         mine = set(self.net.params.keys())
@@ -143,11 +182,18 @@ class Trainer:
             raise DataError("the checkpoint was written for a different network "
                             f"({len(theirs ^ mine)} parameter names differ)",
                             hint="Resume with the same MODEL the run started from.")
-        self.net.params.load_state_dict(state["params"])
+        if state.get("step") and state["config"]["batch_size"] != self.cfg.batch_size:
+            raise OptionError(f"the checkpoint stopped inside an epoch of batch size "
+                              f"{state['config']['batch_size']}, not {self.cfg.batch_size}",
+                              hint="Resume with the same --batch-size (the global batch).")
+        with torch.no_grad():
+            self.net.params.load_state_dict(state["params"])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.history = History.from_dict(state["history"])
         self.epoch = int(state["epoch"])
+        self.step = int(state.get("step", 0))
+        self.partial = np.asarray(state.get("partial", [0.0, 0.0, 0.0]), np.float64)
         self.logit_scale = float(state["logit_scale"])
 
     # ----------------------------------------------------------- training
@@ -158,39 +204,95 @@ class Trainer:
         cfg = self.cfg
         if phase == "sharpen":
             s = cfg.sharpen_to * (epoch + 1) / cfg.sharpen_epochs
-            return methods.sharpen_logits(self.net, xb, s, self.table), {}
+            return methods.sharpen_logits(self.net, xb, s, self.table, self.forward), {}
         if phase == "snn2ann":
-            return methods.snn2ann_logits(self.net, xb, cfg.timesteps, cfg.snn_chunk, self.table)
-        return methods.bptt_logits(self.net, xb, cfg.timesteps), {}
+            return methods.snn2ann_logits(self.net, xb, cfg.timesteps, cfg.snn_chunk, self.table,
+                                          self.forward)
+        return methods.bptt_logits(self.forward, xb, cfg.timesteps), {}
 
-    def run_epoch(self, x: np.ndarray, y: np.ndarray, progress: bool) -> tuple[float, float]:
+    def _epoch_batches(self, data: Data) -> tuple[Iterable, list[int] | None]:
+        """This rank's batches of the epoch from ``self.step`` on, and each global batch's size."""
+        source = as_source(data)
+        if source is None:  # a user's loader: taken as this rank's batches, as they come
+            it = iter(batches(data))
+            for _ in range(self.step):
+                next(it, None)
+            return it, None
+        cfg = self.cfg
+        order = source.permutation(np.random.default_rng(cfg.seed + self.epoch))
+        sizes = [min(cfg.batch_size, len(order) - b) for b in range(0, len(order), cfg.batch_size)]
+        it = loader(source, cfg.batch_size, order=order, split="within", skip=self.step,
+                    workers=self.workers, pin_memory=self.device.type == "cuda")
+        return ((xb.numpy(), None if yb is None else yb.numpy()) for xb, yb in it), sizes
+
+    def _sync_noisy(self, noisy: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+        """Noisy-spike fractions over the global batch (weighted by each rank's samples)."""
+        if distributed.world_size() == 1 or not noisy:
+            return noisy
+        import torch.distributed as dist
+
+        names = sorted(noisy)
+        packed = torch.stack([noisy[k].float() * n for k in names] + [torch.tensor(float(n), device=self.device)])
+        dist.all_reduce(packed)
+        return {k: packed[i] / packed[-1].clamp(min=1) for i, k in enumerate(names)}
+
+    def epoch_totals(self, sums: torch.Tensor) -> np.ndarray:
+        """(loss sum, correct, samples) of the epoch so far, over all ranks (a collective)."""
+        return self.partial + distributed.all_sum(sums.cpu().numpy())
+
+    def run_epoch(self, x: Data, y: np.ndarray | None = None, progress: bool = False,
+                  on_step: Callable[["Trainer", torch.Tensor], None] | None = None
+                  ) -> tuple[float, float]:
+        """One epoch (or its rest after a mid-epoch resume). The step loop stays on the device:
+        losses and counts accumulate in a device tensor, read once at the end of the epoch
+        (and every :data:`PROGRESS_EVERY` steps for the progress bar)."""
         cfg, epoch = self.cfg, self.epoch
         phase = self.phase(epoch)
-        order = np.random.default_rng(cfg.seed + epoch).permutation(len(x))
-        total_loss, correct, seen = 0.0, 0, 0
+        world = distributed.world_size()
+        data = (x, y) if y is not None else x
+        parts, sizes = self._epoch_batches(data)
         total = cfg.sharpen_epochs + cfg.epochs
-        bar = tqdm(range(0, len(x), cfg.batch_size), desc=f"epoch {epoch + 1}/{total} ({phase})",
-                   unit="batch", disable=not progress, leave=False)
+        bar = tqdm(total=len(sizes) if sizes else None, initial=self.step, unit="batch", leave=False,
+                   desc=f"epoch {epoch + 1}/{total} ({phase})",
+                   disable=not progress or not distributed.is_main())
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         self.net.train()
-        for start in bar:
-            idx = order[start:start + cfg.batch_size]
-            xb = torch.from_numpy(x[idx]).to(self.device)
-            yb = torch.from_numpy(y[idx]).to(self.device)
-            out, noisy = self.logits(phase, xb, epoch)
-            loss = F.cross_entropy(out * self.logit_scale, yb)
+        for xb_np, yb_np in parts:
+            if yb_np is None:
+                raise DataError("training data: a batch has no labels", hint="Fine-tuning needs labels.")
+            n_local = len(xb_np)
+            n_global = sizes[self.step] if sizes else n_local * world
+            if n_local == 0:  # fewer samples than ranks in the last global batch: take part, add 0
+                xb_np, yb_np = np.zeros((1, *xb_np.shape[1:]), np.float32), np.zeros(1, np.int64)
+            xb = torch.from_numpy(xb_np).to(self.device, non_blocking=True)
+            yb = torch.from_numpy(yb_np).to(self.device, non_blocking=True)
+            with _autocast(self.device, cfg.precision):
+                out, noisy = self.logits(phase, xb, epoch)
+            ce = F.cross_entropy(out.float() * self.logit_scale, yb, reduction="sum")
+            # DDP averages gradients over ranks: scale so the result is the global-batch mean.
+            loss = ce * (world / n_global) if n_local else ce * 0.0
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
             if phase == "snn2ann" and cfg.ata:
-                methods.adjust_thresholds(self.net, noisy, self.table, cfg.ata_tolerance, cfg.ata_step)
+                methods.adjust_thresholds(self.net, self._sync_noisy(noisy, n_local), self.table,
+                                          cfg.ata_tolerance, cfg.ata_step)
             methods.keep_thresholds_positive(self.net, self.floors)
-            total_loss += float(loss.detach()) * len(idx)
-            correct += int((out.argmax(1) == yb).sum())
-            seen += len(idx)
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}")
+            if n_local:
+                sums += torch.stack([ce.detach().double(), (out.argmax(1) == yb).sum().double(),
+                                     torch.tensor(float(n_local), dtype=torch.float64, device=self.device)])
+            self.step += 1
+            bar.update(1)
+            if progress and self.step % PROGRESS_EVERY == 0 and world == 1:
+                loss_sum, correct, seen = self.epoch_totals(sums)
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
+            if on_step is not None:
+                on_step(self, sums)
         bar.close()
+        loss_sum, correct, seen = self.epoch_totals(sums)
+        self.step, self.partial = 0, np.zeros(3)
         self.sched.step()
-        return total_loss / seen, correct / seen
+        return loss_sum / max(seen, 1), correct / max(seen, 1)
 
     def export(self) -> onnx.ModelProto:
         model = self.net.export()
@@ -203,47 +305,83 @@ class Trainer:
         return model
 
 
-def finetune(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray, x_val: np.ndarray | None = None,
+def _training_data(model: onnx.ModelProto, x: Data, y: np.ndarray | None, what: str) -> Data:
+    """Checked training or validation data: arrays become an ArraySource; a Source is checked
+    against the model; other iterables are taken as they come."""
+    if isinstance(x, np.ndarray) or (y is not None and as_source(x) is None):
+        xs, ys = check_arrays(model, x, y, what)
+        return ArraySource(xs, ys, what)
+    source = as_source(x)
+    if source is None:
+        return x
+    check_source(source, shape=input_shape(model), labels=True, what=what)
+    return source
+
+
+def finetune(model: onnx.ModelProto, x: Data, y: np.ndarray | None = None, x_val: Data | None = None,
              y_val: np.ndarray | None = None, *, config: FinetuneConfig | None = None,
              checkpoint: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
+             checkpoint_every: int | None = None, workers: int | None = None,
              progress: bool = False, **options) -> tuple[onnx.ModelProto, History]:
-    """Fine-tune a converted SNN on (x, y); returns the tuned IR and the training history.
+    """Fine-tune a converted SNN on (x, y), or on any labelled data (a Source from
+    :func:`snnconvert.datasets.open_data`, a DataLoader, an iterable of (x, y) batches);
+    returns the tuned IR and the training history.
 
     ``options`` are :class:`FinetuneConfig` fields (timesteps, epochs, lr, method, ...).
-    A checkpoint is written to ``checkpoint`` after every epoch; ``resume`` continues from one.
+    A checkpoint is written to ``checkpoint`` after every epoch (and every ``checkpoint_every``
+    global batches); ``resume`` continues from one, with any number of processes. Under
+    torchrun every rank calls this; rank 0 alone writes the checkpoints.
     """
     try:
         cfg = dataclasses.replace(config or FinetuneConfig(), **options)
     except TypeError as exc:
         raise OptionError(f"unknown fine-tuning option: {exc}") from None
-    trainer = Trainer(model, cfg)
-    x, y = check_arrays(trainer.net._model, x, y, "training data")
-    n_out = trainer.n_outputs(x)
-    check_labels(y, n_out, "training data")
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise OptionError(f"checkpoint_every must be at least 1, got {checkpoint_every}")
+    trainer = Trainer(model, cfg, workers=workers)
+    train = _training_data(trainer.net._model, x, y, "training data")
+    n_out = trainer.n_outputs(train)
+    source = as_source(train)
+    if source is not None:
+        check_labels(source.labels(), n_out, "training data")
+    val = None
     if x_val is not None:
-        x_val, y_val = check_arrays(trainer.net._model, x_val, y_val, "validation data")
-        check_labels(y_val, n_out, "validation data")
+        val = _training_data(trainer.net._model, x_val, y_val, "validation data")
+        if as_source(val) is not None:
+            check_labels(as_source(val).labels(), n_out, "validation data")
+
+    def evaluate() -> float | None:
+        return None if val is None else accuracy(trainer.net, val, None, cfg.timesteps,
+                                                 cfg.eval_batch_size, cfg.precision)
+
+    def save(state: dict) -> None:
+        if checkpoint is not None and distributed.is_main():
+            ckpt.save(checkpoint, state)
+
+    def on_step(tr: Trainer, sums: torch.Tensor) -> None:
+        if checkpoint is not None and checkpoint_every and tr.step % checkpoint_every == 0:
+            totals = tr.epoch_totals(sums).tolist()  # a collective: every rank, before anything else
+            state = tr.state()
+            state["partial"] = totals
+            save(state)
+
     if resume is not None:
         trainer.restore(ckpt.load(resume))
     else:
         if cfg.logit_scale is None:
-            trainer.fit_logit_scale(x, y)
-        if x_val is not None:
-            trainer.history.initial_val_accuracy = accuracy(trainer.net, x_val, y_val, cfg.timesteps,
-                                                            cfg.eval_batch_size)
+            trainer.fit_logit_scale(train)
+        trainer.history.initial_val_accuracy = evaluate()
     total = cfg.sharpen_epochs + cfg.epochs
     while trainer.epoch < total:
         t0 = time.perf_counter()
         phase = trainer.phase(trainer.epoch)
-        loss, acc = trainer.run_epoch(x, y, progress)
+        loss, acc = trainer.run_epoch(train, None, progress, on_step)
         seconds = time.perf_counter() - t0
-        val = accuracy(trainer.net, x_val, y_val, cfg.timesteps, cfg.eval_batch_size) \
-            if x_val is not None else None
+        val_acc = evaluate()
         trainer.epoch += 1
-        trainer.history.epochs.append(EpochRecord(trainer.epoch, phase, loss, acc, val, seconds))
-        if progress:
+        trainer.history.epochs.append(EpochRecord(trainer.epoch, phase, loss, acc, val_acc, seconds))
+        if progress and distributed.is_main():
             tqdm.write(f"epoch {trainer.epoch}/{total} ({phase}): loss {loss:.4f} train acc {acc:.4f}"
-                       + (f" val acc {val:.4f}" if val is not None else "") + f" ({seconds:.1f} s)")
-        if checkpoint is not None:
-            ckpt.save(checkpoint, trainer.state())
+                       + (f" val acc {val_acc:.4f}" if val_acc is not None else "") + f" ({seconds:.1f} s)")
+        save(trainer.state())
     return trainer.export(), trainer.history
