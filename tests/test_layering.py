@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "snnconvert"
 # component (dotted path under snnconvert, longest prefix wins) -> layer
 LAYERS = {
     "errors": 0, "graph": 0, "ir": 0, "results": 0, "onnxrt": 0, "data": 0,
-    "datasets": 0, "distributed": 0,
+    "datasets": 0, "distributed": 0, "events": 0,
     "ops": 1,
     "frontend": 2,
     "runtime": 3,

@@ -1,0 +1,79 @@
+"""Build emulated N-MNIST from MNIST: saccade recordings binned into T frames, plus the real recording.
+
+    .venv/bin/python examples/nmnist_emulated/make_data.py [--train 5000] [--test 1000] [-T 16]
+        [--size 34] [--fit crop|scale] [--noise-hz 0] [--seed 0] [--out-dir out/nmnist_emulated]
+
+Writes OUT/train.npz and OUT/test.npz (``x`` uint8 [N, T, 2, S, S] ON/OFF event counts, axis 1 =
+time, ``y`` int64), and OUT/real.npz (``x`` [1, T, 2, S, S]) from the one real N-MNIST recording in
+the shared folder, whose shape and event count it checks and prints. MNIST comes from the shared
+folder (``../shared`` beside the repository, or $SNNCONVERT_SHARED).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from datasets import mnist, shared  # noqa: E402
+from snnconvert.events import (NMNIST_SENSOR, SaccadeConfig, event_files_to_npz, fit_events,  # noqa: E402
+                               images_to_npz, read_nmnist, to_frames)
+
+REAL_EVENTS = 4325  # shared/data/nmnist-sample/PROVENANCE.md
+
+
+def real_recording(out: Path, timesteps: int, size: tuple[int, int], fit: str) -> None:
+    """Read, check and bin the real N-MNIST recording; print what it holds."""
+    path = shared("data", "nmnist-sample", "sample_nmnist.bin")
+    events = read_nmnist(path)
+    assert len(events) == REAL_EVENTS, len(events)
+    assert events["x"].max() < 34 and events["y"].max() < 34
+    frames = to_frames(events, NMNIST_SENSOR, n_time_bins=timesteps, t_start=0, t_stop=int(events["t"].max()) + 1)
+    assert frames.shape == (timesteps, 2, 34, 34) and frames.sum() == REAL_EVENTS
+    fitted = fit_events(events, NMNIST_SENSOR, size, fit)
+    event_files_to_npz(out / "real.npz", [path], None, timesteps, size=size, fit=fit, progress=False)
+    with np.load(out / "real.npz") as f:
+        x = f["x"]
+    assert x.shape == (1, timesteps, 2, *size) and x.sum() == len(fitted)
+    print(f"real N-MNIST recording {path.name}: {len(events)} events ({int(events['p'].sum())} ON), "
+          f"t {events['t'].min()}..{events['t'].max()} µs, sensor 34x34 -> frames {list(frames.shape)}; "
+          f"{fit} to {size[0]}x{size[1]}: {len(fitted)} events -> {out / 'real.npz'} x {list(x.shape)}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--train", type=int, default=5000, help="training images (the first N of MNIST's train split)")
+    ap.add_argument("--test", type=int, default=1000, help="test images (the first N of MNIST's test split)")
+    ap.add_argument("-T", "--timesteps", type=int, default=16, help="frames per recording (300 ms / T each)")
+    ap.add_argument("--size", type=int, default=34, help="frame side: 34 = N-MNIST's sensor; 28 crops the centre")
+    ap.add_argument("--fit", choices=("crop", "scale"), default="crop")
+    ap.add_argument("--noise-hz", type=float, default=0.0, help="noise events per pixel per second")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out-dir", type=Path, default=ROOT / "out" / "nmnist_emulated")
+    args = ap.parse_args()
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    size = (args.size, args.size)
+    config = replace(SaccadeConfig(), noise_hz=args.noise_hz)
+    real_recording(args.out_dir, args.timesteps, size, args.fit)
+    for split, n, seed in (("train", args.train, args.seed), ("test", args.test, args.seed + 1)):
+        images, labels = mnist(split, n)
+        start = time.perf_counter()
+        images_to_npz(args.out_dir / f"{split}.npz", images, labels, args.timesteps, config=config, seed=seed,
+                      size=size, fit=args.fit)
+        seconds = time.perf_counter() - start
+        with np.load(args.out_dir / f"{split}.npz") as f:
+            x = f["x"]
+        per_sample = x.reshape(len(x), -1).sum(1, dtype=np.int64)
+        print(f"{split}: {len(x)} images -> {args.out_dir / f'{split}.npz'} x {list(x.shape)} {x.dtype}, "
+              f"{per_sample.mean():.0f} events per sample (min {per_sample.min()}, max {per_sample.max()}), "
+              f"{seconds:.1f} s ({len(x) / seconds:.0f} images/s)")
+
+
+if __name__ == "__main__":
+    main()
