@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from datasets import mnist, shared  # noqa: E402
-from snnconvert.events import NMNIST_SENSOR, emulate_saccades, images_to_npz, read_nmnist, to_frames  # noqa: E402
+from snnconvert.events import NMNIST_SENSOR, emulate_saccades, images_to_dataset, read_nmnist, to_frames  # noqa: E402
 
 
 def main() -> None:
@@ -55,10 +55,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        images_to_npz(Path(tmp) / "x.npz", images, None, args.timesteps, progress=False)
+        images_to_dataset(Path(tmp) / "x.npz", images, None, args.timesteps, progress=False)
         total_s = time.perf_counter() - start
         size_mb = (Path(tmp) / "x.npz").stat().st_size / 2**20
-    print(f"images_to_npz {len(images)} images (emulate + bin + compressed .npz): {total_s:.1f} s, "
+    print(f"images_to_dataset {len(images)} images (emulate + bin + compressed .npz): {total_s:.1f} s, "
           f"{size_mb:.1f} MiB")
 
 

@@ -10,9 +10,10 @@ import pytest
 
 from snnconvert.data import load_npz
 from snnconvert.errors import DataError, OptionError
+from snnconvert.datasets import open_data
 from snnconvert.events import (EVENT_DTYPE, NMNIST_SENSOR, SaccadeConfig, check_events, emulate_saccades,
-                               event_files_to_npz, fit_events, images_to_npz, iter_saccades, make_events,
-                               read_nmnist, saccade_offsets, to_frames, write_frames_npz, write_nmnist)
+                               event_files_to_dataset, fit_events, images_to_dataset, iter_saccades,
+                               make_events, read_nmnist, saccade_offsets, to_frames, write_frames, write_nmnist)
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TINY = FIXTURES / "tiny_nmnist.bin"
@@ -286,10 +287,10 @@ def test_emulator_default_is_nmnist_shaped():
 
 # --- datasets ------------------------------------------------------------------------------------------------
 
-def test_images_to_npz_writes_time_major_frames(tmp_path):
+def test_images_to_dataset_writes_time_major_frames(tmp_path):
     imgs = np.stack([_square(28, 8, 20), _square(28, 4, 12)])
     out = tmp_path / "emu.npz"
-    images_to_npz(out, imgs, np.array([3, 1]), timesteps=6, progress=False)
+    images_to_dataset(out, imgs, np.array([3, 1]), timesteps=6, progress=False)
     d = load_npz(out, labels=True)
     assert d.x.shape == (2, 6, 2, 34, 34) and d.y.tolist() == [3, 1]
     with np.load(out) as raw:
@@ -299,17 +300,19 @@ def test_images_to_npz_writes_time_major_frames(tmp_path):
             expect = to_frames(ev, NMNIST_SENSOR, n_time_bins=6, t_start=0, t_stop=300_000, dtype=np.uint8)
             np.testing.assert_array_equal(raw["x"][i], expect)
     small = tmp_path / "emu28.npz"
-    images_to_npz(small, imgs[:1], None, timesteps=3, size=(28, 28), dtype=np.float32, progress=False)
+    images_to_dataset(small, imgs[:1], None, timesteps=3, size=(28, 28), dtype=np.float32,
+                      progress=False)
     with np.load(small) as raw:
         assert raw["x"].shape == (1, 3, 2, 28, 28) and raw["x"].dtype == np.float32 and "y" not in raw.files
     assert sorted(os.listdir(tmp_path)) == ["emu.npz", "emu28.npz"]
 
 
-def test_event_files_to_npz_bins_recordings(tmp_path):
+def test_event_files_to_dataset_bins_recordings(tmp_path):
     second = tmp_path / "b.bin"
     write_nmnist(second, _events([(1, 2, 1, 10), (1, 2, 0, 400_000)]))
     out = tmp_path / "ev.npz"
-    event_files_to_npz(out, [TINY, second], np.array([0, 1]), timesteps=2, duration_us=2**23, progress=False)
+    event_files_to_dataset(out, [TINY, second], np.array([0, 1]), timesteps=2, duration_us=2**23,
+                           progress=False)
     with np.load(out) as raw:
         x = raw["x"]
     assert x.shape == (2, 2, 2, 34, 34)
@@ -317,15 +320,31 @@ def test_event_files_to_npz_bins_recordings(tmp_path):
     assert x[1].sum() == 2 and x[1, 0, 1, 2, 1] == 1 and x[1, 0, 0, 2, 1] == 1
 
 
-def test_write_frames_npz_is_whole_or_nothing(tmp_path):
+def test_write_frames_is_whole_or_nothing(tmp_path):
     out = tmp_path / "x.npz"
     frames = (np.ones((2, 2, 3, 3), np.uint8) for _ in range(3))
     with pytest.raises(DataError, match=r"x.npz: got 3 samples, 4 announced"):
-        write_frames_npz(out, frames, 4, (2, 2, 3, 3), progress=False)
+        write_frames(out, frames, 4, (2, 2, 3, 3), progress=False)
     with pytest.raises(DataError, match=r"sample 0 has shape \[2, 2, 3, 3\], expected \[2, 2, 4, 4\]"):
-        write_frames_npz(out, iter([np.ones((2, 2, 3, 3))]), 1, (2, 2, 4, 4), progress=False)
+        write_frames(out, iter([np.ones((2, 2, 3, 3))]), 1, (2, 2, 4, 4), progress=False)
     assert os.listdir(tmp_path) == []
-    write_frames_npz(out, (np.full((2, 2, 3, 3), i, np.uint8) for i in range(3)), 3, (2, 2, 3, 3),
+    write_frames(out, (np.full((2, 2, 3, 3), i, np.uint8) for i in range(3)), 3, (2, 2, 3, 3),
                      np.arange(3), progress=False)
     with np.load(out) as raw:
         assert raw["x"][:, 0, 0, 0, 0].tolist() == [0, 1, 2] and raw["y"].dtype == np.int64
+
+
+def test_folder_datasets_are_memory_mappable(tmp_path):
+    imgs = np.stack([_square(28, 8, 20), _square(28, 4, 12), _square(28, 10, 26)])
+    folder = tmp_path / "emu"
+    images_to_dataset(folder, imgs, np.array([5, 6, 7]), timesteps=4, progress=False)
+    assert sorted(os.listdir(folder)) == ["x.npy", "y.npy"]
+    source = open_data(folder, labels=True)
+    assert len(source) == 3 and source.sample_shape == (4, 2, 34, 34)
+    assert source.labels().tolist() == [5, 6, 7]
+    images_to_dataset(tmp_path / "emu.npz", imgs, None, timesteps=4, progress=False)
+    with np.load(tmp_path / "emu.npz") as raw:
+        np.testing.assert_array_equal(source.read(np.array([0, 2])), raw["x"][[0, 2]].astype(np.float32))
+    with pytest.raises(DataError, match=r"emu already exists and is not an empty folder"):
+        images_to_dataset(folder, imgs, None, timesteps=4, progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["emu", "emu.npz"]

@@ -1,16 +1,18 @@
 """Build emulated N-MNIST from MNIST: saccade recordings binned into T frames, plus the real recording.
 
     .venv/bin/python examples/nmnist_emulated/make_data.py [--train 5000] [--test 1000] [-T 16]
-        [--size 34] [--fit crop|scale] [--noise-hz 0] [--seed 0] [--out-dir out/nmnist_emulated]
+        [--size 34] [--fit crop|scale] [--noise-hz 0] [--seed 0] [--folders] [--out-dir out/nmnist_emulated]
 
 Writes OUT/train.npz and OUT/test.npz (``x`` uint8 [N, T, 2, S, S] ON/OFF event counts, axis 1 =
-time, ``y`` int64), and OUT/real.npz (``x`` [1, T, 2, S, S]) from the one real N-MNIST recording in
-the shared folder, whose shape and event count it checks and prints. MNIST comes from the shared
+time, ``y`` int64; with --folders, folders OUT/train/ and OUT/test/ of memory-mappable x.npy and
+y.npy), and OUT/real.npz (``x`` [1, T, 2, S, S]) from the one real N-MNIST recording in the shared
+folder, whose shape and event count it checks and prints. MNIST comes from the shared
 folder (``../shared`` beside the repository, or $SNNCONVERT_SHARED).
 """
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from dataclasses import replace
@@ -22,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from datasets import mnist, shared  # noqa: E402
-from snnconvert.events import (NMNIST_SENSOR, SaccadeConfig, event_files_to_npz, fit_events,  # noqa: E402
-                               images_to_npz, read_nmnist, to_frames)
+from snnconvert.events import (NMNIST_SENSOR, SaccadeConfig, event_files_to_dataset, fit_events,  # noqa: E402
+                               images_to_dataset, read_nmnist, to_frames)
 
 REAL_EVENTS = 4325  # shared/data/nmnist-sample/PROVENANCE.md
 
@@ -37,13 +39,14 @@ def real_recording(out: Path, timesteps: int, size: tuple[int, int], fit: str) -
     frames = to_frames(events, NMNIST_SENSOR, n_time_bins=timesteps, t_start=0, t_stop=int(events["t"].max()) + 1)
     assert frames.shape == (timesteps, 2, 34, 34) and frames.sum() == REAL_EVENTS
     fitted = fit_events(events, NMNIST_SENSOR, size, fit)
-    event_files_to_npz(out / "real.npz", [path], None, timesteps, size=size, fit=fit, progress=False)
+    event_files_to_dataset(out / "real.npz", [path], None, timesteps, size=size, fit=fit, progress=False)
     with np.load(out / "real.npz") as f:
         x = f["x"]
     assert x.shape == (1, timesteps, 2, *size) and x.sum() == len(fitted)
+    fitted_note = f"{fit} to {size[0]}x{size[1]}: {len(fitted)} events " if size != NMNIST_SENSOR else ""
     print(f"real N-MNIST recording {path.name}: {len(events)} events ({int(events['p'].sum())} ON), "
           f"t {events['t'].min()}..{events['t'].max()} µs, sensor 34x34 -> frames {list(frames.shape)}; "
-          f"{fit} to {size[0]}x{size[1]}: {len(fitted)} events -> {out / 'real.npz'} x {list(x.shape)}")
+          f"{fitted_note}-> {out / 'real.npz'} x {list(x.shape)}")
 
 
 def main() -> None:
@@ -55,6 +58,7 @@ def main() -> None:
     ap.add_argument("--fit", choices=("crop", "scale"), default="crop")
     ap.add_argument("--noise-hz", type=float, default=0.0, help="noise events per pixel per second")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--folders", action="store_true", help="write x.npy/y.npy folders instead of .npz files")
     ap.add_argument("--out-dir", type=Path, default=ROOT / "out" / "nmnist_emulated")
     args = ap.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -64,13 +68,14 @@ def main() -> None:
     for split, n, seed in (("train", args.train, args.seed), ("test", args.test, args.seed + 1)):
         images, labels = mnist(split, n)
         start = time.perf_counter()
-        images_to_npz(args.out_dir / f"{split}.npz", images, labels, args.timesteps, config=config, seed=seed,
-                      size=size, fit=args.fit)
+        target = args.out_dir / (split if args.folders else f"{split}.npz")
+        if args.folders and target.exists():
+            shutil.rmtree(target)
+        images_to_dataset(target, images, labels, args.timesteps, config=config, seed=seed, size=size, fit=args.fit)
         seconds = time.perf_counter() - start
-        with np.load(args.out_dir / f"{split}.npz") as f:
-            x = f["x"]
-        per_sample = x.reshape(len(x), -1).sum(1, dtype=np.int64)
-        print(f"{split}: {len(x)} images -> {args.out_dir / f'{split}.npz'} x {list(x.shape)} {x.dtype}, "
+        x = np.load(target / "x.npy", mmap_mode="r") if args.folders else np.load(target)["x"]
+        per_sample = np.array([int(s.sum(dtype=np.int64)) for s in x])
+        print(f"{split}: {len(x)} images -> {target} x {list(x.shape)} {x.dtype}, "
               f"{per_sample.mean():.0f} events per sample (min {per_sample.min()}, max {per_sample.max()}), "
               f"{seconds:.1f} s ({len(x) / seconds:.0f} images/s)")
 

@@ -5,7 +5,7 @@ A low layer: it depends on numpy, numba, tqdm and :mod:`snnconvert.errors` only.
 """
 from __future__ import annotations
 
-from .dataset import event_files_to_npz, images_to_npz, write_frames_npz
+from .dataset import event_files_to_dataset, images_to_dataset, write_frames
 from .frames import fit_events, to_frames
 from .nmnist import NMNIST_SENSOR, read_nmnist, write_nmnist
 from .records import EVENT_DTYPE, check_events, make_events
@@ -13,6 +13,6 @@ from .saccade import NMNIST_PATH, SaccadeConfig, emulate_saccades, iter_saccades
 
 __all__ = [
     "EVENT_DTYPE", "NMNIST_PATH", "NMNIST_SENSOR", "SaccadeConfig", "check_events", "emulate_saccades",
-    "event_files_to_npz", "fit_events", "images_to_npz", "iter_saccades", "make_events", "read_nmnist",
-    "saccade_offsets", "to_frames", "write_frames_npz", "write_nmnist",
+    "event_files_to_dataset", "fit_events", "images_to_dataset", "iter_saccades", "make_events", "read_nmnist",
+    "saccade_offsets", "to_frames", "write_frames", "write_nmnist",
 ]
