@@ -11,8 +11,8 @@ from pathlib import Path
 
 from . import evaluation, frontend, ir, onnxrt
 from . import report as _report
-from .data import input_shape, load_npz
-from .datasets import Data
+from .data import input_shape
+from .datasets import Data, open_data
 from .errors import OptionError, TargetError
 from .profiles import Profile, fit, load_profile
 from .report import Report
@@ -56,7 +56,7 @@ def convert(source: str | os.PathLike | onnx.ModelProto, calib: Data | None = No
     return snn
 
 
-def build_report(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray | None = None,
+def build_report(model: onnx.ModelProto, x: Data, y: np.ndarray | None = None,
                  timesteps: int = 32, profile: str | Profile = "generic-float",
                  out_dir: str | os.PathLike | None = None, batch_size: int = 128,
                  name: str = "model") -> Report:
@@ -68,16 +68,19 @@ def build_report(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray | None = N
 
 def run_report(model_path: str | os.PathLike, data_path: str | os.PathLike, timesteps: int = 32,
                profile: str = "generic-float", json_path: str | os.PathLike | None = None,
-               out_dir: str | os.PathLike | None = None) -> Report:
-    """The ``snnconvert report`` command: refuses (TargetError) a network that does not fit."""
+               out_dir: str | os.PathLike | None = None, preprocess: str | None = None,
+               workers: int | None = None, limit: int | None = None) -> Report:
+    """The ``snnconvert report`` command: refuses (TargetError) a network that does not fit.
+    ``data_path`` is any form :func:`snnconvert.datasets.open_data` reads."""
     model = ir.load(model_path)
     prof = load_profile(profile)
     fitted = fit(model, prof)
     if not fitted.fits:
         raise TargetError(f"the network does not fit on '{prof.name}': " + "; ".join(fitted.reasons),
                           hint="Use a larger profile (more chips) or a smaller network.")
-    data = load_npz(data_path, labels=False, shape=input_shape(model), what="report")
-    report = _report.build_report(model, data.x, data.y, timesteps, prof, fitted, out_dir,
+    data = open_data(data_path, preprocess=preprocess, shape=input_shape(model), what="report",
+                     limit=limit, workers=workers)
+    report = _report.build_report(model, data, None, timesteps, prof, fitted, out_dir,
                                   name=Path(model_path).name.split(".")[0])
     if json_path is not None:
         ir.atomic_write_bytes(json_path, report.to_json().encode())

@@ -70,3 +70,29 @@ def test_run_report_refuses_network_that_does_not_fit(tmp_path):
                      tmp_path / "r.json", tmp_path / "png")
     assert json.loads((tmp_path / "r.json").read_text())["samples"] == 4
     assert len(rep.plots) == 2
+
+
+def test_streamed_report_matches_whole_array_statistics(report):
+    """Batch by batch (running sums) gives what whole arrays give: correlation, rates, SOPs."""
+    import torch
+
+    from snnconvert.datasets import ArraySource
+    from snnconvert.runtime import SpikingNetwork
+
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0, 1, (64, 2, 8, 8)).astype(np.float32)
+    small = build_report(_cnn(), ArraySource(x), None, timesteps=16, batch_size=10)
+    assert small.data["samples"] == 64
+    for a, b in zip(report.data["layers"], small.data["layers"]):
+        for key, value in a.items():
+            if isinstance(value, float):
+                assert b[key] == pytest.approx(value, rel=1e-9), (a["name"], key)
+    net = SpikingNetwork(_cnn())
+    net.simulate(x, 16, record=True)
+    from snnconvert import onnxrt
+    neuron = ir.neurons(_cnn())[0]
+    act = onnxrt.collect(_cnn(), x, [neuron.output])[neuron.output]
+    rate = net.spike_counts[neuron.name].to(torch.float64).numpy() * neuron.threshold.reshape(-1, 1, 1) / 16
+    expected = np.corrcoef(act.ravel(), rate.ravel())[0, 1]
+    row = next(r for r in small.data["layers"] if r["name"] == neuron.name)
+    assert row["ann_rate_correlation"] == pytest.approx(expected, rel=1e-9)

@@ -89,8 +89,8 @@ def command(model: Path, data_path: str, calib: str | None, norm: str, per_chann
                                what="calibration", workers=workers) if calib else None
         report = api.evaluate_conversion(
             model, calib_data, data, None, ts, target=target, tune_t=tune_t, progress=True,
-            target_options=options, workers=workers, norm=norm, per_channel=per_channel, v_init=v_init, reset=reset,
-            leak=leak, maxpool_to_avgpool=maxpool_to_avgpool)
+            target_options=options, workers=workers, norm=norm, per_channel=per_channel,
+            v_init=v_init, reset=reset, leak=leak, maxpool_to_avgpool=maxpool_to_avgpool)
     if not distributed.is_main():
         return
     label = "ANN (rate limit of the IR)" if report.ann_is_rate_limit else "ANN"

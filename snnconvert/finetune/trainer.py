@@ -79,13 +79,15 @@ def accuracy(net: SpikingNetwork, x: Data, y: np.ndarray | None, timesteps: int,
     """SNN accuracy at ``timesteps`` (no-grad simulation) on inputs ``x`` with labels ``y``, or
     on any labelled data; under torch.distributed each rank runs its batches, counts are summed."""
     device = next(iter(net.params.values())).device
-    correct = torch.zeros(2, dtype=torch.int64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
     for xb, yb in batches((x, y) if y is not None else x, batch_size):
         with _autocast(device, precision):
             out = net(torch.from_numpy(xb).to(device, non_blocking=True), timesteps)
         target = torch.from_numpy(yb).to(device, non_blocking=True)
-        correct += torch.stack([(out.argmax(1) == target).sum(), torch.tensor(len(xb), device=device)])
-    right, total = (int(v) for v in distributed.all_sum(correct.cpu().numpy()))
+        correct += (out.argmax(1) == target).sum()
+        seen += len(xb)
+    right, total = (int(v) for v in distributed.all_sum(np.array([int(correct), seen])))
     return right / total
 
 
@@ -225,23 +227,26 @@ class Trainer:
                     workers=self.workers, pin_memory=self.device.type == "cuda")
         return ((xb.numpy(), None if yb is None else yb.numpy()) for xb, yb in it), sizes
 
-    def _sync_noisy(self, noisy: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
-        """Noisy-spike fractions over the global batch (weighted by each rank's samples)."""
+    def _sync_noisy(self, noisy: dict[str, torch.Tensor], n_local: int, n_global: int
+                    ) -> dict[str, torch.Tensor]:
+        """Noisy-spike fractions over the global batch (each rank's weighted by its samples),
+        reduced on the device."""
         if distributed.world_size() == 1 or not noisy:
             return noisy
         import torch.distributed as dist
 
         names = sorted(noisy)
-        packed = torch.stack([noisy[k].float() * n for k in names] + [torch.tensor(float(n), device=self.device)])
+        packed = torch.stack([noisy[k].float() for k in names]) * float(n_local)
         dist.all_reduce(packed)
-        return {k: packed[i] / packed[-1].clamp(min=1) for i, k in enumerate(names)}
+        return {k: packed[i] / float(n_global) for i, k in enumerate(names)}
 
-    def epoch_totals(self, sums: torch.Tensor) -> np.ndarray:
+    def epoch_totals(self, sums: torch.Tensor, seen: int) -> np.ndarray:
         """(loss sum, correct, samples) of the epoch so far, over all ranks (a collective)."""
-        return self.partial + distributed.all_sum(sums.cpu().numpy())
+        mine = np.concatenate([sums.cpu().numpy(), [float(seen)]])
+        return self.partial + distributed.all_sum(mine)
 
     def run_epoch(self, x: Data, y: np.ndarray | None = None, progress: bool = False,
-                  on_step: Callable[["Trainer", torch.Tensor], None] | None = None
+                  on_step: Callable[["Trainer", torch.Tensor, int], None] | None = None
                   ) -> tuple[float, float]:
         """One epoch (or its rest after a mid-epoch resume). The step loop stays on the device:
         losses and counts accumulate in a device tensor, read once at the end of the epoch
@@ -255,7 +260,8 @@ class Trainer:
         bar = tqdm(total=len(sizes) if sizes else None, initial=self.step, unit="batch", leave=False,
                    desc=f"epoch {epoch + 1}/{total} ({phase})",
                    disable=not progress or not distributed.is_main())
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, correct
+        seen = 0
         self.net.train()
         for xb_np, yb_np in parts:
             if yb_np is None:
@@ -275,21 +281,21 @@ class Trainer:
             loss.backward()
             self.opt.step()
             if phase == "snn2ann" and cfg.ata:
-                methods.adjust_thresholds(self.net, self._sync_noisy(noisy, n_local), self.table,
-                                          cfg.ata_tolerance, cfg.ata_step)
+                methods.adjust_thresholds(self.net, self._sync_noisy(noisy, n_local, n_global),
+                                          self.table, cfg.ata_tolerance, cfg.ata_step)
             methods.keep_thresholds_positive(self.net, self.floors)
             if n_local:
-                sums += torch.stack([ce.detach().double(), (out.argmax(1) == yb).sum().double(),
-                                     torch.tensor(float(n_local), dtype=torch.float64, device=self.device)])
+                sums += torch.stack([ce.detach().double(), (out.argmax(1) == yb).sum().double()])
+                seen += n_local
             self.step += 1
             bar.update(1)
             if progress and self.step % PROGRESS_EVERY == 0 and world == 1:
-                loss_sum, correct, seen = self.epoch_totals(sums)
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
+                loss_sum, correct, total_seen = self.epoch_totals(sums, seen)
+                bar.set_postfix(loss=f"{loss_sum / total_seen:.4f}", acc=f"{correct / total_seen:.4f}")
             if on_step is not None:
-                on_step(self, sums)
+                on_step(self, sums, seen)
         bar.close()
-        loss_sum, correct, seen = self.epoch_totals(sums)
+        loss_sum, correct, seen = self.epoch_totals(sums, seen)
         self.step, self.partial = 0, np.zeros(3)
         self.sched.step()
         return loss_sum / max(seen, 1), correct / max(seen, 1)
@@ -358,9 +364,9 @@ def finetune(model: onnx.ModelProto, x: Data, y: np.ndarray | None = None, x_val
         if checkpoint is not None and distributed.is_main():
             ckpt.save(checkpoint, state)
 
-    def on_step(tr: Trainer, sums: torch.Tensor) -> None:
+    def on_step(tr: Trainer, sums: torch.Tensor, seen: int) -> None:
         if checkpoint is not None and checkpoint_every and tr.step % checkpoint_every == 0:
-            totals = tr.epoch_totals(sums).tolist()  # a collective: every rank, before anything else
+            totals = tr.epoch_totals(sums, seen).tolist()  # a collective: every rank, before anything else
             state = tr.state()
             state["partial"] = totals
             save(state)

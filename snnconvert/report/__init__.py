@@ -17,6 +17,8 @@ import onnx
 import torch
 
 from .. import ir, onnxrt
+from ..datasets import Data, batches
+from ..errors import DataError
 from ..ops.events import READOUT, ann_macs, layers, synapses, synaptic_events, tensor_shapes
 
 __all__ = ["Report", "build_report"]
@@ -31,18 +33,6 @@ class Report:
 
     def to_json(self) -> str:
         return json.dumps(self.data, indent=2)
-
-
-def _ann_activations(model: onnx.ModelProto, x: np.ndarray, names: list[str]
-                     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Rate-limit ANN (onnxruntime on the IR: IF = clip(x, 0, θ)) output and neuron outputs."""
-    
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    ir.ensure_domain(m)
-    out = model.graph.output[0].name
-    arrays = onnxrt.collect(m, x, [out] + names)
-    return arrays[out], {n: arrays[n] for n in names}
 
 
 def _curve_ts(t: int) -> list[int]:
@@ -95,17 +85,48 @@ def _plots(data: dict, out_dir: Path) -> list[Path]:
     return paths
 
 
-def build_report(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray | None, timesteps: int,
+@dataclass
+class _LayerSums:
+    """Running sums over samples of one neuron layer: spikes, and the moments of the ANN
+    activation a and the SNN rate s that give their correlation and mean absolute error."""
+
+    spikes: float = 0.0
+    elements: int = 0
+    a: float = 0.0
+    s: float = 0.0
+    aa: float = 0.0
+    ss: float = 0.0
+    as_: float = 0.0
+    abs_err: float = 0.0
+
+    def add(self, a: np.ndarray, s: np.ndarray, count: np.ndarray) -> None:
+        a, s = a.astype(np.float64).ravel(), s.astype(np.float64).ravel()
+        self.spikes += float(count.sum())
+        self.elements += a.size
+        self.a, self.s = self.a + a.sum(), self.s + s.sum()
+        self.aa, self.ss, self.as_ = self.aa + a @ a, self.ss + s @ s, self.as_ + a @ s
+        self.abs_err += float(np.abs(a - s).sum())
+
+    def correlation(self) -> float | None:
+        n = self.elements
+        va, vs = n * self.aa - self.a ** 2, n * self.ss - self.s ** 2
+        if va <= 1e-12 * max(n * self.aa, 1e-300) or vs <= 1e-12 * max(n * self.ss, 1e-300):
+            return None
+        return float((n * self.as_ - self.a * self.s) / np.sqrt(va * vs))
+
+
+def build_report(model: onnx.ModelProto, x: Data, y: np.ndarray | None, timesteps: int,
                  profile: Any, fitted: Any, out_dir: str | os.PathLike | None = None,
                  batch_size: int = 128, name: str = "model") -> Report:
-    """Simulate ``model`` on ``x`` (labels ``y`` optional) and measure everything per layer.
+    """Simulate ``model`` on ``x`` (labels ``y`` optional; or any data stream, see
+    :mod:`snnconvert.datasets`) and measure everything per layer, batch by batch: memory does
+    not grow with the number of samples.
 
     ``profile``: a :class:`snnconvert.profiles.Profile`; ``fitted``: its
     :class:`~snnconvert.profiles.FitReport` for ``model``."""
     from ..runtime import SpikingNetwork
 
     prof = profile
-    x = np.asarray(x, np.float32)
     shapes = tensor_shapes(model)
     lays = layers(model, shapes)
     syn = synapses(model, shapes)
@@ -113,35 +134,59 @@ def build_report(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray | None, ti
 
     net = SpikingNetwork(model)
     ts = _curve_ts(timesteps)
-    sim = net.simulate(x, ts, batch_size=batch_size, record=True)
-    counts = {k: v.to(torch.float64) for k, v in net.spike_counts.items()}
-    events = synaptic_events(model, shapes, counts)
-
     neuron_list = ir.neurons(model)
-    ann_out, acts = _ann_activations(model, x, [n.output for n in neuron_list])
-    ann_pred = ann_out.argmax(1)
-    ref = y if y is not None else ann_pred
-    curve = {str(t): float(np.mean(sim.predictions(t) == ref)) for t in ts}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    ir.ensure_domain(probe)
+    out_name = model.graph.output[0].name
+    names = [out_name] + [n.output for n in neuron_list]
+    sess = onnxrt.session(onnxrt.with_outputs(probe, names))
+    input_name = sess.get_inputs()[0].name
+    n_samples, labelled, ann_correct = 0, False, 0
+    correct = {t: 0 for t in ts}
+    spikes_at: dict[str, float] = {}
+    sizes: dict[str, int] = {}
+    events = {lay.name: 0.0 for lay in lays}
+    sums = {n.name: _LayerSums() for n in neuron_list}
+    data = (np.asarray(x, np.float32), y) if isinstance(x, np.ndarray) and y is not None else x
+    for xb, yb in batches(data, batch_size, shard=False):
+        sim = net.simulate(xb, ts, batch_size=batch_size, record=True)
+        counts = {k: v.to(torch.float64) for k, v in net.spike_counts.items()}
+        for lay, value in synaptic_events(model, shapes, counts).items():
+            events[lay] += value * len(xb)
+        arrays = dict(zip(names, sess.run(names, {input_name: xb})))
+        ann_pred = arrays[out_name].reshape(len(xb), -1).argmax(1)
+        labelled = yb is not None
+        ref = yb if labelled else ann_pred
+        ann_correct += int(np.sum(ann_pred == ref))
+        for t in ts:
+            correct[t] += int(np.sum(sim.predictions(t) == ref))
+        for k, v in sim.spikes[timesteps].items():
+            spikes_at[k] = spikes_at.get(k, 0.0) + v
+        sizes.update(sim.sizes)
+        for neuron in neuron_list:
+            c = counts[neuron.name].numpy()
+            rate_snn = c * np.broadcast_to(neuron.threshold, c.shape[1:]) / timesteps
+            sums[neuron.name].add(arrays[neuron.output], rate_snn, c)
+        n_samples += len(xb)
+    if n_samples == 0:
+        raise DataError("the report data is empty")
+    curve = {str(t): correct[t] / n_samples for t in ts}
+    total_neurons = sum(sizes.values())
 
     per_layer = []
     for lay in lays:
         row: dict[str, Any] = {"name": lay.name, "shape": list(lay.shape), "neurons": lay.neurons,
                                "synapses": syn[lay.name], "ann_macs": macs[lay.name],
                                "input": "analog" if lay.analog else "spikes"}
-        neuron = next((n for n in neuron_list if n.name == lay.name), None)
-        if neuron is not None:
-            c = counts[lay.name].numpy()
-            rate_snn = c * np.broadcast_to(neuron.threshold, c.shape[1:]) / timesteps
-            a = acts[neuron.output].reshape(len(x), -1)
-            s = rate_snn.reshape(len(x), -1)
-            corr = (float(np.corrcoef(a.ravel(), s.ravel())[0, 1])
-                    if a.std() > 0 and s.std() > 0 else None)
-            row.update(firing_rate=float(c.mean() / timesteps),
-                       spikes_per_inference=float(c.sum() / len(x)),
-                       ann_rate_correlation=corr,
-                       rate_mae=float(np.abs(a - s).mean()))
+        if lay.name in sums:
+            st = sums[lay.name]
+            row.update(firing_rate=st.spikes / st.elements / timesteps,
+                       spikes_per_inference=st.spikes / n_samples,
+                       ann_rate_correlation=st.correlation(),
+                       rate_mae=st.abs_err / st.elements)
         # events arriving at the layer: MACs for analog input, synaptic ops for spike input
-        row["sops" if not lay.analog else "macs"] = events[lay.name]
+        row["sops" if not lay.analog else "macs"] = events[lay.name] / n_samples
         cores = next(f.cores for f in fitted.layers if f.name == lay.name)
         row["cores"] = cores
         per_layer.append(row)
@@ -156,12 +201,13 @@ def build_report(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray | None, ti
     e_snn = (sops * e_ac + snn_macs * e_mac + n_neurons * timesteps * e_nu) * 1e-12
     e_ann = total_ann_macs * prof.energy["ann_mac_pj"] * 1e-12
     data = {
-        "model": name, "timesteps": timesteps, "samples": int(len(x)), "labels": y is not None,
+        "model": name, "timesteps": timesteps, "samples": n_samples, "labels": labelled,
         "profile": prof.name,
         "snn_accuracy": curve[str(timesteps)],
-        "ann_accuracy": float(np.mean(ann_pred == y)) if y is not None else None,
+        "ann_accuracy": ann_correct / n_samples if labelled else None,
         "accuracy_vs_T": curve,
-        "firing_rate": float(sim.firing_rate[timesteps]),
+        "firing_rate": (sum(spikes_at.values()) / (n_samples * total_neurons * timesteps)
+                        if total_neurons else 0.0),
         "layers": per_layer,
         "totals": {"neurons": n_neurons, "synapses": int(sum(syn.values())),
                    "ann_macs": int(total_ann_macs), "snn_sops": sops, "snn_macs": snn_macs,
