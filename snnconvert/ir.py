@@ -20,7 +20,18 @@ Each ReLU/Clip becomes one neuron node::
 Over T steps the mean of ``y`` approximates ``clip(x, 0, threshold)``; the model-local
 ONNX function shipped with every IR file defines ``IF`` as exactly that clipped ReLU, so
 onnxruntime runs a ``.snn.onnx`` as its rate-limit ANN (useful for calibration and
-diagnostics). The network's output is the accumulated output of the last layer divided by
+diagnostics).
+
+A max-pool fed (directly or through linear ops) by spiking neurons is its own op::
+
+    y = SpikingMaxPool(x)     domain "snnconvert", the attributes of ONNX MaxPool
+
+    Each window emits, at every step, the increase of the largest running sum of its inputs
+    (gated by accumulated input, Rueckauer et al. 2017), so over t steps its output sums to
+    exactly the max of the accumulated inputs. Its ONNX function is MaxPool itself: the rate
+    limit is the max of the input rates. A plain ``MaxPool`` in the IR is a per-step max.
+
+``snnconvert.ir_reference`` executes this semantics in numpy; every target is tested against it. The network's output is the accumulated output of the last layer divided by
 T (``readout = membrane``). Graph-level metadata lives in ``metadata_props`` under
 ``snnconvert.*`` keys.
 """
@@ -43,8 +54,13 @@ from .errors import ModelLoadError
 DOMAIN = "snnconvert"
 DOMAIN_VERSION = 1
 NEURON_OP = "IF"
+SPIKING_MAX_POOL = "SpikingMaxPool"
 RESET_MODES = ("subtract", "zero")
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+MAX_POOL_ATTRIBUTES = {"kernel_shape": onnx.AttributeProto.INTS, "strides": onnx.AttributeProto.INTS,
+                       "pads": onnx.AttributeProto.INTS, "ceil_mode": onnx.AttributeProto.INT,
+                       "dilations": onnx.AttributeProto.INTS, "auto_pad": onnx.AttributeProto.STRING,
+                       "storage_order": onnx.AttributeProto.INT}
 
 META_PREFIX = "snnconvert."
 DEFAULT_META = {
@@ -90,13 +106,48 @@ def _neuron_function(opset: int) -> onnx.FunctionProto:
     )
 
 
+def _spiking_max_pool_function(opset: int) -> onnx.FunctionProto:
+    """ONNX function giving SpikingMaxPool its rate-limit meaning: MaxPool with the same attributes."""
+    body = helper.make_node("MaxPool", ["x"], ["y"])
+    body.attribute.extend(helper.make_attribute_ref(k, t) for k, t in MAX_POOL_ATTRIBUTES.items())
+    return helper.make_function(DOMAIN, SPIKING_MAX_POOL, ["x"], ["y"], [body],
+                                opset_imports=[helper.make_opsetid("", opset)],
+                                attributes=list(MAX_POOL_ATTRIBUTES))
+
+
 def ensure_domain(model: onnx.ModelProto) -> None:
-    """Declare the snnconvert domain and the IF function on ``model`` (idempotent)."""
+    """Declare the snnconvert domain and its functions (IF, SpikingMaxPool) on ``model`` (idempotent)."""
     if not any(o.domain == DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
-    if not any(f.domain == DOMAIN and f.name == NEURON_OP for f in model.functions):
-        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
-        model.functions.append(_neuron_function(opset))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+    for name, make in ((NEURON_OP, _neuron_function), (SPIKING_MAX_POOL, _spiking_max_pool_function)):
+        if not any(f.domain == DOMAIN and f.name == name for f in model.functions):
+            model.functions.append(make(opset))
+
+
+def is_spiking_max_pool(node: onnx.NodeProto) -> bool:
+    return node.domain == DOMAIN and node.op_type == SPIKING_MAX_POOL
+
+
+def spiking_max_pools(model: onnx.ModelProto) -> list[str]:
+    """In place: every MaxPool downstream of a neuron becomes a SpikingMaxPool (same attributes);
+    returns the names of the rewritten nodes."""
+    varying: set[str] = set()
+    done = []
+    for node in model.graph.node:
+        if is_neuron(node):
+            varying.update(node.output)
+            continue
+        if not any(i in varying for i in node.input):
+            continue
+        varying.update(node.output)
+        if node.op_type == "MaxPool" and node.domain in ("", "ai.onnx"):
+            node.op_type, node.domain = SPIKING_MAX_POOL, DOMAIN
+            del node.output[1:]
+            done.append(node.name)
+    if done:
+        ensure_domain(model)
+    return done
 
 
 def make_neuron(name: str, x: str, y: str, threshold: np.ndarray, v_init: np.ndarray,
@@ -300,4 +351,7 @@ def load(path: str | os.PathLike) -> onnx.ModelProto:
     if not is_snn(model):
         raise ModelLoadError(f"{path} is an ONNX model but not a converted SNN",
                              hint="Convert it first with 'snnconvert convert', or pass --calib.")
+    if get_meta(model, "format_version") == "1":  # v1 ran a MaxPool on spikes as the gated max
+        spiking_max_pools(model)
+        set_meta(model, "format_version", FORMAT_VERSION)
     return model

@@ -13,12 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import torch
-import torch.nn.functional as F
 from onnx import numpy_helper
 
 from .. import ir, onnxrt
-from ..graph import attrs as graph_attrs
 from ..errors import UnsupportedModelError
+from .registry import lookup
 
 READOUT = "readout"
 
@@ -37,16 +36,6 @@ class Layer:
         return int(np.prod(self.shape))
 
 
-def _pads(a: dict) -> tuple[list[int], list[int]]:
-    p = list(a.get("pads", [0, 0, 0, 0]))
-    return p[:2], p[2:]
-
-
-def _pad(x: torch.Tensor, a: dict) -> torch.Tensor:
-    (t, l), (b, r) = _pads(a)
-    return F.pad(x, (l, r, t, b)) if any((t, l, b, r)) else x
-
-
 class EventCounter:
     """Propagate per-neuron event counts through an IR graph's linear ops (weights -> 1)."""
 
@@ -54,7 +43,7 @@ class EventCounter:
         self.model = model
         self.consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
         for node in model.graph.node:
-            if node.op_type == "Constant":
+            if not node.domain and node.op_type == "Constant":
                 self.consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
         inits = set(self.consts)
         self.input = next(i.name for i in model.graph.input if i.name not in inits)
@@ -66,7 +55,7 @@ class EventCounter:
         env = {self.input: x_events}
         analog = {self.input: True}
         for node in self.model.graph.node:
-            if node.op_type == "Constant":
+            if node.output[0] in self.consts:
                 continue
             ins = [env.get(n) for n in node.input]
             if ir.is_neuron(node):
@@ -78,57 +67,16 @@ class EventCounter:
         return env, analog
 
     def _op(self, node: onnx.NodeProto, ins: list) -> torch.Tensor:
-        a, op, x = graph_attrs(node), node.op_type, ins[0]
-        if op == "Conv":
-            w = torch.as_tensor(self.consts[node.input[1]] != 0, dtype=x.dtype)
-            (t, l), (b, r) = _pads(a)
-            x = F.pad(x, (l, r, t, b)) if any((t, l, b, r)) else x
-            return F.conv2d(x, w, stride=tuple(a.get("strides", [1, 1])),
-                            dilation=tuple(a.get("dilations", [1, 1])),
-                            groups=int(a.get("group", 1)))
-        if op in ("Gemm", "MatMul"):
-            w = self.consts[node.input[1]]
-            if op == "Gemm" and a.get("transB", 0):
-                w = w.T
-            return x @ torch.as_tensor(w != 0, dtype=x.dtype)
-        if op in ("AveragePool", "MaxPool"):
-            k = tuple(a["kernel_shape"])
-            return F.avg_pool2d(_pad(x, a), k, tuple(a.get("strides", k)),
-                                ceil_mode=bool(a.get("ceil_mode", 0)), divisor_override=1)
-        if op == "GlobalAveragePool":
-            return x.sum(dim=(2, 3), keepdim=True)
-        if op in ("Flatten",):
-            return torch.flatten(x, int(a.get("axis", 1)))
-        if op == "Reshape":
-            return x.reshape(x.shape[0], *[int(d) for d in self.consts[node.input[1]][1:]])
-        if op in ("Add", "Sum"):
-            parts = [v for v in ins if v is not None]
-            out = parts[0]
-            for p in parts[1:]:
-                out = out + p
-            return out
-        if op == "Concat":
-            return torch.cat([v for v in ins if v is not None], dim=int(a["axis"]))
-        if op == "Pad":
-            pads = [int(p) for p in self.consts[node.input[1]]]
-            half = len(pads) // 2
-            torch_pads = []
-            for i in reversed(range(half)):
-                torch_pads += [pads[i], pads[i + half]]
-            return F.pad(x, torch_pads)
-        if op == "Slice":
-            c = [self.consts.get(n) if n else None for n in node.input[1:]] + [None] * 4
-            starts, ends, axes, steps = c[:4]
-            axes = range(len(starts)) if axes is None else axes
-            steps = [1] * len(starts) if steps is None else steps
-            index = [slice(None)] * x.dim()
-            for s, e, ax, st in zip(starts, ends, axes, steps):
-                index[int(ax)] = slice(int(s), int(min(e, 2**62)), int(st))
-            return x[tuple(index)]
-        if op in ("Mul", "Div", "Identity", "Dropout", "BatchNormalization", "Relu", "Clip",
-                  "Sub"):
-            return next(v for v in ins if v is not None)
-        raise UnsupportedModelError(f"cannot count synapses through {op}", node=node.name, op=op)
+        """Events at the output of ``node``: its registry entry's event rule (weights -> 1)."""
+        entry = lookup(node)
+        if entry is None or not entry.has_kernel:
+            raise UnsupportedModelError(f"cannot count synapses through {node.op_type}",
+                                        node=node.name, op=node.op_type)
+        ins = list(ins) + [None] * (len(node.input) - len(ins))
+        x = next(v for v in ins if v is not None)
+        nd = max(x.dim() - 2, 0)
+        consts = [self.consts.get(n) if n and v is None else None for n, v in zip(node.input, ins)]
+        return entry.events(entry.attrs(node, nd), ins, consts)
 
 
 def layers(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> list[Layer]:
@@ -186,7 +134,8 @@ def ann_macs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> dict
             if node is None or ir.is_neuron(node) or name in seen:
                 continue
             seen.add(name)
-            if node.op_type in ("Conv", "Gemm", "MatMul"):
+            entry = lookup(node)
+            if entry is not None and entry.weighted:
                 x = torch.ones((1, *shapes[node.input[0]]), dtype=torch.float64)
                 total += int(round(float(counter._op(node, [x]).sum())))
             stack.extend(i for i in node.input if i in producer)

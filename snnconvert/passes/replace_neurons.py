@@ -1,4 +1,5 @@
-"""Replace ReLU and Clip(0, c) activations by IF/LIF neuron nodes of the spiking IR.
+"""Replace ReLU and Clip(0, c) activations by IF/LIF neuron nodes of the spiking IR, and max-pools
+fed by neurons by the IR's spiking max-pool.
 
 A ReLU gets an open threshold (+inf) for the normalization pass to fill; a Clip(0, c)
 (ReLU6, or a trained clip bound as in OPI/QCFS) keeps c as its threshold.
@@ -61,7 +62,9 @@ class ReplaceNeurons(Pass):
         del graph.node[:]
         graph.node.extend(new_nodes)
         g.remove_unused_initializers(graph)
+        pools = ir.spiking_max_pools(model)
         kind = "LIF" if self.leak else "IF"
         ctx.info(self.name, f"replaced {count['Relu']} ReLU and {count['Clip']} Clip node(s) by "
-                 f"{kind} neurons (reset by {'subtraction' if self.reset == 'subtract' else 'zeroing'})")
+                 f"{kind} neurons (reset by {'subtraction' if self.reset == 'subtract' else 'zeroing'})"
+                 + (f" and {len(pools)} MaxPool node(s) by spiking max-pools" if pools else ""))
         return model

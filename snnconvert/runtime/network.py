@@ -24,15 +24,12 @@ from .. import ir
 from ..graph import attrs as graph_attrs
 from ..errors import SnnConvertError, UnsupportedModelError
 from ..results import SimResult
+from ..ops import lookup
 from . import fused
 from . import neurons as nrn
-from .ops import STATELESS
-from .ort_kernels import KERNEL_OPS, OrtKernels
+from .ort_kernels import OrtKernels
 
 CONST, INVARIANT, VARYING = 0, 1, 2
-AFFINE = {"Conv", "Gemm", "MatMul", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape",
-          "Squeeze", "Unsqueeze", "Transpose", "Concat", "Pad", "Slice", "BatchNormalization",
-          "Add", "Sub", "Sum", "Identity", "Dropout", "Mul", "Div", "Resize", "Upsample"}
 
 NeuronHook = Callable[[str, torch.Tensor, int, Callable[[torch.Tensor], torch.Tensor]], torch.Tensor]
 """(neuron name, input current, number of leading axes (1: [B, ...] constant, 2: [T, B, ...]),
@@ -91,6 +88,7 @@ class SpikingNetwork(nn.Module):
         self.output_name = graph.output[0].name
         kinds[self.input_name] = INVARIANT
         self._nodes: list[tuple[onnx.NodeProto, dict, int]] = []
+        self._entries = {}  # node name -> its op registry entry
         self.neuron_names: list[str] = []
         for i, node in enumerate(graph.node):
             if not node.name:
@@ -102,10 +100,12 @@ class SpikingNetwork(nn.Module):
                 self._consts[node.output[0]] = getattr(self, f"const_{i}")
                 kinds[node.output[0]] = CONST
                 continue
-            if not ir.is_neuron(node) and node.op_type not in STATELESS:
+            entry = lookup(node)
+            if entry is None or not entry.has_kernel:
                 raise UnsupportedModelError("the torch runtime has no implementation for this op",
                                             node=node.name, op=node.op_type,
                                             hint="Run 'snnconvert inspect' for the coverage report.")
+            self._entries[node.name] = entry
             k = max((kinds[x] for x in node.input if x), default=CONST)
             if ir.is_neuron(node):
                 k = VARYING
@@ -133,10 +133,10 @@ class SpikingNetwork(nn.Module):
         outputs = {o.name for o in graph.output}
         tail: set[str] = set()
         for node, _, kind in reversed(self._nodes):
-            if kind != VARYING or ir.is_neuron(node) or node.op_type not in AFFINE:
+            entry = self._entries[node.name]
+            if kind != VARYING or ir.is_neuron(node) or not entry.affine:
                 continue
-            if node.op_type in ("Mul", "Div", "MatMul") and not any(
-                    self._kinds.get(i) == CONST for i in node.input[1:]):
+            if entry.bilinear and not any(self._kinds.get(i) == CONST for i in node.input[1:]):
                 continue
             out = node.output[0]
             consumers = users.get(out, [])
@@ -201,7 +201,7 @@ class SpikingNetwork(nn.Module):
                 elif kind == VARYING:
                     y = self._varying_op(node, attrs, args, steps, batch, state)
                 else:
-                    y = STATELESS[node.op_type](attrs, *args)
+                    y = self._entries[node.name].kernel(attrs, *args)
                     cache[out_name] = y
             except SnnConvertError as exc:
                 if exc.node is None:  # a kernel's refusal: name the node it came from
@@ -227,15 +227,15 @@ class SpikingNetwork(nn.Module):
 
     def _varying_op(self, node, attrs, args, steps, batch, state):
         args = self._promote(node, args, steps, batch)
-        if (self._ort is not None and node.op_type in KERNEL_OPS and not torch.is_grad_enabled()
+        entry = self._entries[node.name]
+        if (self._ort is not None and entry.ort_kernel and not torch.is_grad_enabled()
                 and args[0].device.type == "cpu"):
             return self._ort.run(node, args)
-        if node.op_type == "MaxPool" and args[0].dim() == 4:
+        if entry.stateful:
             xs = args[0].reshape(steps, batch, *args[0].shape[1:])
-            y, state[node.name] = nrn.spiking_max_pool(xs, state.get(node.name), attrs,
-                                                       nrn.max_pool_indices)
+            y, state[node.name] = entry.step(attrs, xs, state.get(node.name))
             return y.reshape(steps * batch, *y.shape[2:])
-        return STATELESS[node.op_type](attrs, *args)
+        return entry.kernel(attrs, *args)
 
     def _neuron(self, node, attrs, args, steps, batch, state):
         current, theta, v0 = args[0], args[1], args[2]

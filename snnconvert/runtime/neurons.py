@@ -1,14 +1,14 @@
-"""Spiking dynamics: the IF/LIF neuron with surrogate gradients, and the spiking max-pool.
+"""Spiking dynamics: the IF/LIF neuron with surrogate gradients.
 
-Both run over a whole chunk of time steps at once (input shaped [T, B, ...]) so that the
-synaptic ops around them can process all T steps in one batched call.
+It runs over a whole chunk of time steps at once (input shaped [T, B, ...]) so that the
+synaptic ops around it can process all T steps in one batched call. (The spiking max-pool is
+the registry entry :class:`snnconvert.ops.spiking.SpikingMaxPool`.)
 """
 from __future__ import annotations
 
 import math
 
 import torch
-import torch.nn.functional as F
 
 SURROGATES = ("atan", "rect", "sigmoid")
 
@@ -80,48 +80,3 @@ def if_neuron_fast(current: torch.Tensor, steps: int, v: torch.Tensor, threshold
         else:
             v.masked_fill_(mask, 0.0)
     return out, v
-
-
-def spiking_max_pool(x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None, attrs: dict,
-                     pool_fn) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-    """Max-pool gated by accumulated input (Rueckauer et al. 2017), exact in the total.
-
-    Each window emits, at every step, the increase of the largest running input sum among its
-    units: while one unit leads this is that unit's input (the classic gate); when another
-    overtakes, only the excess passes. The output sum over t steps is therefore exactly the
-    max of the accumulated inputs, so output rates equal the max of the input rates for any
-    T, instead of losing a spike at every change of leader as a plain gate does. Spike inputs
-    of one channel share their threshold, so the output stays in {0, θ}.
-
-    ``x`` is [T, B, C, H, W]; ``state`` the running sums and their pooled max (None at start).
-    """
-    if state is None:
-        acc = torch.zeros_like(x[0])
-        prev = pool_fn(acc, attrs)[0]
-    else:
-        acc, prev = state
-    out = []
-    for t in range(x.shape[0]):
-        acc = acc + x[t]
-        top = pool_fn(acc, attrs)[0]
-        out.append(top - prev)
-        prev = top
-    return torch.stack(out), (acc, prev)
-
-
-def max_pool_indices(acc: torch.Tensor, attrs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """2-D max-pool of ``acc`` with ONNX pads (asymmetric allowed, padding never wins) and ceil_mode;
-    returns (max values, flat indices into ``acc``'s spatial plane)."""
-    k = list(attrs["kernel_shape"])
-    nd = len(k)
-    s = list(attrs.get("strides", [1] * nd))
-    pads = list(attrs.get("pads", [0] * 2 * nd))
-    ceil = bool(attrs.get("ceil_mode", 0))
-    if pads[:nd] == pads[nd:] and all(p <= kk // 2 for p, kk in zip(pads[:nd], k)):
-        return F.max_pool2d(acc, k, s, pads[:nd], ceil_mode=ceil, return_indices=True)
-    top, left, bottom, right = pads
-    padded = F.pad(acc, [left, right, top, bottom], value=-math.inf)
-    values, idx = F.max_pool2d(padded, k, s, 0, ceil_mode=ceil, return_indices=True)
-    width = padded.shape[-1]
-    rows, cols = idx // width - top, idx % width - left
-    return values, rows * acc.shape[-1] + cols

@@ -12,9 +12,6 @@ import onnxruntime as ort
 import torch
 from onnx import helper, numpy_helper
 
-KERNEL_OPS = ("Conv", "Gemm", "MatMul", "AveragePool", "GlobalAveragePool")
-
-
 class OrtKernels:
     """One small onnxruntime session per node, rebuilt when the node's weights change."""
 

@@ -524,8 +524,9 @@ def _map_node(node, op, a, get, inits) -> _Expr:
         return _concat(node, a, get, inits)
     if op == "Pad":
         return _apply_expr(e, _pad_op(node, e, inits, a))
-    hints = {"MaxPool": "Lava has no max-pooling synapse; convert with --maxpool-to-avgpool "
-                        "(it reports the ANN accuracy change) or retrain with AveragePool."}
+    pool_hint = ("Lava has no max-pooling synapse; convert with --maxpool-to-avgpool "
+                 "(it reports the ANN accuracy change) or retrain with AveragePool.")
+    hints = {"MaxPool": pool_hint, ir.SPIKING_MAX_POOL: pool_hint}
     raise TargetError("operator not supported by the lava target", node=node.name, op=op,
                       hint=hints.get(op, f"Supported: {SUPPORTED}."))
 

@@ -360,6 +360,8 @@ class _Exporter:
         self.lose(node, "MaxPool has no NIR node; approximated by average pooling")
         self._pool(node, k, list(a.get("strides", k)), list(a.get("pads", [0, 0, 0, 0])), True)
 
+    op_SpikingMaxPool = op_MaxPool
+
     def _flatten(self, node):
         import nir
 

@@ -1,0 +1,122 @@
+"""Weighted synapses: Conv, Gemm, MatMul (constant weights feeding the next neurons)."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+
+from .base import GraphView, OpEntry, Verdict, by_rank, explicit_pads, refuse, spatial_defaults, torch_pads
+from .registry import register
+
+
+def _weight_verdict(node: onnx.NodeProto, graph: GraphView) -> tuple[int, Verdict | None]:
+    """Index of the weight operand, or a refusal when no operand is constant."""
+    idx = 1
+    if node.op_type == "MatMul" and graph.is_const(node.input[0]) and not graph.is_const(node.input[1]):
+        idx = 0
+    if not graph.is_const(node.input[idx]):
+        return idx, refuse(f"{node.op_type} of two activations is a multiplicative interaction with no "
+                           "spiking equivalent.", "the weight operand must be a constant.")
+    return idx, None
+
+
+class _Weighted(OpEntry):
+    family = "linear"
+    weighted = affine = ort_kernel = True
+
+
+@register
+class Conv(_Weighted):
+    op_type = "Conv"
+
+    def normalize(self, attrs: dict, nd: int) -> dict:
+        out = spatial_defaults(attrs, nd)
+        out.setdefault("group", 1)
+        return out
+
+    def verdict(self, node, attrs, graph):
+        _, refused = _weight_verdict(node, graph)
+        if refused:
+            return refused
+        w = graph.const_value(node.input[1])
+        group = attrs.get("group", 1)
+        kind = "depthwise " if group > 1 and w is not None and w.shape[1] == 1 else (
+            f"grouped ({group}) " if group > 1 else "")
+        if w is None:
+            return Verdict("synapse", f"{kind}convolution weights feeding the next neurons")
+        kernel = "x".join(str(d) for d in w.shape[2:])
+        strides = attrs.get("strides", [])
+        stride = f", stride {'x'.join(map(str, strides))}" if any(v != 1 for v in strides) else ""
+        return Verdict("synapse", f"{kind}{kernel} convolution, {w.shape[1] * group}->{w.shape[0]} "
+                                  f"channels{stride}: weights feeding the next neurons")
+
+    def kernel(self, attrs, x, w, b=None):
+        nd = w.dim() - 2
+        a = self.normalize(attrs, nd)
+        pads = explicit_pads(a, list(x.shape[2:]), list(w.shape[2:]))
+        if pads[:nd] == pads[nd:]:
+            padding = list(pads[:nd])
+        else:
+            x = F.pad(x, torch_pads(pads, nd))
+            padding = [0] * nd
+        fn = by_rank({1: F.conv1d, 2: F.conv2d, 3: F.conv3d}, nd, "convolution")
+        return fn(x, w, b, stride=a["strides"], padding=padding, dilation=a["dilations"], groups=a["group"])
+
+    def events(self, attrs, inputs, consts):
+        x = inputs[0]
+        w = torch.as_tensor(consts[1] != 0, dtype=x.dtype)
+        return self.kernel(attrs, x, w)
+
+
+@register
+class Gemm(_Weighted):
+    op_type = "Gemm"
+
+    def verdict(self, node, attrs, graph):
+        return _dense_verdict(node, attrs, graph)
+
+    def kernel(self, attrs, a, b, c=None):
+        if attrs.get("transA", 0):
+            a = a.t()
+        if attrs.get("transB", 0):
+            b = b.t()
+        y = attrs.get("alpha", 1.0) * (a @ b)
+        if c is not None:
+            y = y + attrs.get("beta", 1.0) * c
+        return y
+
+    def events(self, attrs, inputs, consts):
+        x = inputs[0]
+        w = consts[1].T if attrs.get("transB", 0) else consts[1]
+        return x @ torch.as_tensor(w != 0, dtype=x.dtype)
+
+
+@register
+class MatMul(_Weighted):
+    op_type = "MatMul"
+    bilinear = True
+
+    def verdict(self, node, attrs, graph):
+        return _dense_verdict(node, attrs, graph)
+
+    def kernel(self, attrs, a, b):
+        return a @ b
+
+    def events(self, attrs, inputs, consts):
+        if inputs[0] is None:  # constant @ activation
+            x = inputs[1]
+            return torch.as_tensor(consts[0] != 0, dtype=x.dtype) @ x
+        x = inputs[0]
+        return x @ torch.as_tensor(consts[1] != 0, dtype=x.dtype)
+
+
+def _dense_verdict(node: onnx.NodeProto, attrs: dict, graph: GraphView) -> Verdict:
+    idx, refused = _weight_verdict(node, graph)
+    if refused:
+        return refused
+    w = graph.const_value(node.input[idx])
+    if w is None or np.ndim(w) != 2:
+        return Verdict("synapse", "dense weights feeding the next neurons")
+    n_in, n_out = (w.shape[::-1] if attrs.get("transB", 0) else w.shape) if idx == 1 else w.shape[::-1]
+    return Verdict("synapse", f"dense {n_in}->{n_out}: weights feeding the next neurons")
