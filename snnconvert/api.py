@@ -18,16 +18,20 @@ from .profiles import Profile, fit, load_profile
 from .report import Report
 from .passes import PassContext, Pipeline, default_pipeline
 from .passes.pipeline import V_INIT_MODES
+from .passes.maxpool_to_avgpool import swap_max_pools
 from .targets import get_target
+from .targets.support import NodeSupport, refuse_unsupported
+from .targets.support import target_support as _target_support
 
 
 def convert(source: str | os.PathLike | onnx.ModelProto, calib: Data | None = None, *,
             timesteps: int = 32, norm: str = "percentile:99.99", per_channel: bool = True,
             v_init: str | float = "half", reset: str = "subtract", leak: float = 0.0,
             maxpool_to_avgpool: bool = False, pipeline: Pipeline | None = None, progress: bool = False,
-            log: list[tuple[str, str]] | None = None, calib_labels: np.ndarray | None = None
-            ) -> onnx.ModelProto:
-    """Load an ANN, check that it converts, and run the conversion pipeline on it.
+            log: list[tuple[str, str]] | None = None, calib_labels: np.ndarray | None = None,
+            target: str | None = None) -> onnx.ModelProto:
+    """Load an ANN, check that it converts (and, with ``target``, that the target can hold every
+    node, before any calibration), and run the conversion pipeline on it.
 
     ``calib``: inputs, or any data stream (see :mod:`snnconvert.datasets`); calibration
     statistics stream over it (sharded and reduced exactly under torch.distributed), passes that
@@ -41,7 +45,9 @@ def convert(source: str | os.PathLike | onnx.ModelProto, calib: Data | None = No
         raise OptionError(f"timesteps must be at least 1, got {timesteps}")
     entries: list[tuple[str, str]] = []
     model = frontend.load_model(source, log=entries)
-    frontend.check_supported(model)
+    mapping = frontend.check_supported(model)
+    if target is not None:
+        check_target(model, target, maxpool_to_avgpool=maxpool_to_avgpool, mapping=mapping)
     pipe = pipeline or default_pipeline(norm, per_channel, v_init, reset, leak,
                                         maxpool_to_avgpool=maxpool_to_avgpool)
     ctx = PassContext(calib=calib, timesteps=timesteps, progress=progress,
@@ -54,6 +60,25 @@ def convert(source: str | os.PathLike | onnx.ModelProto, calib: Data | None = No
     if log is not None:
         log.extend(entries)
     return snn
+
+
+def check_target(model: onnx.ModelProto, target: str, *, maxpool_to_avgpool: bool = False,
+                 mapping: list | None = None) -> list[NodeSupport]:
+    """The target's verdict on every node of a loaded ANN (as the conversion will present it);
+    raises TargetError naming every node it cannot hold."""
+    backend = get_target(target)
+    mapping = mapping if mapping is not None else frontend.coverage(model)
+    if maxpool_to_avgpool:
+        model = onnx.ModelProto.FromString(model.SerializeToString())
+        swap_max_pools(model)
+    return refuse_unsupported(model, backend.supports, target, {m.name: m.status for m in mapping})
+
+
+def target_support(model: onnx.ModelProto, target: str, mapping: list | None = None
+                   ) -> list[NodeSupport]:
+    """The target's verdict on every node of a loaded ANN, without raising."""
+    mapping = mapping if mapping is not None else frontend.coverage(model)
+    return _target_support(model, get_target(target).supports, {m.name: m.status for m in mapping})
 
 
 def build_report(model: onnx.ModelProto, x: Data, y: np.ndarray | None = None,
@@ -164,7 +189,7 @@ def evaluate_conversion(source: str | os.PathLike | onnx.ModelProto, calib: Data
     groups = [[t] for t in ts] if per_t else [ts]
     report: EvalReport | None = None
     for group in groups:
-        snn = convert(ann, calib, timesteps=tune_t or max(group), progress=progress,
+        snn = convert(ann, calib, timesteps=tune_t or max(group), progress=progress, target=target,
                       **convert_options)
         part = evaluate(snn, x, y, group, target=target, ann=ann, progress=progress, workers=workers,
                         **(target_options or {}))

@@ -83,7 +83,7 @@ def command(model: Path, target: str, calib: str | None, norm: str, per_channel:
     log: list[tuple[str, str]] = []
     snn = api.convert(model, calib_data, timesteps=timesteps, norm=norm, per_channel=per_channel,
                       v_init=v_init, reset=reset, leak=leak,
-                      maxpool_to_avgpool=maxpool_to_avgpool, progress=True, log=log)
+                      maxpool_to_avgpool=maxpool_to_avgpool, progress=True, log=log, target=target)
     if not distributed.is_main():
         return
     for step, message in log:

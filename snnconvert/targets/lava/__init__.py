@@ -27,6 +27,8 @@ from .fixed import PREFIX as FIXED_PREFIX  # noqa: E402
 from .fixed import FixedLayer, load_layers  # noqa: E402
 from .lowering import LayerGraph, lower  # noqa: E402
 from .quantize import quantize  # noqa: E402
+from .support import supports  # noqa: E402
+from ..support import refuse_unsupported  # noqa: E402
 from .reference import RefResult, simulate  # noqa: E402
 from .runner import run_lava  # noqa: E402
 
@@ -80,6 +82,7 @@ def network(model: onnx.ModelProto) -> LavaNetwork:
     """Lower an IR model (with its fixed-point data, if any) to a :class:`LavaNetwork`;
     refuses fixed-point data derived from other float parameters."""
     _refuse_stale(model)
+    refuse_unsupported(model, supports, "lava")
     lg = lower(model)
     try:
         fx = load_layers(model, lg)
@@ -146,7 +149,7 @@ def evaluate(source, x: np.ndarray, timesteps, fixed_point: bool = False, batch_
     return res
 
 
-__all__ = ["LavaNetwork", "compile", "evaluate", "load", "network", "prepare", "quantize"]
+__all__ = ["LavaNetwork", "compile", "evaluate", "load", "network", "prepare", "quantize", "supports"]
 
 
 def read_ir(path: str | Path) -> onnx.ModelProto:

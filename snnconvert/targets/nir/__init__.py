@@ -19,8 +19,10 @@ from ...errors import TargetError
 from ...results import SimResult
 from .export import POOL_MODES, Loss, to_nir
 from .simulate import NirSimulator
+from ..support import refuse_unsupported
+from .support import supports
 
-__all__ = ["compile", "evaluate", "export", "Loss", "NirSimulator", "POOL_MODES"]
+__all__ = ["compile", "evaluate", "export", "Loss", "NirSimulator", "POOL_MODES", "supports"]
 
 
 def export(model: onnx.ModelProto, strict: bool = False, pool: str = "sum"
@@ -28,6 +30,7 @@ def export(model: onnx.ModelProto, strict: bool = False, pool: str = "sum"
     """The NIR graph of ``model`` and the list of what it does not reproduce exactly.
 
     With ``strict=True`` any loss raises a TargetError naming every lossy layer."""
+    refuse_unsupported(model, supports, "nir")
     graph, losses = to_nir(model, pool=pool)
     if strict and losses:
         raise TargetError("the NIR graph would not reproduce the network exactly: "

@@ -17,7 +17,9 @@ from ... import ir
 from ...runtime import SpikingNetwork
 from ...results import SimResult
 
-__all__ = ["compile", "load", "evaluate", "simulator", "read_ir", "SpikingNetwork"]
+from .support import supports
+
+__all__ = ["compile", "load", "evaluate", "simulator", "read_ir", "supports", "SpikingNetwork"]
 
 
 def compile(model: onnx.ModelProto, out: str | os.PathLike, **options) -> Path:

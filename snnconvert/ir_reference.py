@@ -1,0 +1,97 @@
+"""The spiking IR's meaning, executed: a small float64 numpy reference, one step at a time.
+
+Everything the IR adds to ONNX is written here once, plainly, with no speed tricks (no time
+chunks, no fused kernels, no onnxruntime, no readout shortcut): the IF/LIF neuron (both
+resets, leak, per-channel or per-neuron θ, initial potential v0) and the spiking max-pool.
+The synaptic ops between neurons are the op registry's kernels, run in float64 on each step.
+Every target is tested against this (``tests/test_conformance.py``): spike counts equal.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+from . import ir
+from .errors import UnsupportedModelError
+from .graph import attrs as node_attrs
+from .ops import lookup
+
+
+@dataclass
+class Reference:
+    readout: np.ndarray                 # [N, n_out]: mean over T of the graph output
+    counts: dict[str, np.ndarray]       # neuron -> [N, *shape] spikes over T steps
+
+
+def if_step(v: np.ndarray, current: np.ndarray, theta: np.ndarray, reset: str, leak: float
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """One IF/LIF step: returns (spikes in {0, 1}, the membrane potential after the reset)."""
+    v = (1.0 - leak) * v + current
+    s = v >= theta
+    v = v - theta * s if reset == "subtract" else np.where(s, 0.0, v)
+    return s, v
+
+
+def simulate(model: onnx.ModelProto, x: np.ndarray, timesteps: int) -> Reference:
+    """Run ``x`` [N, *input] through the IR ``model`` for ``timesteps`` steps in float64."""
+    graph = model.graph
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and not node.domain:
+            consts[node.output[0]] = numpy_helper.to_array(node_attrs(node)["value"])
+    (inp,) = [i.name for i in graph.input if i.name not in consts]
+    out_name = graph.output[0].name
+    x = np.asarray(x, np.float64)
+    state: dict[str, object] = {}
+    counts: dict[str, np.ndarray] = {}
+    total = None
+    for _ in range(timesteps):
+        env: dict[str, np.ndarray] = {inp: x}
+        for node in graph.node:
+            if node.output[0] in consts:
+                continue
+            args = [env[n] if n in env else consts.get(n) if n else None for n in node.input]
+            attrs = node_attrs(node)
+            if ir.is_neuron(node):
+                theta = np.asarray(args[1], np.float64)
+                v = state.get(node.name)
+                if v is None:
+                    v = np.broadcast_to(np.asarray(args[2], np.float64), args[0].shape).copy()
+                s, state[node.name] = if_step(v, args[0], theta, attrs.get("reset", "subtract"),
+                                              float(attrs.get("leak", 0.0)))
+                counts[node.name] = counts.get(node.name, 0) + s.astype(np.int64)
+                y = theta * s
+            elif ir.is_spiking_max_pool(node):
+                y = _spiking_max_pool(lookup(node), attrs, args[0], state, node.name)
+            else:
+                entry = lookup(node)
+                if entry is None or not entry.has_kernel:
+                    raise UnsupportedModelError("the IR reference has no meaning for this op",
+                                                node=node.name, op=node.op_type)
+                y = _kernel(entry, attrs, args)
+            env[node.output[0]] = y
+        out = env[out_name]
+        total = out.copy() if total is None else total + out
+    return Reference(total / timesteps, {k: np.asarray(v) for k, v in counts.items()})
+
+
+def _kernel(entry, attrs: dict, args: list) -> np.ndarray:
+    tensors = [None if a is None else torch.from_numpy(np.asarray(
+        a, np.float64 if np.asarray(a).dtype.kind == "f" else np.asarray(a).dtype)) for a in args]
+    with torch.no_grad():
+        return entry.kernel(attrs, *tensors).numpy()
+
+
+def _spiking_max_pool(entry, attrs: dict, x: np.ndarray, state: dict, name: str) -> np.ndarray:
+    """Each window emits the increase of the max of its accumulated inputs (see ir)."""
+    acc, prev = state.get(name, (np.zeros_like(x), None))
+    if prev is None:
+        prev = _kernel(entry, attrs, [acc])
+    acc = acc + x
+    top = _kernel(entry, attrs, [acc])
+    state[name] = (acc, top)
+    return top - prev

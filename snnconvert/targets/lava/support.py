@@ -1,0 +1,158 @@
+"""What the Lava target holds, per op type, decided from the node and static shapes before any
+lowering (the lowering in :mod:`.lowering` refuses the same things by name, and a few graph
+patterns only it can see: e.g. a Transpose that does not feed a Flatten and a dense layer)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ... import ir
+from ...ops import refuse
+from ..support import constant_input, declared, holds, spatial_rank, symmetric
+
+POOL_HINT = ("convert with --maxpool-to-avgpool (it reports the ANN accuracy change) or retrain "
+             "with AveragePool.")
+
+
+def _neuron(node, a, g):
+    return holds("IF/LIF neuron (Lava IF process, float or fixed point)")
+
+
+def _conv(node, a, g):
+    w = constant_input(node, g, 1)
+    if w is None:
+        return refuse("a convolution needs constant weights.", "export the weights as initializers.")
+    if w.ndim != 4:
+        return refuse(f"only 2-D convolutions map to Lava ({w.ndim - 2}-D here).",
+                      "use 2-D convolutions, or the torch target.")
+    if a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        return refuse("auto_pad is not supported.", "export with explicit pads.")
+    if not symmetric(a.get("pads", [0, 0, 0, 0])):
+        return refuse(f"asymmetric padding {list(a['pads'])} is not expressible in Lava Conv.",
+                      "use symmetric padding (e.g. padding=k//2 with stride 1).")
+    return holds("Conv synapse process")
+
+
+def _dense(node, a, g):
+    if constant_input(node, g, 1) is None or a.get("transA", 0):
+        return refuse("only x @ W with a constant W maps to Dense.", "use a constant weight matrix.")
+    rank = spatial_rank(node, g)
+    if rank is not None and rank != 0:
+        return refuse("only x @ W on flat activations maps to Dense.", "flatten before the matrix product.")
+    return holds("Dense synapse process")
+
+
+def _add(node, a, g):
+    data = g.data_inputs(node)
+    if node.op_type == "Sub" and len(data) == 2 or node.op_type == "Sub" and data == [node.input[1]]:
+        return refuse("subtracting an activation has no Lava synapse.", "add a negated branch instead.")
+    shapes = {g.shape(n) for n in data}
+    if len(data) == 2 and None not in shapes and len(shapes) > 1:
+        return refuse(f"adding activations of shapes {sorted(shapes)} (broadcasting) is not supported.",
+                      "add tensors of one shape.")
+    return holds("fan-in of synapses (summed currents) or a constant bias")
+
+
+def _scale(node, a, g):
+    if constant_input(node, g, 1) is None:
+        return refuse(f"{node.op_type} of two activations has no Lava synapse.",
+                      "scale by a constant only.")
+    return holds("per-channel scale folded into the synapse weights")
+
+
+def _avg_pool(node, a, g):
+    rank = spatial_rank(node, g)
+    if rank is not None and rank != 2:
+        return refuse(f"only 2-D pooling maps to Lava ({rank}-D here).", "use the torch target.")
+    if node.op_type == "GlobalAveragePool":
+        return holds("average pool as a depthwise Conv synapse")
+    if a.get("ceil_mode", 0):
+        return refuse("ceil_mode pooling is not supported.", "pad explicitly and use ceil_mode=0.")
+    pads = a.get("pads", [0, 0, 0, 0])
+    if any(pads) and not a.get("count_include_pad", 0):
+        return refuse("average pooling with padding excluded from the count has a position-dependent "
+                      "divisor.", "use count_include_pad=1 or no padding.")
+    if not symmetric(pads):
+        return refuse(f"asymmetric padding {list(pads)}.", "use symmetric padding.")
+    return holds("average pool as a depthwise Conv synapse")
+
+
+def _transpose(node, a, g):
+    perm = a.get("perm")
+    if perm is not None and perm[0] != 0:
+        return refuse("a Transpose that moves the batch axis.", "keep the batch axis first.")
+    return holds("permutation folded into the next dense layer's columns (before a Flatten)")
+
+
+def _flatten(node, a, g):
+    if node.op_type == "Flatten" and a.get("axis", 1) != 1:
+        return refuse("Flatten must keep the batch axis (axis=1).", "flatten from axis 1.")
+    if node.op_type == "Reshape":
+        target = constant_input(node, g, 1)
+        shape = g.shape(node.input[0])
+        n = None if shape is None else int(np.prod(shape))
+        if target is None or len(target) < 2 or (n is not None and int(target[1]) not in (-1, n)) \
+                or any(int(t) != 1 for t in target[2:]):
+            return refuse("only a reshape to [N, features] maps to Lava.", "use Flatten.")
+    return holds("port reshape")
+
+
+def _slice(node, a, g):
+    steps = constant_input(node, g, 4)
+    axes = constant_input(node, g, 3)
+    if any(n and g.const_value(n) is None for n in node.input[1:]):
+        return refuse("Slice with run-time bounds.", "use constant bounds.")
+    if steps is not None and (steps <= 0).any() or axes is not None and (axes == 0).any():
+        return refuse("only forward slices of non-batch axes map to Lava.", "slice H/W with a positive step.")
+    return holds("strided selection as a 1x1 Conv synapse (folded into the next synapse)")
+
+
+def _pad(node, a, g):
+    if a.get("mode", "constant") != "constant":
+        return refuse("only constant (zero) padding maps to Lava.", "use zero padding.")
+    pads = constant_input(node, g, 1)
+    if pads is None and len(node.input) > 1:
+        return refuse("Pad with run-time pads.", "use constant pads.")
+    value = constant_input(node, g, 2)
+    if value is not None and float(value.reshape(-1)[0]) != 0.0:
+        return refuse("padding with a non-zero value.", "use zero padding.")
+    if pads is not None and (pads[0] or pads[len(pads) // 2]):
+        return refuse("padding the batch axis.", "pad only channels and H/W.")
+    return holds("zero padding as a selection synapse (channel padding of ResNet option A)")
+
+
+def _concat(node, a, g):
+    shape = g.shape(node.input[0])
+    axis = int(a.get("axis", 1))
+    rank = None if shape is None else len(shape) + 1
+    if axis < 0:
+        if rank is None:
+            return holds("channel placement folded into the next layer's weights (split per branch)")
+        axis += rank
+    if axis != 1:
+        return refuse(f"only channel concatenation maps to Lava (axis {a.get('axis', 1)}).",
+                      "concatenate along channels.")
+    return holds("channel placement folded into the next layer's weights (split per branch)")
+
+
+def _passthrough(node, a, g):
+    return holds("removed (no effect at inference)")
+
+
+def _batch_norm(node, a, g):
+    return holds("per-channel scale and shift folded into the synapses and biases")
+
+
+TABLE = {
+    "Relu": _neuron, "Clip": _neuron, ir.NEURON_OP: _neuron,
+    "Conv": _conv, "Gemm": _dense, "MatMul": _dense,
+    "Add": _add, "Sub": _add, "Mul": _scale, "Div": _scale, "BatchNormalization": _batch_norm,
+    "AveragePool": _avg_pool, "GlobalAveragePool": _avg_pool,
+    "Transpose": _transpose, "Flatten": _flatten, "Reshape": _flatten,
+    "Slice": _slice, "Pad": _pad, "Concat": _concat,
+    "Identity": _passthrough, "Dropout": _passthrough,
+}
+
+REFUSED = {op: ("Lava has no max-pooling synapse.", POOL_HINT)
+           for op in ("MaxPool", "GlobalMaxPool", ir.SPIKING_MAX_POOL)}
+
+supports = declared(TABLE, "lava", REFUSED)
