@@ -98,6 +98,9 @@ def _case(op: str):
         return [mk("Slice", ["s0", "st", "en", "ax", "sp"], ["t"])], {
             "st": np.array([0, 0], np.int64), "en": np.array([6, 6], np.int64),
             "ax": np.array([2, 3], np.int64), "sp": np.array([2, 2], np.int64)}
+    if op == "Upsample":  # opset 9; the front-end upgrades it to Resize
+        return [mk("Upsample", ["s0", "sc"], ["t"], mode="nearest")], {
+            "sc": np.array([1, 1, 2, 2], np.float32)}
     if op == "Resize":
         return [mk("Resize", ["s0", "", "sc"], ["t"], mode="nearest")], {
             "sc": np.array([1, 1, 2, 2], np.float32)}
@@ -118,19 +121,23 @@ def _case(op: str):
 FOLDED = {"Shape": "constant expression", "Size": "constant expression"}
 FINAL_ONLY = ("Softmax", "LogSoftmax")
 # the op as it stands in the case's ANN after load_model (the IR ops come from conversion)
-AS_LOADED = {ir.NEURON_OP: "Relu", ir.SPIKING_MAX_POOL: "MaxPool", "GlobalMaxPool": "MaxPool"}
+AS_LOADED = {ir.NEURON_OP: "Relu", ir.SPIKING_MAX_POOL: "MaxPool", "GlobalMaxPool": "MaxPool",
+             "Upsample": "Resize"}
 
 
 def _ann(op: str) -> onnx.ModelProto:
     nodes, inits = _case(op)
     head = [mk("Conv", ["x", "w0"], ["h0"], pads=[1, 1, 1, 1]), mk("Relu", ["h0"], ["s0"])]
-    tail = [mk("Relu", ["t"], ["s1"]), mk("Flatten", ["s1"], ["f1"]), mk("Gemm", ["f1", "wo"], ["y"], transB=1)]
+    tail = [mk("Relu", ["t"], ["s1"]), mk("Flatten", ["s1"], ["f1"]),
+            mk("Gemm", ["f1", "wo", "bo"], ["y"], transB=1)]
     if op == "Clip":
         tail[0] = mk("Identity", ["t"], ["s1"])
-    probe = make_model(head + nodes, [2, 6, 6], {"w0": _w(4, 2, 3, 3, k=3.0), **inits}, out="t")
+    opset = 9 if op == "Upsample" else 17
+    probe = make_model(head + nodes, [2, 6, 6], {"w0": _w(4, 2, 3, 3, k=3.0), **inits}, out="t", opset=opset)
     flat = int(np.prod([d.dim_value for d in probe.graph.output[0].type.tensor_type.shape.dim[1:]]))
     return make_model(head + nodes + tail, [2, 6, 6],
-                      {"w0": _w(4, 2, 3, 3, k=3.0), **inits, "wo": _w(3, flat, k=2.0, seed=5)})
+                      {"w0": _w(4, 2, 3, 3, k=3.0), **inits, "wo": _w(3, flat, k=2.0, seed=5),
+                       "bo": np.zeros(3, np.float32)}, opset=opset)
 
 
 @pytest.fixture(scope="module")
