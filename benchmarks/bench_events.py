@@ -32,8 +32,8 @@ def main() -> None:
     real = read_nmnist(shared("data", "nmnist-sample", "sample_nmnist.bin"))
     frames = to_frames(real, NMNIST_SENSOR, n_time_bins=args.timesteps, t_start=0)
     assert len(real) == 4325 and frames.shape == (args.timesteps, 2, 34, 34) and frames.sum() == 4325
-    print(f"real recording: {len(real)} events, {int(real['p'].sum())} ON, t {real['t'].min()}..{real['t'].max()} µs"
-          f" -> frames {list(frames.shape)}, {int(frames.sum())} counted")
+    print(f"real recording: {len(real)} events, {int(real['p'].sum())} with p=1, "
+          f"t {real['t'].min()}..{real['t'].max()} µs -> frames {list(frames.shape)}, {int(frames.sum())} counted")
 
     images, _ = mnist("test", args.images)
     start = time.perf_counter()

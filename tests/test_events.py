@@ -20,7 +20,7 @@ TINY = FIXTURES / "tiny_nmnist.bin"
 # (x, y, p, t) of tests/fixtures/tiny_nmnist.bin, packed by hand: byte0 x, byte1 y, byte2 = p<<7 | t>>16, t mid, t low.
 TINY_EVENTS = [(3, 4, 1, 100), (33, 0, 0, 65280), (0, 33, 1, 1_000_000), (17, 9, 0, 1_000_000),
                (17, 9, 1, 8_388_607)]
-CLEAN = SaccadeConfig(blur_sigma=0.0)
+CLEAN = SaccadeConfig(blur_sigma=0.0, polarity="dvs")  # p = 1: brighter
 
 
 def _events(rows):
@@ -263,6 +263,18 @@ def test_emulator_is_seeded():
     np.testing.assert_array_equal(first, emulate_saccades(img, noisy, np.random.default_rng((7, 0))))
     np.testing.assert_array_equal(second, emulate_saccades(img, noisy, np.random.default_rng((7, 1))))
     assert not np.array_equal(first, second)  # each image draws its own noise
+
+
+def test_nmnist_polarity_is_the_dvs_polarity_flipped():
+    img = _square()
+    dvs = emulate_saccades(img, CLEAN)
+    nmnist = emulate_saccades(img, replace(CLEAN, polarity="nmnist"))
+    np.testing.assert_array_equal(nmnist["p"], 1 - dvs["p"])
+    for name in "xyt":
+        np.testing.assert_array_equal(nmnist[name], dvs[name])
+    assert SaccadeConfig().polarity == "nmnist"
+    with pytest.raises(OptionError, match="polarity must be 'nmnist' or 'dvs', got 'on'"):
+        emulate_saccades(img, replace(CLEAN, polarity="on"))
 
 
 def test_emulator_accepts_float_images_and_refuses_bad_input():

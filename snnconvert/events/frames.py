@@ -1,4 +1,4 @@
-"""Bin event streams into frames ``[T, 2, H, W]`` (channel 0 = OFF events, 1 = ON events).
+"""Bin event streams into frames ``[T, 2, H, W]`` (channel c counts the events with p = c).
 
 Four ways to cut time, exactly one per call: ``n_time_bins`` equal windows over a span,
 ``time_window_us`` fixed windows, ``event_count`` events per frame, ``n_event_bins`` equal

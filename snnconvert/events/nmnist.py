@@ -1,9 +1,9 @@
 """Read and write the N-MNIST binary event format (Orchard et al., 2015; also N-Caltech101).
 
-Each event is 40 bits, big-endian: byte 0 = x, byte 1 = y, bit 7 of byte 2 = polarity (1 ON),
+Each event is 40 bits, big-endian: byte 0 = x, byte 1 = y, bit 7 of byte 2 = polarity p,
 the remaining 23 bits = timestamp [µs]. A record with y = 240 is not an event but a timestamp
 overflow marker: every later timestamp grows by 2**13 µs (as in the dataset authors' reader).
-The sensor is 34 x 34 pixels.
+The sensor is 34 x 34 pixels. (Which change p = 1 marks: see :mod:`.saccade`.)
 """
 from __future__ import annotations
 

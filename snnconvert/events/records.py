@@ -1,8 +1,9 @@
 """Event records: one structured numpy dtype for every event stream, and its validation.
 
-An event is ``(x, y, t, p)``: pixel column and row, time in microseconds, polarity (1 = ON, a
-brightness increase; 0 = OFF). Sensor sizes are ``(height, width)`` throughout, the order of the
-frames' last two axes.
+An event is ``(x, y, t, p)``: pixel column and row, time in microseconds, polarity bit (1 = ON,
+a brightness increase, in the DVS convention; N-MNIST files use the bit the other way round for
+their white digits, see :mod:`.saccade`). Sensor sizes are ``(height, width)`` throughout, the
+order of the frames' last two axes.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 from ..errors import DataError
 
 EVENT_DTYPE = np.dtype([("x", "<u2"), ("y", "<u2"), ("t", "<i8"), ("p", "u1")])
-"""x, y: pixel coordinates; t: time [µs]; p: polarity (1 ON, 0 OFF)."""
+"""x, y: pixel coordinates; t: time [µs]; p: polarity bit (0 or 1)."""
 
 SensorSize = tuple[int, int]
 
