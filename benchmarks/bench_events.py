@@ -3,8 +3,9 @@
     python benchmarks/bench_events.py [--images 10000] [--timesteps 16]
 
 One core (the emulator is single-threaded numba; the first call's compile is timed apart).
-Prints emulated images/s, events per image against the real recording's, and asserts the real
-recording's shape and event count (shared/data/nmnist-sample, 4325 events on 34x34).
+Prints emulated images/s, events per image against the real recording's, the per-saccade motion
+and polarity signature of both, and asserts the real recording's shape and event count
+(shared/data/nmnist-sample, 4325 events on 34x34).
 """
 from __future__ import annotations
 
@@ -21,6 +22,26 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from datasets import mnist, shared  # noqa: E402
 from snnconvert.events import NMNIST_SENSOR, emulate_saccades, images_to_dataset, read_nmnist, to_frames  # noqa: E402
+
+
+def saccade_signature(events: np.ndarray) -> list[tuple[np.ndarray, float]]:
+    """Per saccade: the image motion (event centroid of its last 40 ms minus its first 40 ms, px) and
+    the cosine between that motion and the offset of the p=1 events' centroid from the p=0 events'."""
+    out = []
+    for k in range(3):
+        s = events[(events["t"] >= k * 100_000) & (events["t"] < (k + 1) * 100_000)]
+        phase = s["t"] % 100_000
+
+        def centroid(e: np.ndarray) -> np.ndarray:
+            return np.array([e["x"].mean(), e["y"].mean()])
+        motion = centroid(s[phase >= 60_000]) - centroid(s[phase < 40_000])
+        offset = centroid(s[s["p"] == 1]) - centroid(s[s["p"] == 0])
+        out.append((motion, float(motion @ offset / np.linalg.norm(motion) / np.linalg.norm(offset))))
+    return out
+
+
+def describe(signature: list[tuple[np.ndarray, float]]) -> str:
+    return " | ".join(f"motion ({m[0]:+.1f}, {m[1]:+.1f}) px, cos {c:+.2f}" for m, c in signature)
 
 
 def main() -> None:
@@ -45,6 +66,11 @@ def main() -> None:
     print(f"emulate {len(images)} MNIST images: {emulate_s:.1f} s ({len(images) / emulate_s:.0f} images/s; "
           f"first call incl. numba compile/cache load {compile_s:.2f} s); events per image mean {counts.mean():.0f}, "
           f"median {np.median(counts):.0f}, min {counts.min()}, max {counts.max()} (real recording: {len(real)})")
+
+    print(f"real recording per saccade:     {describe(saccade_signature(real))}")
+    sigs = [saccade_signature(emulate_saccades(img)) for img in images[:200]]
+    mean = [(np.mean([sig[k][0] for sig in sigs], 0), float(np.mean([sig[k][1] for sig in sigs]))) for k in range(3)]
+    print(f"emulated (mean of 200 images):  {describe(mean)}")
 
     events = [emulate_saccades(img) for img in images[:1000]]
     start = time.perf_counter()
