@@ -259,6 +259,9 @@ def test_emulator_is_seeded():
     quiet = emulate_saccades(np.zeros((20, 20), np.uint8), replace(CLEAN, noise_hz=20.0), 0)
     expected = 20.0 * 26 * 26 * CLEAN.duration_us * 1e-6
     assert abs(len(quiet) - expected) < 5 * np.sqrt(expected)  # noise only, Poisson count
+    assert abs(quiet["p"].mean() - 0.5) < 0.1
+    biased = emulate_saccades(np.zeros((20, 20), np.uint8), replace(CLEAN, noise_hz=20.0, noise_p1=0.9), 0)
+    assert abs(biased["p"].mean() - 0.9) < 0.05
     first, second = list(iter_saccades(np.stack([img, img]), noisy, seed=7, progress=False))
     np.testing.assert_array_equal(first, emulate_saccades(img, noisy, np.random.default_rng((7, 0))))
     np.testing.assert_array_equal(second, emulate_saccades(img, noisy, np.random.default_rng((7, 1))))

@@ -1,7 +1,7 @@
 """Build emulated N-MNIST from MNIST: saccade recordings binned into T frames, plus the real recording.
 
     .venv/bin/python examples/nmnist_emulated/make_data.py [--train 5000] [--test 1000] [-T 16]
-        [--size 34] [--fit crop|scale] [--noise-hz 0] [--seed 0] [--folders] [--plot]
+        [--size 34] [--fit crop|scale] [--noise-hz 0.4] [--seed 0] [--folders] [--plot]
         [--out-dir out/nmnist_emulated]
 
 Writes OUT/train.npz and OUT/test.npz (``x`` uint8 [N, T, 2, S, S] ON/OFF event counts, axis 1 =
@@ -81,7 +81,8 @@ def main() -> None:
     ap.add_argument("-T", "--timesteps", type=int, default=16, help="frames per recording (300 ms / T each)")
     ap.add_argument("--size", type=int, default=34, help="frame side: 34 = N-MNIST's sensor; 28 crops the centre")
     ap.add_argument("--fit", choices=("crop", "scale"), default="crop")
-    ap.add_argument("--noise-hz", type=float, default=0.0, help="noise events per pixel per second")
+    ap.add_argument("--noise-hz", type=float, default=0.4,
+                    help="noise events per pixel per second (0.4, 80 %% with p=1: as in the real recording)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--folders", action="store_true", help="write x.npy/y.npy folders instead of .npz files")
     ap.add_argument("--plot", action="store_true", help="write OUT/real_vs_emulated.png")
@@ -89,7 +90,7 @@ def main() -> None:
     args = ap.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     size = (args.size, args.size)
-    config = replace(SaccadeConfig(), noise_hz=args.noise_hz)
+    config = replace(SaccadeConfig(), noise_hz=args.noise_hz, noise_p1=0.8)
     real_recording(args.out_dir, args.timesteps, size, args.fit)
     if args.plot:
         images, labels = mnist("test", 1)

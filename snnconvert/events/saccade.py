@@ -51,7 +51,10 @@ class SaccadeConfig:
     """Per-pixel threshold mismatch, relative standard deviation (seeded)."""
     refractory_us: int = 1000
     noise_hz: float = 0.0
-    """Noise events per pixel per second, random polarity, uniform in time (seeded)."""
+    """Noise events per pixel per second, uniform in time (seeded). The real recording holds ~150
+    events at pixels that fire at most twice (~0.4 Hz per pixel), 80 % of them with p = 1."""
+    noise_p1: float = 0.5
+    """Share of the noise events with p = 1."""
     log_eps: float = 0.1
     """Intensity offset inside the log: log(I + eps) for I in [0, 1] (the display's black level)."""
     background: float = 0.0
@@ -91,6 +94,8 @@ class SaccadeConfig:
                 raise OptionError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.polarity not in ("nmnist", "dvs"):
             raise OptionError(f"polarity must be 'nmnist' or 'dvs', got {self.polarity!r}")
+        if not 0.0 <= self.noise_p1 <= 1.0:
+            raise OptionError(f"noise_p1 must lie in [0, 1], got {self.noise_p1}")
         if not 0.0 <= self.background <= 1.0:
             raise OptionError(f"background must lie in [0, 1], got {self.background}")
 
@@ -261,7 +266,7 @@ def _noise(config: SaccadeConfig, height: int, width: int, rng: np.random.Genera
     noise["x"] = rng.integers(0, width, n)
     noise["y"] = rng.integers(0, height, n)
     noise["t"] = rng.integers(0, config.duration_us, n)
-    noise["p"] = rng.integers(0, 2, n)
+    noise["p"] = rng.random(n) < config.noise_p1
     return noise
 
 
