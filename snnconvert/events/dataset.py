@@ -101,10 +101,10 @@ def _write_folder(path: str, folder: str, write_x: Callable[[IO[bytes]], None], 
 def _binner(sensor: SensorSize, timesteps: int, duration_us: int | None, size: SensorSize | None,
             fit: FitMode, dtype: type) -> Callable[[np.ndarray, str], np.ndarray]:
     def frames(events: np.ndarray, source: str) -> np.ndarray:
+        t_stop = duration_us if duration_us is not None else (int(events["t"].max()) + 1 if len(events) else 1)
         grid = sensor
         if size is not None and tuple(size) != tuple(sensor):
             events, grid = fit_events(events, sensor, size, fit, source=source), tuple(size)
-        t_stop = duration_us if duration_us is not None else (int(events["t"].max()) + 1 if len(events) else 1)
         return to_frames(events, grid, n_time_bins=timesteps, t_start=0, t_stop=t_stop, dtype=dtype,
                          source=source)
     return frames

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numba
 import numpy as np
@@ -50,6 +51,7 @@ class SaccadeConfig:
     threshold_sigma: float = 0.0
     """Per-pixel threshold mismatch, relative standard deviation (seeded)."""
     refractory_us: int = 1000
+    """How long a pixel stays blind after an event."""
     noise_hz: float = 0.0
     """Noise events per pixel per second, uniform in time (seeded). The real recording holds ~150
     events at pixels that fire at most twice (~0.4 Hz per pixel), 80 % of them with p = 1."""
@@ -63,7 +65,7 @@ class SaccadeConfig:
     """Gaussian blur [px] of the image before sensing (the optics and display of a real recording)."""
     step_us: int = 1000
     """Simulation step; event times are interpolated within it."""
-    polarity: str = "nmnist"
+    polarity: Literal["nmnist", "dvs"] = "nmnist"
     """Which change p = 1 marks: "dvs" a rise in log intensity (a DVS ON event); "nmnist" a fall,
     the relation N-MNIST's files show (module docstring), so emulated and real data agree."""
 
