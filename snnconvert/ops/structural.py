@@ -84,5 +84,3 @@ for _op in ("LayerNormalization", "InstanceNormalization"):
              "use BatchNormalization.")
 _refused("LRN", "local response normalization has no spiking equivalent.",
          "remove it and retrain, or replace it by BatchNormalization.")
-_refused("ConvTranspose", "transposed convolution is not supported.",
-         "use Resize (mode nearest) followed by Conv.")

@@ -21,11 +21,12 @@ import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
 
-from ... import ir
+from ... import ir, ops
 from ...errors import TargetError
 from ...graph import attrs
 
 INPUT = "<input>"
+TRANSPOSED_HINT = "use stride 1 (or Resize + Conv on the torch target), or the torch target."
 OUTPUT = "<output>"
 
 
@@ -475,10 +476,16 @@ def _map_node(node, op, a, get, inits) -> _Expr:
         bshape = (-1,) + (1,) * (len(e.shape) - 1)
         return _scale(node, e, np.broadcast_to(k.reshape(bshape), e.shape),
                       np.broadcast_to((b - mu * k).reshape(bshape), e.shape))
-    if op == "Conv":
+    if op in ("Conv", "ConvTranspose"):
         if node.input[1] not in inits:
             raise TargetError("a convolution needs constant weights", node=node.name, op=op)
         w = inits[node.input[1]].astype(np.float64)
+        if op == "ConvTranspose":  # stride 1: an ordinary convolution (see the registry entry)
+            equivalent = ops.entry(op).as_conv(a, w)
+            if isinstance(equivalent, str):
+                raise TargetError(f"{equivalent}; Lava's Conv cannot upsample", node=node.name, op=op,
+                                  hint=TRANSPOSED_HINT)
+            a, w = equivalent
         o = _conv_op(node, a, e.shape, w)
         bias = np.zeros(o.out_shape)
         if len(node.input) > 2 and node.input[2]:

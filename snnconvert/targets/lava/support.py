@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ... import ir
+from ... import ir, ops
 from ...ops import refuse
 from ..support import constant_input, declared, holds, spatial_rank, symmetric
+from .lowering import TRANSPOSED_HINT
 
 POOL_HINT = ("convert with --maxpool-to-avgpool (it reports the ANN accuracy change) or retrain "
              "with AveragePool.")
@@ -30,6 +31,19 @@ def _conv(node, a, g):
         return refuse(f"asymmetric padding {list(a['pads'])} is not expressible in Lava Conv.",
                       "use symmetric padding (e.g. padding=k//2 with stride 1).")
     return holds("Conv synapse process")
+
+
+def _conv_transpose(node, a, g):
+    w = constant_input(node, g, 1)
+    if w is None or w.ndim != 4:
+        return refuse("only 2-D transposed convolutions with constant weights map to Lava.",
+                      "use the torch target.")
+    equivalent = ops.entry("ConvTranspose").as_conv(a, w)
+    if isinstance(equivalent, str):
+        return refuse(f"{equivalent}; Lava's Conv cannot upsample.", TRANSPOSED_HINT)
+    if not symmetric(equivalent[0]["pads"]):
+        return refuse("asymmetric padding is not expressible in Lava Conv.", "use symmetric padding.")
+    return holds("Conv synapse process (stride 1: the flipped kernel)")
 
 
 def _dense(node, a, g):
@@ -144,7 +158,7 @@ def _batch_norm(node, a, g):
 
 TABLE = {
     "Relu": _neuron, "Clip": _neuron, ir.NEURON_OP: _neuron,
-    "Conv": _conv, "Gemm": _dense, "MatMul": _dense,
+    "Conv": _conv, "ConvTranspose": _conv_transpose, "Gemm": _dense, "MatMul": _dense,
     "Add": _add, "Sub": _add, "Mul": _scale, "Div": _scale, "BatchNormalization": _batch_norm,
     "AveragePool": _avg_pool, "GlobalAveragePool": _avg_pool,
     "Transpose": _transpose, "Flatten": _flatten, "Reshape": _flatten,
@@ -154,5 +168,8 @@ TABLE = {
 
 REFUSED = {op: ("Lava has no max-pooling synapse.", POOL_HINT)
            for op in ("MaxPool", "GlobalMaxPool", ir.SPIKING_MAX_POOL)}
+REFUSED["Resize"] = REFUSED["Upsample"] = (
+    "Lava's Conv cannot upsample (no input dilation), so nearest-neighbour upsampling has no synapse.",
+    "use the torch target, or upsample the input before the network.")
 
 supports = declared(TABLE, "lava", REFUSED)

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ... import ir, onnxrt
+from ... import ir, onnxrt, ops
 from ...graph import attrs as graph_attrs
 from ...errors import TargetError
 
@@ -186,12 +186,22 @@ class _Exporter:
         out = node.output[0]
         self.src[out] = _Src(keys, np.asarray(1.0), adjustable=self.uses.get(out, 0) == 1)
 
-    def op_Conv(self, node):
+    def op_ConvTranspose(self, node):
+        w = self.const(node.input[1])
+        if w is None or w.ndim != 4:
+            self.fail(node, "only 2-D transposed convolutions with constant weights map to NIR Conv2d")
+        equivalent = ops.entry("ConvTranspose").as_conv(graph_attrs(node), w)
+        if isinstance(equivalent, str):
+            self.fail(node, f"{equivalent}; NIR has no transposed convolution",
+                      hint="Use stride 1, or the torch target.")
+        self.op_Conv(node, *equivalent)
+
+    def op_Conv(self, node, a: dict | None = None, w: np.ndarray | None = None):
         import nir
 
-        a = graph_attrs(node)
+        a = graph_attrs(node) if a is None else a
         x = self.get(node, node.input[0])
-        w = self.const(node.input[1])
+        w = self.const(node.input[1]) if w is None else w
         if w is None or w.ndim != 4:
             self.fail(node, "only 2-D convolutions with constant weights map to NIR Conv2d")
         b = self.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ... import ir
+from ... import ir, ops
 from ...ops import refuse
 from ..support import approximates, constant_input, declared, holds, spatial_rank, symmetric
 
@@ -34,6 +34,19 @@ def _conv(node, a, g):
         return refuse(f"asymmetric padding {list(a['pads'])} cannot be expressed in NIR Conv2d.",
                       "use symmetric padding.")
     return holds("NIR Conv2d")
+
+
+def _conv_transpose(node, a, g):
+    w = constant_input(node, g, 1)
+    if w is None or w.ndim != 4:
+        return refuse("only 2-D transposed convolutions with constant weights map to NIR Conv2d.",
+                      "use the torch target.")
+    equivalent = ops.entry("ConvTranspose").as_conv(a, w)
+    if isinstance(equivalent, str):
+        return refuse(f"{equivalent}; NIR has no transposed convolution.", "use stride 1, or the torch target.")
+    if not symmetric(equivalent[0]["pads"]):
+        return refuse("asymmetric padding cannot be expressed in NIR Conv2d.", "use symmetric padding.")
+    return holds("NIR Conv2d (stride 1: the flipped kernel)")
 
 
 def _dense(node, a, g):
@@ -98,10 +111,14 @@ def _passthrough(node, a, g):
 
 TABLE = {
     "Relu": _neuron, "Clip": _neuron, ir.NEURON_OP: _neuron,
-    "Conv": _conv, "Gemm": _dense, "MatMul": _dense, "Add": _add, "Mul": _scale, "Div": _scale,
+    "Conv": _conv, "ConvTranspose": _conv_transpose, "Gemm": _dense, "MatMul": _dense, "Add": _add, "Mul": _scale, "Div": _scale,
     "AveragePool": _avg_pool, "GlobalAveragePool": _avg_pool,
     "MaxPool": _max_pool, ir.SPIKING_MAX_POOL: _max_pool,
     "Flatten": _flatten, "Reshape": _flatten, "Identity": _passthrough, "Dropout": _passthrough,
 }
 
-supports = declared(TABLE, "nir")
+REFUSED = {op: ("NIR has no upsampling node (nearest-neighbour Resize).",
+                "use the torch target, or upsample the input before the network.")
+           for op in ("Resize", "Upsample")}
+
+supports = declared(TABLE, "nir", REFUSED)
