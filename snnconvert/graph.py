@@ -52,13 +52,18 @@ def set_attr(node: onnx.NodeProto, name: str, value) -> None:
     node.attribute.append(helper.make_attribute(name, value))
 
 
+def is_constant(node: onnx.NodeProto) -> bool:
+    """An ONNX Constant node (its value is an attribute; the front-end folds it)."""
+    return node.op_type == "Constant" and node.domain in ("", "ai.onnx")
+
+
 def const_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
     """The value of ``name`` if it is an initializer or a Constant node's output."""
     for t in graph.initializer:
         if t.name == name:
             return numpy_helper.to_array(t)
     for n in graph.node:
-        if n.op_type == "Constant" and n.output and n.output[0] == name:
+        if is_constant(n) and n.output and n.output[0] == name:
             for a in n.attribute:
                 if a.name == "value":
                     return numpy_helper.to_array(a.t)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 
 from ..graph import attrs as node_attrs
+from ..graph import is_constant
 
 STATUSES = ("neuron", "synapse", "pool", "structural", "absorbed", "dropped", "unsupported")
 
@@ -71,7 +72,7 @@ class GraphView:
         if name in self.values:
             return numpy_helper.to_array(self.values[name])
         node = self.producer.get(name)
-        if node is not None and node.op_type == "Constant" and not node.domain:
+        if node is not None and is_constant(node):
             for attr in node.attribute:
                 if attr.name == "value":
                     return numpy_helper.to_array(attr.t)

@@ -17,6 +17,7 @@ from onnx import numpy_helper
 
 from .. import ir, onnxrt
 from ..errors import UnsupportedModelError
+from ..graph import is_constant
 from .registry import lookup
 
 READOUT = "readout"
@@ -43,7 +44,7 @@ class EventCounter:
         self.model = model
         self.consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
         for node in model.graph.node:
-            if not node.domain and node.op_type == "Constant":
+            if is_constant(node):
                 self.consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
         inits = set(self.consts)
         self.input = next(i.name for i in model.graph.input if i.name not in inits)

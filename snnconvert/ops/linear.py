@@ -21,6 +21,17 @@ def _weight_verdict(node: onnx.NodeProto, graph: GraphView) -> tuple[int, Verdic
     return idx, None
 
 
+def _conv_verdict(kind: str, w: np.ndarray | None, attrs: dict, channels: tuple[int, int] | None
+                  ) -> Verdict:
+    if w is None:
+        return Verdict("synapse", f"{kind}convolution weights feeding the next neurons")
+    kernel = "x".join(str(d) for d in w.shape[2:])
+    strides = attrs.get("strides", [])
+    stride = f", stride {'x'.join(map(str, strides))}" if any(v != 1 for v in strides) else ""
+    return Verdict("synapse", f"{kind}{kernel} convolution, {channels[0]}->{channels[1]} channels{stride}: "
+                              "weights feeding the next neurons")
+
+
 class _Weighted(OpEntry):
     family = "linear"
     weighted = affine = ort_kernel = True
@@ -43,13 +54,7 @@ class Conv(_Weighted):
         group = attrs.get("group", 1)
         kind = "depthwise " if group > 1 and w is not None and w.shape[1] == 1 else (
             f"grouped ({group}) " if group > 1 else "")
-        if w is None:
-            return Verdict("synapse", f"{kind}convolution weights feeding the next neurons")
-        kernel = "x".join(str(d) for d in w.shape[2:])
-        strides = attrs.get("strides", [])
-        stride = f", stride {'x'.join(map(str, strides))}" if any(v != 1 for v in strides) else ""
-        return Verdict("synapse", f"{kind}{kernel} convolution, {w.shape[1] * group}->{w.shape[0]} "
-                                  f"channels{stride}: weights feeding the next neurons")
+        return _conv_verdict(kind, w, attrs, None if w is None else (w.shape[1] * group, w.shape[0]))
 
     def kernel(self, attrs, x, w, b=None):
         nd = w.dim() - 2
@@ -144,13 +149,7 @@ class ConvTranspose(_Weighted):
                           "export it with explicit pads (and output_padding).")
         w = graph.const_value(node.input[1])
         group = attrs.get("group", 1)
-        if w is None:
-            return Verdict("synapse", "transposed convolution weights feeding the next neurons")
-        kernel = "x".join(str(d) for d in w.shape[2:])
-        strides = attrs.get("strides", [])
-        stride = f", stride {'x'.join(map(str, strides))}" if any(v != 1 for v in strides) else ""
-        return Verdict("synapse", f"transposed {kernel} convolution, {w.shape[0]}->{w.shape[1] * group} "
-                                  f"channels{stride}: weights feeding the next neurons")
+        return _conv_verdict("transposed ", w, attrs, None if w is None else (w.shape[0], w.shape[1] * group))
 
     def kernel(self, attrs, x, w, b=None):
         nd = w.dim() - 2

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from .. import ir
 from ..graph import attrs as graph_attrs
+from ..graph import is_constant
 from ..errors import SnnConvertError, UnsupportedModelError
 from ..results import SimResult
 from ..ops import lookup
@@ -94,7 +95,7 @@ class SpikingNetwork(nn.Module):
             if not node.name:
                 node.name = f"{node.op_type}_{i}"
             attrs = graph_attrs(node)
-            if node.op_type == "Constant" and not node.domain:
+            if is_constant(node):
                 value = numpy_helper.to_array(attrs["value"])
                 self.register_buffer(f"const_{i}", torch.from_numpy(np.array(value)), persistent=False)
                 self._consts[node.output[0]] = getattr(self, f"const_{i}")

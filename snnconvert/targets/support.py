@@ -12,7 +12,7 @@ import onnx
 
 from ..errors import TargetError
 from ..graph import attrs as node_attrs
-from ..ops import GraphView, Verdict, refuse
+from ..ops import GraphView, Verdict, lookup, refuse
 
 Check = Callable[[onnx.NodeProto, dict, GraphView], Verdict]
 SKIPPED = ("absorbed", "dropped")
@@ -95,6 +95,30 @@ def constant_input(node: onnx.NodeProto, graph: GraphView, index: int) -> np.nda
 def symmetric(pads: list[int]) -> bool:
     half = len(pads) // 2
     return list(pads[:half]) == list(pads[half:])
+
+
+def conv2d_problem(node: onnx.NodeProto, a: dict, graph: GraphView, layer: str
+                   ) -> Verdict | None:
+    """Why a Conv or ConvTranspose node cannot become one 2-D convolution layer with symmetric
+    padding (``layer`` names it: "Lava Conv", "NIR Conv2d"), or None when it can. A stride-1
+    ConvTranspose is the registry entry's equivalent convolution."""
+    w = constant_input(node, graph, 1)
+    entry = lookup(node)
+    kind = "transposed convolutions" if hasattr(entry, "as_conv") else "convolutions"
+    if w is None or w.ndim != 4:
+        return refuse(f"only 2-D {kind} with constant weights map to {layer}.",
+                      "use 2-D layers, or the torch target.")
+    if hasattr(entry, "as_conv"):
+        equivalent = entry.as_conv(a, w)
+        if isinstance(equivalent, str):
+            return refuse(f"{equivalent}; {layer} cannot upsample.", "use stride 1, or the torch target.")
+        a = equivalent[0]
+    if a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        return refuse(f"auto_pad={a['auto_pad']} is not supported.", "export with explicit pads.")
+    if not symmetric(a.get("pads", [0, 0, 0, 0])):
+        return refuse(f"asymmetric padding {list(a['pads'])} is not expressible in {layer}.",
+                      "use symmetric padding (e.g. padding=k//2 with stride 1).")
+    return None
 
 
 def spatial_rank(node: onnx.NodeProto, graph: GraphView) -> int | None:

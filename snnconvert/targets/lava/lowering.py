@@ -23,10 +23,12 @@ from onnx import numpy_helper
 
 from ... import ir, ops
 from ...errors import TargetError
-from ...graph import attrs
+from ...ops import GraphView
+from ...graph import attrs, is_constant
+
+from .support import TRANSPOSED_HINT, supports
 
 INPUT = "<input>"
-TRANSPOSED_HINT = "use stride 1 (or Resize + Conv on the torch target), or the torch target."
 OUTPUT = "<output>"
 
 
@@ -272,12 +274,12 @@ def _conv_op(node, attrs, in_shape, w) -> Op:
     return Op("conv", in_shape, tuple(out), w.astype(np.float64), stride, tuple(pads[:2]), dil, groups)
 
 
-def _pool_op(node, attrs, in_shape) -> Op:
+def _pool_op(node, attrs, in_shape, whole_plane: bool) -> Op:
     if len(in_shape) != 3:
         raise TargetError(f"only 2-D pooling maps to Lava (per-sample shape {in_shape})",
                           node=node.name, op=node.op_type)
     c, h, w = in_shape
-    if node.op_type == "GlobalAveragePool":
+    if whole_plane:
         k, s, pads = [h, w], [1, 1], [0, 0, 0, 0]
     else:
         if attrs.get("ceil_mode", 0):
@@ -371,17 +373,12 @@ def _selection_op(node, in_shape, picked: torch.Tensor) -> Op:
                       hint="Lava maps step slices of H/W and channel zero-padding (ResNet option A).")
 
 
-SUPPORTED = ("Conv, Gemm, MatMul, Add, Sub, Mul, Div (by constants), AveragePool, GlobalAveragePool, "
-             "BatchNormalization, Concat (channels), Flatten, Reshape (flatten), Transpose (before a "
-             "flatten), Slice, Pad, Identity, Dropout")
-
-
 def lower(model: onnx.ModelProto) -> LayerGraph:
     """Build the :class:`LayerGraph` of the IR ``model`` (raises TargetError if unmappable)."""
     graph = model.graph
     inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     for node in graph.node:
-        if node.op_type == "Constant":
+        if is_constant(node):
             inits[node.output[0]] = attrs(node)["value"]
     real_inputs = [i for i in graph.input if i.name not in inits]
     if len(real_inputs) != 1 or len(graph.output) != 1:
@@ -401,7 +398,7 @@ def lower(model: onnx.ModelProto) -> LayerGraph:
         raise TargetError(f"tensor '{name}' is not produced by a mapped node")
 
     for node in graph.node:
-        if node.op_type == "Constant":
+        if is_constant(node):
             continue
         a = attrs(node)
         op = node.op_type
@@ -437,108 +434,187 @@ def _population(name, e: _Expr, thr, v0, attrs) -> Population:
 
 
 def _map_node(node, op, a, get, inits) -> _Expr:
-    if op in ("Identity", "Dropout"):
-        return get(node.input[0])
-    if op in ("Add", "Sub"):
-        parts = []
-        for i, name in enumerate(node.input[:2]):
-            sign = -1.0 if (op == "Sub" and i == 1) else 1.0
-            if name in inits:
-                parts.append(("const", sign * inits[name].astype(np.float64)))
-            else:
-                parts.append(("expr", sign, get(name)))
-        exprs = [p for p in parts if p[0] == "expr"]
-        consts = [p[1] for p in parts if p[0] == "const"]
-        shape = exprs[0][2].shape
-        terms, const = [], np.zeros(shape)
-        for _, sign, ex in exprs:
-            if ex.shape != shape:
-                raise TargetError(f"Add of shapes {ex.shape} and {shape} (broadcasting)",
-                                  node=node.name, op=op)
-            if sign < 0:
-                raise TargetError("subtracting an activation", node=node.name, op=op)
-            terms += ex.terms
-            const = const + ex.const
-        for c in consts:
-            const = const + np.broadcast_to(c.reshape(c.shape[1:] if c.ndim > len(shape) else c.shape), shape)
-        return _Expr(terms, const)
+    """Dispatch to ``_lower_<op type>``; the ops this target holds are declared in support.py."""
+    handler = globals().get(f"_lower_{op}")
+    if handler is None or node.domain not in ("", "ai.onnx"):
+        verdict = supports(node, GraphView(onnx.ModelProto()))
+        reason, _, hint = verdict.detail.partition(" Hint: ")
+        raise TargetError(reason.rstrip("."), node=node.name, op=op,
+                          hint=hint[:1].upper() + hint[1:] if hint else None)
+    return handler(node, a, get, inits)
+
+
+def _passthrough(node, a, get, inits) -> _Expr:
+    return get(node.input[0])
+
+
+_lower_Identity = _lower_Dropout = _passthrough
+
+
+def _sum(node, get, inits, negate_second: bool) -> _Expr:
+    parts = []
+    for i, name in enumerate(node.input[:2]):
+        sign = -1.0 if (negate_second and i == 1) else 1.0
+        if name in inits:
+            parts.append(("const", sign * inits[name].astype(np.float64)))
+        else:
+            parts.append(("expr", sign, get(name)))
+    exprs = [p for p in parts if p[0] == "expr"]
+    consts = [p[1] for p in parts if p[0] == "const"]
+    shape = exprs[0][2].shape
+    terms, const = [], np.zeros(shape)
+    for _, sign, ex in exprs:
+        if ex.shape != shape:
+            raise TargetError(f"Add of shapes {ex.shape} and {shape} (broadcasting)",
+                              node=node.name, op=node.op_type)
+        if sign < 0:
+            raise TargetError("subtracting an activation", node=node.name, op=node.op_type)
+        terms += ex.terms
+        const = const + ex.const
+    for c in consts:
+        const = const + np.broadcast_to(c.reshape(c.shape[1:] if c.ndim > len(shape) else c.shape), shape)
+    return _Expr(terms, const)
+
+
+def _lower_Add(node, a, get, inits) -> _Expr:
+    return _sum(node, get, inits, negate_second=False)
+
+
+def _lower_Sub(node, a, get, inits) -> _Expr:
+    return _sum(node, get, inits, negate_second=True)
+
+
+def _multiply(node, get, inits, invert: bool) -> _Expr:
     e = get(node.input[0])
-    if op in ("Mul", "Div"):
-        if node.input[1] not in inits:
-            raise TargetError("multiplying two activations", node=node.name, op=op)
-        c = inits[node.input[1]].astype(np.float64)
-        c = 1.0 / c if op == "Div" else c
-        c = c.reshape(c.shape[1:]) if c.ndim > len(e.shape) else c
-        return _scale(node, e, np.broadcast_to(c, e.shape), np.zeros(e.shape))
-    if op == "BatchNormalization":
-        sc, b, mu, var = (inits[n].astype(np.float64) for n in node.input[1:5])
-        k = sc / np.sqrt(var + a.get("epsilon", 1e-5))
-        bshape = (-1,) + (1,) * (len(e.shape) - 1)
-        return _scale(node, e, np.broadcast_to(k.reshape(bshape), e.shape),
-                      np.broadcast_to((b - mu * k).reshape(bshape), e.shape))
-    if op in ("Conv", "ConvTranspose"):
-        if node.input[1] not in inits:
-            raise TargetError("a convolution needs constant weights", node=node.name, op=op)
-        w = inits[node.input[1]].astype(np.float64)
-        if op == "ConvTranspose":  # stride 1: an ordinary convolution (see the registry entry)
-            equivalent = ops.entry(op).as_conv(a, w)
-            if isinstance(equivalent, str):
-                raise TargetError(f"{equivalent}; Lava's Conv cannot upsample", node=node.name, op=op,
-                                  hint=TRANSPOSED_HINT)
-            a, w = equivalent
-        o = _conv_op(node, a, e.shape, w)
-        bias = np.zeros(o.out_shape)
-        if len(node.input) > 2 and node.input[2]:
-            bias = bias + inits[node.input[2]].astype(np.float64).reshape(-1, 1, 1)
-        return _apply_expr(e, o, bias)
-    if op in ("Gemm", "MatMul"):
-        if node.input[1] not in inits or a.get("transA", 0) or len(e.shape) != 1:
-            raise TargetError("only x @ W with a constant W on flat activations maps to Dense",
-                              node=node.name, op=op, hint="Flatten before the matrix product.")
-        w = inits[node.input[1]].astype(np.float64)
-        w = w if (op == "Gemm" and a.get("transB", 0)) else w.T
-        w = w * a.get("alpha", 1.0)
-        o = Op("dense", e.shape, (w.shape[0],), w)
-        bias = np.zeros(o.out_shape)
-        if op == "Gemm" and len(node.input) > 2 and node.input[2]:
-            bias = bias + a.get("beta", 1.0) * np.broadcast_to(inits[node.input[2]].astype(np.float64).reshape(-1), o.out_shape)
-        return _apply_expr(e, o, bias)
-    if op in ("AveragePool", "GlobalAveragePool"):
-        return _apply_expr(e, _pool_op(node, a, e.shape))
-    if op == "Transpose":
-        perm = [int(p) for p in a.get("perm", reversed(range(len(e.shape) + 1)))]  # ONNX default: reverse
-        if perm[0] != 0:
-            raise TargetError("a Transpose that moves the batch axis", node=node.name, op=op)
-        per = tuple(p - 1 for p in perm[1:])
-        shape = tuple(e.shape[p] for p in per)
-        return _apply_expr(e, Op("transpose", e.shape, shape, perm=per))
-    if op in ("Flatten", "Reshape"):
-        if op == "Flatten" and a.get("axis", 1) != 1:
-            raise TargetError("Flatten must keep the batch axis (axis=1)", node=node.name, op=op)
-        if op == "Reshape":
-            target = inits.get(node.input[1])
-            n = int(np.prod(e.shape))
-            # [N, F] and [N, F, 1, ..., 1] (a classifier's trailing singleton axes) are flattens
-            if target is None or len(target) < 2 or target[1] not in (-1, n) \
-                    or any(int(t) != 1 for t in target[2:]):
-                raise TargetError("only a reshape to [N, features] maps to Lava", node=node.name, op=op)
-        if len(e.shape) == 1:
-            return e
-        return _apply_expr(e, Op("flatten", e.shape, (int(np.prod(e.shape)),)))
-    if op == "Slice":
-        return _apply_expr(e, _slice_op(node, e, inits))
-    if op == "Concat":
-        return _concat(node, a, get, inits)
-    if op == "Pad":
-        return _apply_expr(e, _pad_op(node, e, inits, a))
-    pool_hint = ("Lava has no max-pooling synapse; convert with --maxpool-to-avgpool "
-                 "(it reports the ANN accuracy change) or retrain with AveragePool.")
-    hints = {"MaxPool": pool_hint, ir.SPIKING_MAX_POOL: pool_hint}
-    raise TargetError("operator not supported by the lava target", node=node.name, op=op,
-                      hint=hints.get(op, f"Supported: {SUPPORTED}."))
+    if node.input[1] not in inits:
+        raise TargetError("multiplying two activations", node=node.name, op=node.op_type)
+    c = inits[node.input[1]].astype(np.float64)
+    c = 1.0 / c if invert else c
+    c = c.reshape(c.shape[1:]) if c.ndim > len(e.shape) else c
+    return _scale(node, e, np.broadcast_to(c, e.shape), np.zeros(e.shape))
 
 
-def _concat(node, a, get, inits) -> _Expr:
+def _lower_Mul(node, a, get, inits) -> _Expr:
+    return _multiply(node, get, inits, invert=False)
+
+
+def _lower_Div(node, a, get, inits) -> _Expr:
+    return _multiply(node, get, inits, invert=True)
+
+
+def _lower_BatchNormalization(node, a, get, inits) -> _Expr:
+    e = get(node.input[0])
+    sc, b, mu, var = (inits[n].astype(np.float64) for n in node.input[1:5])
+    k = sc / np.sqrt(var + a.get("epsilon", 1e-5))
+    bshape = (-1,) + (1,) * (len(e.shape) - 1)
+    return _scale(node, e, np.broadcast_to(k.reshape(bshape), e.shape),
+                  np.broadcast_to((b - mu * k).reshape(bshape), e.shape))
+
+
+def _convolution(node, a, get, inits, transposed: bool) -> _Expr:
+    e = get(node.input[0])
+    if node.input[1] not in inits:
+        raise TargetError("a convolution needs constant weights", node=node.name, op=node.op_type)
+    w = inits[node.input[1]].astype(np.float64)
+    if transposed:  # stride 1: an ordinary convolution (the registry entry's as_conv)
+        equivalent = ops.entry(node.op_type).as_conv(a, w)
+        if isinstance(equivalent, str):
+            raise TargetError(f"{equivalent}; Lava's Conv cannot upsample", node=node.name,
+                              op=node.op_type, hint=TRANSPOSED_HINT[:1].upper() + TRANSPOSED_HINT[1:])
+        a, w = equivalent
+    o = _conv_op(node, a, e.shape, w)
+    bias = np.zeros(o.out_shape)
+    if len(node.input) > 2 and node.input[2]:
+        bias = bias + inits[node.input[2]].astype(np.float64).reshape(-1, 1, 1)
+    return _apply_expr(e, o, bias)
+
+
+def _lower_Conv(node, a, get, inits) -> _Expr:
+    return _convolution(node, a, get, inits, transposed=False)
+
+
+def _lower_ConvTranspose(node, a, get, inits) -> _Expr:
+    return _convolution(node, a, get, inits, transposed=True)
+
+
+def _dense(node, a, get, inits, gemm: bool) -> _Expr:
+    e = get(node.input[0])
+    if node.input[1] not in inits or a.get("transA", 0) or len(e.shape) != 1:
+        raise TargetError("only x @ W with a constant W on flat activations maps to Dense",
+                          node=node.name, op=node.op_type, hint="Flatten before the matrix product.")
+    w = inits[node.input[1]].astype(np.float64)
+    w = w if (gemm and a.get("transB", 0)) else w.T
+    w = w * a.get("alpha", 1.0)
+    o = Op("dense", e.shape, (w.shape[0],), w)
+    bias = np.zeros(o.out_shape)
+    if gemm and len(node.input) > 2 and node.input[2]:
+        bias = bias + a.get("beta", 1.0) * np.broadcast_to(
+            inits[node.input[2]].astype(np.float64).reshape(-1), o.out_shape)
+    return _apply_expr(e, o, bias)
+
+
+def _lower_Gemm(node, a, get, inits) -> _Expr:
+    return _dense(node, a, get, inits, gemm=True)
+
+
+def _lower_MatMul(node, a, get, inits) -> _Expr:
+    return _dense(node, a, get, inits, gemm=False)
+
+
+def _lower_AveragePool(node, a, get, inits) -> _Expr:
+    e = get(node.input[0])
+    return _apply_expr(e, _pool_op(node, a, e.shape, whole_plane=False))
+
+
+def _lower_GlobalAveragePool(node, a, get, inits) -> _Expr:
+    e = get(node.input[0])
+    return _apply_expr(e, _pool_op(node, a, e.shape, whole_plane=True))
+
+
+def _lower_Transpose(node, a, get, inits) -> _Expr:
+    e = get(node.input[0])
+    perm = [int(p) for p in a.get("perm", reversed(range(len(e.shape) + 1)))]  # ONNX default: reverse
+    if perm[0] != 0:
+        raise TargetError("a Transpose that moves the batch axis", node=node.name, op=node.op_type)
+    per = tuple(p - 1 for p in perm[1:])
+    shape = tuple(e.shape[p] for p in per)
+    return _apply_expr(e, Op("transpose", e.shape, shape, perm=per))
+
+
+def _flatten(e: _Expr) -> _Expr:
+    if len(e.shape) == 1:
+        return e
+    return _apply_expr(e, Op("flatten", e.shape, (int(np.prod(e.shape)),)))
+
+
+def _lower_Flatten(node, a, get, inits) -> _Expr:
+    if a.get("axis", 1) != 1:
+        raise TargetError("Flatten must keep the batch axis (axis=1)", node=node.name, op=node.op_type)
+    return _flatten(get(node.input[0]))
+
+
+def _lower_Reshape(node, a, get, inits) -> _Expr:
+    e = get(node.input[0])
+    target = inits.get(node.input[1])
+    n = int(np.prod(e.shape))
+    # [N, F] and [N, F, 1, ..., 1] (a classifier's trailing singleton axes) are flattens
+    if target is None or len(target) < 2 or target[1] not in (-1, n) \
+            or any(int(t) != 1 for t in target[2:]):
+        raise TargetError("only a reshape to [N, features] maps to Lava", node=node.name, op=node.op_type)
+    return _flatten(e)
+
+
+def _lower_Slice(node, a, get, inits) -> _Expr:
+    e = get(node.input[0])
+    return _apply_expr(e, _slice_op(node, e, inits))
+
+
+def _lower_Pad(node, a, get, inits) -> _Expr:
+    e = get(node.input[0])
+    return _apply_expr(e, _pad_op(node, e, inits, a))
+
+
+def _lower_Concat(node, a, get, inits) -> _Expr:
     """Concat along channels (or features): each part is placed by a 0/1 channel map, then summed.
 
     The placement is a 1x1 conv, folded into the next conv or dense layer, so a concatenation

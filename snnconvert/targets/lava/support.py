@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ... import ir, ops
+from ... import ir
 from ...ops import refuse
-from ..support import constant_input, declared, holds, spatial_rank, symmetric
-from .lowering import TRANSPOSED_HINT
+from ..support import constant_input, conv2d_problem, declared, holds, spatial_rank, symmetric
 
+TRANSPOSED_HINT = "use stride 1, or the torch target."
 POOL_HINT = ("convert with --maxpool-to-avgpool (it reports the ANN accuracy change) or retrain "
              "with AveragePool.")
 
@@ -19,31 +19,11 @@ def _neuron(node, a, g):
 
 
 def _conv(node, a, g):
-    w = constant_input(node, g, 1)
-    if w is None:
-        return refuse("a convolution needs constant weights.", "export the weights as initializers.")
-    if w.ndim != 4:
-        return refuse(f"only 2-D convolutions map to Lava ({w.ndim - 2}-D here).",
-                      "use 2-D convolutions, or the torch target.")
-    if a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-        return refuse("auto_pad is not supported.", "export with explicit pads.")
-    if not symmetric(a.get("pads", [0, 0, 0, 0])):
-        return refuse(f"asymmetric padding {list(a['pads'])} is not expressible in Lava Conv.",
-                      "use symmetric padding (e.g. padding=k//2 with stride 1).")
-    return holds("Conv synapse process")
-
-
-def _conv_transpose(node, a, g):
-    w = constant_input(node, g, 1)
-    if w is None or w.ndim != 4:
-        return refuse("only 2-D transposed convolutions with constant weights map to Lava.",
-                      "use the torch target.")
-    equivalent = ops.entry("ConvTranspose").as_conv(a, w)
-    if isinstance(equivalent, str):
-        return refuse(f"{equivalent}; Lava's Conv cannot upsample.", TRANSPOSED_HINT)
-    if not symmetric(equivalent[0]["pads"]):
-        return refuse("asymmetric padding is not expressible in Lava Conv.", "use symmetric padding.")
-    return holds("Conv synapse process (stride 1: the flipped kernel)")
+    problem = conv2d_problem(node, a, g, "Lava Conv")
+    if problem is not None:
+        return problem
+    flipped = " (stride 1: the flipped kernel)" if node.op_type != "Conv" else ""
+    return holds("Conv synapse process" + flipped)
 
 
 def _dense(node, a, g):
@@ -158,7 +138,7 @@ def _batch_norm(node, a, g):
 
 TABLE = {
     "Relu": _neuron, "Clip": _neuron, ir.NEURON_OP: _neuron,
-    "Conv": _conv, "ConvTranspose": _conv_transpose, "Gemm": _dense, "MatMul": _dense,
+    "Conv": _conv, "ConvTranspose": _conv, "Gemm": _dense, "MatMul": _dense,
     "Add": _add, "Sub": _add, "Mul": _scale, "Div": _scale, "BatchNormalization": _batch_norm,
     "AveragePool": _avg_pool, "GlobalAveragePool": _avg_pool,
     "Transpose": _transpose, "Flatten": _flatten, "Reshape": _flatten,

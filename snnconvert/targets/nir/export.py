@@ -20,6 +20,7 @@ from onnx import numpy_helper
 
 from ... import ir, onnxrt, ops
 from ...graph import attrs as graph_attrs
+from ...graph import is_constant
 from ...errors import TargetError
 
 POOL_MODES = ("sum", "avg")
@@ -159,7 +160,7 @@ class _Exporter:
                              [])
             self.src[inp.name] = _Src([key], np.asarray(1.0))
         for node in g.node:
-            if node.op_type == "Constant":
+            if is_constant(node):
                 self.consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
                 continue
             handler = getattr(self, f"op_{node.op_type}", None)
@@ -190,7 +191,7 @@ class _Exporter:
         w = self.const(node.input[1])
         if w is None or w.ndim != 4:
             self.fail(node, "only 2-D transposed convolutions with constant weights map to NIR Conv2d")
-        equivalent = ops.entry("ConvTranspose").as_conv(graph_attrs(node), w)
+        equivalent = ops.lookup(node).as_conv(graph_attrs(node), w)
         if isinstance(equivalent, str):
             self.fail(node, f"{equivalent}; NIR has no transposed convolution",
                       hint="Use stride 1, or the torch target.")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ... import ir, ops
+from ... import ir
 from ...ops import refuse
-from ..support import approximates, constant_input, declared, holds, spatial_rank, symmetric
+from ..support import approximates, constant_input, conv2d_problem, declared, holds, spatial_rank, symmetric
 
 NEURON_NOTE = ("NIR IF/LIF (reset to zero, starting at 0: reset by subtraction and the θ/2 start "
                "are approximated unless converted with --reset zero --v-init zero)")
@@ -24,29 +24,10 @@ def _neuron(node, a, g):
 
 
 def _conv(node, a, g):
-    w = constant_input(node, g, 1)
-    if w is None or w.ndim != 4:
-        return refuse("only 2-D convolutions with constant weights map to NIR Conv2d.",
-                      "use 2-D convolutions, or the torch target.")
-    if a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-        return refuse(f"auto_pad={a['auto_pad']} is not supported.", "export with explicit pads.")
-    if not symmetric(a.get("pads", [0, 0, 0, 0])):
-        return refuse(f"asymmetric padding {list(a['pads'])} cannot be expressed in NIR Conv2d.",
-                      "use symmetric padding.")
-    return holds("NIR Conv2d")
-
-
-def _conv_transpose(node, a, g):
-    w = constant_input(node, g, 1)
-    if w is None or w.ndim != 4:
-        return refuse("only 2-D transposed convolutions with constant weights map to NIR Conv2d.",
-                      "use the torch target.")
-    equivalent = ops.entry("ConvTranspose").as_conv(a, w)
-    if isinstance(equivalent, str):
-        return refuse(f"{equivalent}; NIR has no transposed convolution.", "use stride 1, or the torch target.")
-    if not symmetric(equivalent[0]["pads"]):
-        return refuse("asymmetric padding cannot be expressed in NIR Conv2d.", "use symmetric padding.")
-    return holds("NIR Conv2d (stride 1: the flipped kernel)")
+    problem = conv2d_problem(node, a, g, "NIR Conv2d")
+    if problem is not None:
+        return problem
+    return holds("NIR Conv2d" + (" (stride 1: the flipped kernel)" if node.op_type != "Conv" else ""))
 
 
 def _dense(node, a, g):
@@ -111,7 +92,7 @@ def _passthrough(node, a, g):
 
 TABLE = {
     "Relu": _neuron, "Clip": _neuron, ir.NEURON_OP: _neuron,
-    "Conv": _conv, "ConvTranspose": _conv_transpose, "Gemm": _dense, "MatMul": _dense, "Add": _add, "Mul": _scale, "Div": _scale,
+    "Conv": _conv, "ConvTranspose": _conv, "Gemm": _dense, "MatMul": _dense, "Add": _add, "Mul": _scale, "Div": _scale,
     "AveragePool": _avg_pool, "GlobalAveragePool": _avg_pool,
     "MaxPool": _max_pool, ir.SPIKING_MAX_POOL: _max_pool,
     "Flatten": _flatten, "Reshape": _flatten, "Identity": _passthrough, "Dropout": _passthrough,
