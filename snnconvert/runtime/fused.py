@@ -21,31 +21,40 @@ BLOCK = 256
 
 
 if numba is not None:
-    @numba.njit(cache=True, nogil=True)
+    from numba import uint64 as _u
+
+    @numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
     def _if_steps(current, constant, v, theta, out, decay, leaky, subtract,
-                  counts, per_step, stats):  # pragma: no cover
+                  counts, per_step, stats, batch):  # pragma: no cover
+        """Flat arrays: current [steps or 1, n], v [n], theta [n // batch] (one sample's), out
+        [steps, n]. Branch-free inner loops over a block of one sample's neurons vectorize."""
         steps, n = out.shape
-        for i0 in range(0, n, BLOCK):
-            i1 = min(i0 + BLOCK, n)
-            for t in range(steps):
-                row = 0 if constant else t
-                fired_now = 0
-                for i in range(i0, i1):
-                    vi = v[i] * decay if leaky else v[i]
-                    vi = vi + current[row, i]
-                    th = theta[i]
-                    fired = vi >= th
-                    spike = th if fired else np.float32(0.0)
-                    out[t, i] = spike
-                    if subtract:
-                        v[i] = vi - spike
-                    else:
-                        v[i] = np.float32(0.0) if fired else vi
-                    if stats and fired:
-                        counts[i] += 1
-                        fired_now += 1
-                if stats:
-                    per_step[t] += fired_now
+        per_sample = n // batch
+        zero = np.float32(0.0)
+        for b in range(batch):
+            base = b * per_sample
+            for i0 in range(0, per_sample, BLOCK):
+                i1 = min(i0 + BLOCK, per_sample)
+                for t in range(steps):
+                    row = 0 if constant else t
+                    fired_now = 0
+                    for i in range(i0, i1):
+                        k = _u(base + i)
+                        vi = v[k] * decay if leaky else v[k]
+                        vi = vi + current[_u(row), k]
+                        th = theta[_u(i)]
+                        fired = vi >= th
+                        spike = th if fired else zero
+                        out[_u(t), k] = spike
+                        if subtract:
+                            v[k] = vi - spike
+                        else:
+                            v[k] = zero if fired else vi
+                        fired_now += fired
+                        if stats:
+                            counts[k] += fired
+                    if stats:
+                        per_step[t] += fired_now
 
 
 def available() -> bool:
@@ -63,13 +72,18 @@ def if_neuron_fused(current: torch.Tensor, steps: int, v: torch.Tensor, threshol
     constant = current.dim() == v.dim()
     shape = v.shape
     v_np = v.detach().contiguous().clone().numpy().reshape(-1)
-    theta = torch.broadcast_to(threshold.detach(), shape).contiguous().numpy().reshape(-1)
+    th = threshold.detach()
+    if th.dim() == v.dim() and th.shape[0] == 1:
+        th = th[0]
+    batch = shape[0] if th.dim() < v.dim() else 1  # one sample's thresholds serve every sample
+    theta = torch.broadcast_to(th, shape[1:] if batch > 1 or th.dim() < v.dim() else shape)
+    theta = theta.contiguous().numpy().reshape(-1)
     cur = current.detach().contiguous().numpy().reshape(1 if constant else steps, -1)
     out = np.empty((steps, v_np.size), np.float32)
     counts = np.zeros(v_np.size if stats else 0, np.int32)
     per_step = np.zeros(steps if stats else 0, np.int64)
     _if_steps(cur, constant, v_np, theta, out, np.float32(1.0 - leak), bool(leak),
-              reset == "subtract", counts, per_step, stats)
+              reset == "subtract", counts, per_step, stats, batch)
     result = (torch.from_numpy(out).view(steps, *shape), torch.from_numpy(v_np).view(shape))
     if stats:
         result += (torch.from_numpy(counts).view(shape), torch.from_numpy(per_step))

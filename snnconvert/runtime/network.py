@@ -28,6 +28,7 @@ from ..results import SimResult
 from ..ops import lookup
 from . import fused
 from . import neurons as nrn
+from .event_kernels import EVENT_OPS, EventSynapses
 from .ort_kernels import OrtKernels
 
 CONST, INVARIANT, VARYING = 0, 1, 2
@@ -52,17 +53,22 @@ class SpikingNetwork(nn.Module):
     """Simulate an IR model; trainable through surrogate gradients."""
 
     def __init__(self, model: onnx.ModelProto, surrogate: str = "atan", alpha: float = 2.0,
-                 time_chunk: int | str | None = "auto", cpu_kernels: str = "onnxruntime") -> None:
+                 time_chunk: int | str | None = "auto", cpu_kernels: str = "onnxruntime",
+                 synapses: str = "auto") -> None:
         """``time_chunk``: steps simulated together (memory grows with chunk × batch; None = all T;
         "auto": 16 on accelerators, and on CPUs as many as keep the largest activation of a chunk
         near :data:`CPU_CHUNK_ELEMENTS`, where cache misses otherwise slow every op).
         ``cpu_kernels``: "onnxruntime" runs Conv/Gemm/MatMul through onnxruntime during CPU
-        inference (several times faster than torch on CPUs); "torch" never does."""
+        inference (several times faster than torch on CPUs); "torch" never does.
+        ``synapses``: how Conv/Gemm/MatMul on spikes run during CPU inference: "auto" picks the
+        event-driven kernel or the dense one per layer by measured input density
+        (:mod:`.event_kernels`), "event" always uses events, "dense" never does."""
         super().__init__()
         if cpu_kernels not in ("onnxruntime", "torch"):
             raise ValueError("cpu_kernels must be 'onnxruntime' or 'torch'")
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
         self._ort = OrtKernels(opset) if cpu_kernels == "onnxruntime" else None
+        self.synapses = EventSynapses(synapses)
         if surrogate not in nrn.SURROGATES:
             raise ValueError(f"surrogate must be one of {nrn.SURROGATES}")
         if not (time_chunk in (None, "auto") or (isinstance(time_chunk, int) and time_chunk >= 1)):
@@ -115,6 +121,9 @@ class SpikingNetwork(nn.Module):
                 kinds[o] = k
             self._nodes.append((node, attrs, k))
         self._kinds = kinds
+        self._event_nodes = {node.name for node, _, k in self._nodes if k == VARYING
+                             and node.op_type in EVENT_OPS
+                             and all(kinds.get(i) == CONST for i in node.input[1:] if i)}
         self._tail = self._readout_tail(graph)
         self._free_after = self._liveness(graph)
         self.record = False
@@ -228,6 +237,12 @@ class SpikingNetwork(nn.Module):
 
     def _varying_op(self, node, attrs, args, steps, batch, state):
         args = self._promote(node, args, steps, batch)
+        if node.name in self._event_nodes and not torch.is_grad_enabled():
+            return self.synapses.run(node, attrs, args,
+                                     lambda: self._dense_op(node, attrs, args, steps, batch, state))
+        return self._dense_op(node, attrs, args, steps, batch, state)
+
+    def _dense_op(self, node, attrs, args, steps, batch, state):
         entry = self._entries[node.name]
         if (self._ort is not None and entry.ort_kernel and not torch.is_grad_enabled()
                 and args[0].device.type == "cpu"):
