@@ -334,3 +334,13 @@ def test_neuron_semantics_on_every_target(reset, leak, v0, target, data):
             assert {loss.node for loss in losses} == {"a", "b"}
             return
     _check("IF", target, snn, x)
+
+
+@pytest.mark.parametrize("op", _case_ops())
+def test_registry_shape_rules_agree_with_onnxruntime(op, data):
+    from snnconvert import onnxrt
+    from snnconvert.ops import tensor_shapes
+
+    snn = _convert(op, data[0])
+    ours, theirs = tensor_shapes(snn), onnxrt.tensor_shapes(snn)
+    assert ours == {k: theirs[k] for k in ours} and set(ours) == set(theirs)

@@ -64,3 +64,23 @@ def test_save_is_atomic_when_the_model_is_invalid(tmp_path):
 def test_make_neuron_rejects_unknown_reset():
     with pytest.raises(ValueError, match="reset must be one of"):
         ir.make_neuron("n", "a", "b", np.float32(1), np.float32(0), reset="sideways")
+
+
+def test_format_1_files_get_their_spiking_max_pools_on_load(tmp_path):
+    """Format 1 ran a MaxPool fed by neurons as the gated spiking max; format 2 names that op."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    n, inits = ir.make_neuron("n", "x", "s", np.float32(1.0), np.float32(0.5))
+    g = helper.make_graph([n, helper.make_node("MaxPool", ["s"], ["p"], kernel_shape=[2, 2], name="mp"),
+                           helper.make_node("Flatten", ["p"], ["y"], name="fl")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 9])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    ir.set_meta(m, "format_version", "1")
+    ir.ensure_domain(m)
+    onnx.save(m, tmp_path / "old.snn.onnx")
+    loaded = ir.load(tmp_path / "old.snn.onnx")
+    pool = next(x for x in loaded.graph.node if x.name == "mp")
+    assert (pool.domain, pool.op_type) == (ir.DOMAIN, ir.SPIKING_MAX_POOL)
+    assert ir.get_meta(loaded, "format_version") == ir.FORMAT_VERSION == "2"

@@ -57,3 +57,23 @@ def test_maxpool_to_avgpool_makes_the_model_fit_lava():
         api.check_target(ann, "lava")
     verdicts = api.check_target(ann, "lava", maxpool_to_avgpool=True)
     assert all(v.verdict.ok for v in verdicts)
+
+
+@pytest.mark.parametrize("target", ["lava", "nir"])
+def test_every_declared_op_has_a_translation_and_no_other(target):
+    """A target's support table is its one op list: each op it declares holdable has a handler
+    (Lava ``_lower_<op>``, NIR ``op_<op>``) and no handler exists for an undeclared op."""
+    pytest.importorskip(f"snnconvert.targets.{target}")
+    from snnconvert import ir
+
+    if target == "lava":
+        from snnconvert.targets.lava import lowering, support
+        handlers = {k[len("_lower_"):] for k in vars(lowering) if k.startswith("_lower_")}
+    else:
+        import importlib
+
+        from snnconvert.targets.nir import support
+        exporter = importlib.import_module("snnconvert.targets.nir.export")._Exporter
+        handlers = {k[len("op_"):] for k in vars(exporter) if k.startswith("op_")} - {"neuron"}
+    neurons = {"Relu", "Clip", ir.NEURON_OP}  # ANN activations become the IR's neuron, lowered as such
+    assert handlers == set(support.TABLE) - neurons

@@ -5,6 +5,7 @@ it; targets declare which entries they can hold (``supports``)."""
 from . import activations, arithmetic, linear, pooling, routing, spiking, structural  # noqa: F401 (registers)
 from .base import STATUSES, GraphView, OpEntry, Verdict, refuse
 from .registry import REGISTRY, entry, known, lookup, register
+from .shapes import tensor_shapes
 
 __all__ = ["REGISTRY", "STATUSES", "GraphView", "OpEntry", "Verdict", "entry", "known", "lookup",
-           "refuse", "register"]
+           "refuse", "register", "tensor_shapes"]

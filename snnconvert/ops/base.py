@@ -134,16 +134,18 @@ class OpEntry:
 
     def shape(self, attrs: dict, shapes: list[tuple[int, ...] | None],
               consts: list[np.ndarray | None]) -> tuple[int, ...]:
-        """Per-sample output shape, by running the kernel on a meta tensor (no compute)."""
+        """Per-sample output shape, by running the kernel on one zero sample (a kernel's shape
+        logic is the op's shape rule; entries override this where that is not enough)."""
         args = []
         for s, c in zip(shapes, consts):
             if c is not None:
-                args.append(torch.as_tensor(np.asarray(c)))
+                args.append(torch.as_tensor(np.array(c)))
             elif s is not None:
-                args.append(torch.empty((1, *s), device="meta"))
+                args.append(torch.zeros((1, *s)))
             else:
                 args.append(None)
-        out = self.kernel(attrs, *args)
+        with torch.no_grad():
+            out = self.kernel(attrs, *args)
         return tuple(out.shape[1:])
 
     @property

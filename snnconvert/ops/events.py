@@ -15,10 +15,11 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from .. import ir, onnxrt
+from .. import ir
 from ..errors import UnsupportedModelError
 from ..graph import is_constant
 from .registry import lookup
+from .shapes import tensor_shapes
 
 READOUT = "readout"
 
@@ -114,11 +115,6 @@ def synaptic_events(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
     spikes = {k: v.to(torch.float64) for k, v in spike_counts.items()}
     env, _ = counter.run(ones, spikes)
     return {lay.name: float(env[lay.input].sum()) / b for lay in layers(model, shapes)}
-
-
-def tensor_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
-    """Per-sample static shape of every tensor, from one onnxruntime run on a zero input."""
-    return onnxrt.tensor_shapes(model)
 
 
 def ann_macs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:

@@ -33,7 +33,7 @@ class InitMembrane(Pass):
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> onnx.ModelProto:
         for n in ir.neurons(model):
             if not np.all(np.isfinite(n.threshold)):
-                raise OptionError("threshold not set", node=n.name, op="IF",
+                raise OptionError("threshold not set", node=n.name, op=ir.NEURON_OP,
                                   hint="Run 'normalize-thresholds' before 'init-membrane'.")
             ir.set_initializer(model, n.node.input[2], (self.fraction * n.threshold).astype(np.float32))
         ctx.info(self.name, f"v(0) = {self.fraction:g}·θ for {len(ir.neurons(model))} neuron layer(s)")

@@ -48,7 +48,7 @@ class NormalizeThresholds(Pass):
                 continue
             stats = ctx.stats.get(n.input)
             if stats is None:
-                raise OptionError("no calibration statistics for this neuron", node=n.name, op="IF",
+                raise OptionError("no calibration statistics for this neuron", node=n.name, op=ir.NEURON_OP,
                                   hint="Run the 'calibrate' pass before 'normalize-thresholds'.")
             lam = np.asarray(stats.value(self.method, self.per_channel), np.float64)
             fallback = max(float(np.max(lam)), 1e-6) if lam.size else 1.0

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ... import ir, onnxrt, ops
+from ... import ir, ops
 from ...graph import attrs as graph_attrs
 from ...graph import is_constant
 from ...errors import TargetError
@@ -64,7 +64,7 @@ class _Builder:
 
 def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
     """Static shapes (batch 1) of every tensor."""
-    return {k: (1, *v) for k, v in onnxrt.tensor_shapes(model).items()}
+    return {k: (1, *v) for k, v in ops.tensor_shapes(model).items()}
 
 
 def _channel(vec: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

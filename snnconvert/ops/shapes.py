@@ -1,0 +1,43 @@
+"""Per-sample static shapes of every tensor of a graph, from each op's registry shape rule (the
+kernel run on meta tensors: no data, no onnxruntime session)."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..errors import UnsupportedModelError
+from ..graph import attrs as node_attrs
+from ..graph import is_constant
+from .registry import lookup
+
+
+def tensor_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape without the batch axis, for the graph input and every node output."""
+    consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for inp in model.graph.input:
+        if inp.name not in consts:
+            dims = inp.type.tensor_type.shape.dim[1:]
+            shapes[inp.name] = tuple(d.dim_value if d.dim_value > 0 else 1 for d in dims)
+    for node in model.graph.node:
+        if is_constant(node):
+            consts[node.output[0]] = numpy_helper.to_array(node_attrs(node)["value"])
+            continue
+        entry = lookup(node)
+        if entry is None or not entry.has_kernel:
+            raise UnsupportedModelError("no shape rule for this op", node=node.name, op=node.op_type)
+        ins = [shapes.get(n) if n else None for n in node.input]
+        vals = [consts.get(n) if n and n not in shapes else None for n in node.input]
+        if all(s is None for s in ins):  # a constant expression: compute it
+            out = entry.kernel(node_attrs(node), *[None if v is None else _tensor(v) for v in vals])
+            consts[node.output[0]] = out.numpy()
+            continue
+        shapes[node.output[0]] = entry.shape(node_attrs(node), ins, vals)
+    return shapes
+
+
+def _tensor(v: np.ndarray):
+    import torch
+
+    return torch.as_tensor(np.asarray(v))
