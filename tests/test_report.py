@@ -96,3 +96,42 @@ def test_streamed_report_matches_whole_array_statistics(report):
     expected = np.corrcoef(act.ravel(), rate.ravel())[0, 1]
     row = next(r for r in small.data["layers"] if r["name"] == neuron.name)
     assert row["ann_rate_correlation"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_synapses_and_events_of_1d_and_3d_convolutions():
+    """Event counting reads the registry, so it covers every rank the runtime runs (was 2-D only)."""
+    import torch
+    from onnx import TensorProto, helper, numpy_helper
+
+    from snnconvert.ops.events import synaptic_events, synapses
+    from snnconvert.ops import tensor_shapes
+
+    for spatial, kernel in (([10], [3]), ([4, 4, 4], [3, 3, 3])):
+        nd = len(spatial)
+        n, inits = ir.make_neuron("n", "h", "s", np.float32(1.0), np.float32(0.5))
+        w1 = np.ones([4, 2] + kernel, np.float32)
+        w2 = np.ones([3, 4] + kernel, np.float32)
+        g = helper.make_graph(
+            [helper.make_node("Conv", ["x", "w1"], ["h"], name="c1", pads=[1] * 2 * nd), n,
+             helper.make_node("Conv", ["s", "w2"], ["y"], name="c2")],
+            "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2] + spatial)],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")] + inits)
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+        ir.ensure_domain(m)
+        shapes = tensor_shapes(m)
+        syn = synapses(m, shapes)
+        taps = 1
+        for size, k in zip(spatial, kernel):  # valid taps per axis of a pad-1 'same' conv
+            taps *= size * k - 2
+        assert syn["n"] == 4 * 2 * taps
+        out = [s - k + 1 for s, k in zip(spatial, kernel)]
+        assert syn["readout"] == 3 * 4 * int(np.prod(out)) * int(np.prod(kernel))
+        one_spike = torch.zeros((1, 4, *spatial), dtype=torch.float64)
+        centre = [s // 2 for s in spatial]
+        one_spike[(0, 0) + tuple(centre)] = 1
+        ev = synaptic_events(m, shapes, {"n": one_spike})
+        fan_out = 3  # output channels, times the windows covering the neuron on each axis
+        for c, o_n, k in zip(centre, out, kernel):
+            fan_out *= sum(1 for o in range(o_n) if o <= c <= o + k - 1)
+        assert ev["readout"] == fan_out
