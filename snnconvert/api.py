@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import evaluation, frontend, ir, onnxrt
 from . import report as _report
-from .data import input_shape
+from .data import input_shape, run_timesteps
 from .datasets import Data, open_data
 from .errors import OptionError, TargetError
 from .profiles import Profile, fit, load_profile
@@ -29,20 +29,31 @@ def convert(source: str | os.PathLike | onnx.ModelProto, calib: Data | None = No
             v_init: str | float = "half", reset: str = "subtract", leak: float = 0.0,
             maxpool_to_avgpool: bool = False, pipeline: Pipeline | None = None, progress: bool = False,
             log: list[tuple[str, str]] | None = None, calib_labels: np.ndarray | None = None,
-            target: str | None = None) -> onnx.ModelProto:
+            target: str | None = None, encoding: str = "analog", readout: str = "membrane"
+            ) -> onnx.ModelProto:
     """Load an ANN, check that it converts (and, with ``target``, that the target can hold every
     node, before any calibration), and run the conversion pipeline on it.
 
     ``calib``: inputs, or any data stream (see :mod:`snnconvert.datasets`); calibration
     statistics stream over it (sharded and reduced exactly under torch.distributed), passes that
     simulate read its first samples. Returns the spiking IR (an ONNX model). ``log`` receives
-    (step, message) pairs.
+    (step, message) pairs. ``encoding`` and ``readout`` are recorded in the IR (see
+    :class:`ir.Encoding`, :class:`ir.Readout`); time-varying calibration data [N, T, ...] is
+    calibrated over all of its steps.
     """
     if isinstance(v_init, str) and v_init not in V_INIT_MODES:
         raise OptionError(f"unknown initial potential '{v_init}'",
                           hint=f"Use one of {', '.join(V_INIT_MODES)} or a fraction of θ.")
     if timesteps < 1:
         raise OptionError(f"timesteps must be at least 1, got {timesteps}")
+    try:
+        enc, out = ir.Encoding.parse(encoding), ir.Readout.parse(readout)
+    except ValueError as exc:
+        raise OptionError(str(exc)) from None
+    if target in ("lava", "nir") and (enc.time_varying or out.kind != "membrane"):
+        raise TargetError(f"the {target} target runs analog input with the mean-membrane readout; "
+                          f"asked for encoding '{enc}', readout '{out}'",
+                          hint="Use --target torch for other encodings and readouts.")
     entries: list[tuple[str, str]] = []
     model = frontend.load_model(source, log=entries)
     mapping = frontend.check_supported(model)
@@ -56,6 +67,12 @@ def convert(source: str | os.PathLike | onnx.ModelProto, calib: Data | None = No
     ir.ensure_domain(snn)
     ir.set_meta(snn, "timesteps", str(timesteps))
     ir.set_meta(snn, "passes", [name for name in pipe.names()])
+    ir.set_meta(snn, "encoding", str(enc))
+    ir.set_meta(snn, "readout", str(out))
+    if out.kind == "spikes" and ir.output_neuron(snn) is None:
+        raise OptionError(f"readout 'spikes' needs a neuron at the network's output; "
+                          f"'{snn.graph.output[0].name}' is not one",
+                          hint="Use --readout membrane, last or window:K.")
     entries.extend(ctx.log)
     if log is not None:
         log.extend(entries)
@@ -91,20 +108,24 @@ def build_report(model: onnx.ModelProto, x: Data, y: np.ndarray | None = None,
                                 batch_size, name)
 
 
-def run_report(model_path: str | os.PathLike, data_path: str | os.PathLike, timesteps: int = 32,
+def run_report(model_path: str | os.PathLike, data_path: str | os.PathLike, timesteps: int | None = None,
                profile: str = "generic-float", json_path: str | os.PathLike | None = None,
                out_dir: str | os.PathLike | None = None, preprocess: str | None = None,
                workers: int | None = None, limit: int | None = None) -> Report:
     """The ``snnconvert report`` command: refuses (TargetError) a network that does not fit.
-    ``data_path`` is any form :func:`snnconvert.datasets.open_data` reads."""
+    ``data_path`` is any form :func:`snnconvert.datasets.open_data` reads; ``timesteps``
+    defaults to the length of time-varying data, else 32."""
     model = ir.load(model_path)
     prof = load_profile(profile)
     fitted = fit(model, prof)
     if not fitted.fits:
         raise TargetError(f"the network does not fit on '{prof.name}': " + "; ".join(fitted.reasons),
                           hint="Use a larger profile (more chips) or a smaller network.")
-    data = open_data(data_path, preprocess=preprocess, shape=input_shape(model), what="report",
+    shape = input_shape(model)
+    data = open_data(data_path, preprocess=preprocess, shape=shape, what="report",
                      limit=limit, workers=workers)
+    (timesteps,) = run_timesteps(data.sample_shape, shape, None if timesteps is None else [timesteps],
+                                 [32], f"report data {data_path}")
     report = _report.build_report(model, data, None, timesteps, prof, fitted, out_dir,
                                   name=Path(model_path).name.split(".")[0])
     if json_path is not None:

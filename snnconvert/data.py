@@ -1,5 +1,8 @@
-"""Read and validate ``.npz`` data files: ``x`` (float32, preprocessed, model input layout) and
-``y`` (integer labels; optional for calibration)."""
+"""Read and validate ``.npz`` data files: ``x`` (float32, preprocessed, model input layout, or
+uint8/integer counts) and ``y`` (integer labels; optional for calibration).
+
+An ``x`` with one more axis than the model input, axis 1 being time ([N, T, *input]), is
+time-varying input (one input per step): :func:`sample_fits` accepts both forms."""
 from __future__ import annotations
 
 import os
@@ -52,8 +55,9 @@ def load_npz(path: str | os.PathLike, *, labels: bool, shape: list[int | None] |
         raise DataError(f"{what} file {path}: 'x' must be a numeric array, got dtype {x.dtype}")
     if len(x) == 0:
         raise DataError(f"{what} file {path}: 'x' is empty")
-    x = x.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(x)):
+    if x.dtype.kind == "f":  # integer counts stay compact; sources cast each batch to float32
+        x = x.astype(np.float32, copy=False)
+    if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
         raise DataError(f"{what} file {path}: 'x' holds NaN or Inf values")
     if shape is not None:
         _check_shape(x, shape, path, what)
@@ -68,10 +72,46 @@ def load_npz(path: str | os.PathLike, *, labels: bool, shape: list[int | None] |
     return Dataset(x, y, path)
 
 
+def sample_fits(got: list[int], shape: list[int | None]) -> bool:
+    """Whether samples of shape ``got`` fit a model input of per-sample ``shape``: the same
+    shape, or a time axis in front of it ([T, *shape])."""
+    if len(got) == len(shape) + 1:
+        got = got[1:]
+    return len(got) == len(shape) and all(s is None or s == g for s, g in zip(shape, got))
+
+
+def sample_steps(got: list[int] | tuple[int, ...], shape: list[int | None] | int) -> int | None:
+    """T of time-varying samples of shape ``got`` for a model input of per-sample ``shape`` (or
+    its rank), None for static samples."""
+    rank = shape if isinstance(shape, int) else len(shape)
+    return int(got[0]) if len(got) == rank + 1 else None
+
+
+def ann_input(x: np.ndarray, rank: int, timesteps: int) -> np.ndarray:
+    """What a reference ANN (of input ``rank`` axes) sees of a batch: the batch itself, or for
+    time-varying input [N, T, ...] its mean over the first ``timesteps`` steps, the rate the
+    SNN integrates."""
+    return x[:, :timesteps].mean(1, dtype=np.float32) if x.ndim == rank + 1 else x
+
+
+def run_timesteps(got: list[int] | tuple[int, ...], shape: list[int | None] | int | None,
+                  asked: list[int] | None, default: list[int], where: str) -> list[int]:
+    """The T values of a run on samples of shape ``got``: ``asked``, or by default the data's
+    own length T for time-varying samples and ``default`` for static ones. Refuses (DataError,
+    naming ``where`` and both lengths) a T longer than time-varying data."""
+    from .ir import check_steps
+
+    steps = sample_steps(got, shape) if shape is not None else None
+    if asked is None:
+        return [steps] if steps is not None else sorted(set(default))
+    for t in asked:
+        check_steps(t, steps, where)
+    return sorted(set(asked))
+
+
 def _check_shape(x: np.ndarray, shape: list[int | None], path: str, what: str) -> None:
     got = list(x.shape[1:])
-    ok = len(got) == len(shape) and all(s is None or s == g for s, g in zip(shape, got))
-    if ok:
+    if sample_fits(got, shape):
         return
     hint = None
     if sorted(got) == sorted(s for s in shape if s is not None) and len(got) == len(shape):

@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 
 from . import distributed, onnxrt
 from .datasets import Data, batches, count
-from .errors import DataError
+from .data import ann_input
+from .errors import DataError, TargetError
 from .results import SimResult
 
 STREAM_CHUNK = 1024
@@ -116,13 +117,19 @@ def tally(source, reference: onnx.ModelProto, data: Data, timesteps: list[int], 
     name = reference.graph.output[0].name
     sess = onnxrt.session(onnxrt.with_outputs(reference, [name]))
     input_name = sess.get_inputs()[0].name
+    rank = len(sess.get_inputs()[0].shape)
     result = Tally()
     total = count(data)
     bar = tqdm(total=total, desc=f"evaluating T={max(timesteps)}", unit="img", leave=False,
                disable=not progress or not distributed.is_main())
     try:
         for x, y in batches(data, batch_size, workers=workers):
-            ann = np.concatenate([sess.run([name], {input_name: x[i:i + 256]})[0]
+            if x.ndim == rank + 1 and not getattr(backend, "TIME_VARYING_INPUT", False):
+                raise TargetError(f"the {backend.__name__.rsplit('.', 1)[-1]} target injects a constant "
+                                  f"input current; this data has a time axis ({list(x.shape)})",
+                                  hint="Run time-varying input on --target torch.")
+            static = ann_input(x, rank, max(timesteps))
+            ann = np.concatenate([sess.run([name], {input_name: static[i:i + 256]})[0]
                                   for i in range(0, len(x), 256)])
             result.add(simulate(x), np.argmax(ann.reshape(len(x), -1), axis=1), y)
             bar.update(len(x) * distributed.world_size())

@@ -31,9 +31,26 @@ A max-pool fed (directly or through linear ops) by spiking neurons is its own op
     exactly the max of the accumulated inputs. Its ONNX function is MaxPool itself: the rate
     limit is the max of the input rates. A plain ``MaxPool`` in the IR is a per-step max.
 
-``snnconvert.ir_reference`` executes this semantics in numpy; every target is tested against it. The network's output is the accumulated output of the last layer divided by
-T (``readout = membrane``). Graph-level metadata lives in ``metadata_props`` under
-``snnconvert.*`` keys.
+``snnconvert.ir_reference`` executes this semantics in numpy; every target is tested against it.
+Graph-level metadata lives in ``metadata_props`` under ``snnconvert.*`` keys; two of them say
+how the network meets time at its two ends (:class:`Encoding`, :class:`Readout`):
+
+    snnconvert.encoding   what enters the graph input at step t = 1..T
+        analog                     the sample x itself at every step (default)
+        frames (alias spikes)      x[:, t-1] of a time-varying sample [N, T, *input]
+        rate:bernoulli[:SEED]      spikes s_t = (u_t < clip(x, 0, 1)), u_t uniform from
+                                   :func:`rate_uniforms` (SEED, default 0)
+        rate:deterministic         an integrate-and-fire encoder: a_0 = 1/2,
+                                   a_t = a_{t-1} + clip(x, 0, 1); s_t = a_t >= 1; a_t -= s_t
+    snnconvert.readout    what the network answers from its per-step output y_t
+        membrane                   (1/T) sum_t y_t, the mean membrane (default)
+        last                       y_T, the membrane at the last step
+        window:K                   the mean of y_t over the last K steps (all T when T < K)
+        spikes                     sum_t s_t, the spike count of the output neurons (the
+                                   graph output must be a neuron's output, y = threshold * s)
+
+An ``x`` with one more axis than the graph input (axis 1 = time) is time-varying input under
+every encoding but ``rate``: frames are the input of each step whatever the IR was converted for.
 """
 from __future__ import annotations
 
@@ -49,7 +66,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .errors import ModelLoadError
+from .errors import DataError, ModelLoadError, TargetError
 
 DOMAIN = "snnconvert"
 DOMAIN_VERSION = 1
@@ -69,6 +86,163 @@ DEFAULT_META = {
     "encoding": "analog",
     "readout": "membrane",
 }
+
+
+ENCODINGS = ("analog", "frames", "spikes", "rate")
+RATE_MODES = ("bernoulli", "deterministic")
+READOUTS = ("membrane", "last", "window", "spikes")
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How the input enters the network at each step (``snnconvert.encoding``; see above)."""
+
+    kind: str = "analog"          # analog | frames | rate ("spikes" is read as frames)
+    mode: str = "bernoulli"       # rate only
+    seed: int = 0                 # rate:bernoulli only
+
+    @property
+    def time_varying(self) -> bool:
+        """Whether the graph input changes from step to step (frames, rate)."""
+        return self.kind != "analog"
+
+    @classmethod
+    def parse(cls, text: str) -> "Encoding":
+        """Read ``analog``, ``frames``, ``spikes``, ``rate[:bernoulli[:SEED]|:deterministic]``."""
+        parts = str(text).strip().split(":")
+        kind = parts[0]
+        if kind not in ENCODINGS:
+            raise ValueError(f"unknown input encoding {text!r}: use one of analog, frames, spikes, "
+                             "rate:bernoulli[:SEED], rate:deterministic")
+        if kind == "spikes":
+            kind = "frames"
+        if kind != "rate":
+            if len(parts) > 1:
+                raise ValueError(f"input encoding {text!r}: '{kind}' takes no parameters")
+            return cls(kind)
+        mode = parts[1] if len(parts) > 1 else "bernoulli"
+        if mode not in RATE_MODES or len(parts) > (3 if mode == "bernoulli" else 2):
+            raise ValueError(f"input encoding {text!r}: use rate:bernoulli[:SEED] or rate:deterministic")
+        try:
+            seed = int(parts[2]) if len(parts) > 2 else 0
+        except ValueError:
+            raise ValueError(f"input encoding {text!r}: the seed must be an integer") from None
+        return cls("rate", mode, seed)
+
+    def __str__(self) -> str:
+        if self.kind != "rate":
+            return self.kind
+        return f"rate:bernoulli:{self.seed}" if self.mode == "bernoulli" else "rate:deterministic"
+
+
+@dataclass(frozen=True)
+class Readout:
+    """What the network answers from its per-step output (``snnconvert.readout``; see above)."""
+
+    kind: str = "membrane"        # membrane | last | window | spikes
+    window: int = 0               # window only: K steps
+
+    @classmethod
+    def parse(cls, text: str) -> "Readout":
+        """Read ``membrane``, ``last``, ``window:K`` or ``spikes``."""
+        parts = str(text).strip().split(":")
+        if parts[0] not in READOUTS or (parts[0] == "window") != (len(parts) == 2) or len(parts) > 2:
+            raise ValueError(f"unknown readout {text!r}: use membrane, last, window:K or spikes")
+        if parts[0] != "window":
+            return cls(parts[0])
+        try:
+            k = int(parts[1])
+        except ValueError:
+            k = 0
+        if k < 1:
+            raise ValueError(f"readout {text!r}: the window must be a positive number of steps")
+        return cls("window", k)
+
+    def __str__(self) -> str:
+        return f"window:{self.window}" if self.kind == "window" else self.kind
+
+
+def encoding(model: onnx.ModelProto) -> Encoding:
+    """The input encoding recorded in ``model`` (ModelLoadError when it is not one we know)."""
+    try:
+        return Encoding.parse(get_meta(model, "encoding"))
+    except ValueError as exc:
+        raise ModelLoadError(f"the IR's metadata snnconvert.encoding: {exc}") from None
+
+
+def readout(model: onnx.ModelProto) -> Readout:
+    """The readout recorded in ``model``; a spike-count readout needs a neuron at the output."""
+    try:
+        r = Readout.parse(get_meta(model, "readout"))
+    except ValueError as exc:
+        raise ModelLoadError(f"the IR's metadata snnconvert.readout: {exc}") from None
+    if r.kind == "spikes" and output_neuron(model) is None:
+        raise ModelLoadError(f"readout 'spikes' needs the graph output "
+                             f"'{model.graph.output[0].name}' to be a neuron's output",
+                             hint="Use readout membrane, last or window:K, or end the network "
+                                  "with a neuron layer.")
+    return r
+
+
+def output_neuron(model: onnx.ModelProto) -> onnx.NodeProto | None:
+    """The neuron node producing the graph output, if one does."""
+    out = model.graph.output[0].name
+    return next((n for n in model.graph.node if is_neuron(n) and n.output[0] == out), None)
+
+
+def rate_uniforms(shape: tuple[int, ...], timesteps: int, seed: int) -> np.ndarray:
+    """The uniforms u_t [timesteps, *shape] (float32) of ``rate:bernoulli:SEED`` for one
+    sample: the same for every sample and every batch split, and a T-step stream is the
+    prefix of a longer one (drawn one step at a time from PCG64(seed))."""
+    rng = np.random.Generator(np.random.PCG64(seed))
+    return np.stack([rng.random(shape, dtype=np.float32) for _ in range(timesteps)])
+
+
+def check_constant_input(model: onnx.ModelProto, target: str) -> None:
+    """Refuse (TargetError) on a target that injects the input as one constant current and reads
+    the mean membrane, a network whose IR asks for another encoding or readout."""
+    enc, out = encoding(model), readout(model)
+    if enc.time_varying:
+        raise TargetError(f"the {target} target injects a constant input current; this network's "
+                          f"input encoding is '{enc}'",
+                          hint="Run it on --target torch, or convert with --encoding analog.")
+    if out.kind != "membrane":
+        raise TargetError(f"the {target} target reads the mean membrane; this network's readout "
+                          f"is '{out}'",
+                          hint="Run it on --target torch, or convert with --readout membrane.")
+
+
+def input_rank(model: onnx.ModelProto) -> int:
+    """Axes of the graph input, batch axis included."""
+    inits = {t.name for t in model.graph.initializer}
+    inp = next(i for i in model.graph.input if i.name not in inits)
+    return len(inp.type.tensor_type.shape.dim)
+
+
+def data_steps(model: onnx.ModelProto, x_shape: tuple[int, ...], what: str = "the input") -> int | None:
+    """T of a time-varying batch (``x_shape`` = [N, T, *input]), or None for a static one
+    [N, *input]; refuses (DataError) data that does not fit the IR's encoding."""
+    rank, enc = input_rank(model), encoding(model)
+    if len(x_shape) == rank + 1:
+        if enc.kind == "rate":
+            raise DataError(f"{what} has a time axis ({list(x_shape)}) but the network's input "
+                            f"encoding '{enc}' turns static inputs into spikes",
+                            hint="Give static samples, or convert with --encoding frames.")
+        return int(x_shape[1])
+    if len(x_shape) == rank and enc.kind == "frames":
+        raise DataError(f"{what} has no time axis ({list(x_shape)}); the network's input encoding "
+                        "'frames' takes one input per step, as x [N, T, *input]")
+    if len(x_shape) not in (rank, rank + 1):
+        raise DataError(f"{what} has {len(x_shape)} axes; the network takes {rank} "
+                        f"(or {rank + 1} with time at axis 1)")
+    return None
+
+
+def check_steps(timesteps: int, data_t: int | None, source: str) -> None:
+    """Refuse (DataError) to run more steps than a time-varying input holds."""
+    if data_t is not None and timesteps > data_t:
+        raise DataError(f"{source} holds T={data_t} steps per sample; T={timesteps} was asked for",
+                        hint=f"Use T <= {data_t} (the default is the data's length).")
 
 
 @dataclass

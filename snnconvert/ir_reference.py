@@ -2,7 +2,8 @@
 
 Everything the IR adds to ONNX is written here once, plainly, with no speed tricks (no time
 chunks, no fused kernels, no onnxruntime, no readout shortcut): the IF/LIF neuron (both
-resets, leak, per-channel or per-neuron θ, initial potential v0) and the spiking max-pool.
+resets, leak, per-channel or per-neuron θ, initial potential v0), the spiking max-pool, the
+input encodings (analog, frames, rate) and the readouts (membrane, last, window, spikes).
 The synaptic ops between neurons are the op registry's kernels, run in float64 on each step.
 Every target is tested against this (``tests/test_conformance.py``): spike counts equal.
 """
@@ -24,7 +25,7 @@ from .ops import lookup
 
 @dataclass
 class Reference:
-    readout: np.ndarray                 # [N, n_out]: mean over T of the graph output
+    readout: np.ndarray                 # [N, n_out]: the IR's readout of the graph output
     counts: dict[str, np.ndarray]       # neuron -> [N, *shape] spikes over T steps
 
 
@@ -37,8 +38,44 @@ def if_step(v: np.ndarray, current: np.ndarray, theta: np.ndarray, reset: str, l
     return s, v
 
 
+class Encoder:
+    """The graph input at each step under an :class:`ir.Encoding` (see :mod:`snnconvert.ir`)."""
+
+    def __init__(self, enc: ir.Encoding, x: np.ndarray, time_varying: bool) -> None:
+        self.enc, self.x, self.time_varying = enc, x, time_varying
+        self.acc = np.full_like(x, 0.5)
+        self.p = np.clip(x, 0.0, 1.0)
+        self.u: np.ndarray | None = None
+
+    def step(self, t: int, timesteps: int) -> np.ndarray:
+        if self.time_varying:
+            return self.x[:, t]
+        if self.enc.kind != "rate":
+            return self.x
+        if self.enc.mode == "deterministic":
+            self.acc = self.acc + self.p
+            s = self.acc >= 1.0
+            self.acc = self.acc - s
+            return s.astype(np.float64)
+        if self.u is None:
+            self.u = ir.rate_uniforms(self.x.shape[1:], timesteps, self.enc.seed)
+        return (self.u[t] < self.p).astype(np.float64)
+
+
+def read_out(spec: ir.Readout, outputs: list[np.ndarray], counts: np.ndarray | None) -> np.ndarray:
+    """The readout of the per-step outputs y_1..y_T (``counts``: the output neurons' spikes)."""
+    if spec.kind == "spikes":
+        return counts.reshape(len(counts), -1).astype(np.float64)
+    if spec.kind == "last":
+        return outputs[-1]
+    if spec.kind == "window":
+        return np.mean(outputs[-spec.window:], axis=0)
+    return np.mean(outputs, axis=0)
+
+
 def simulate(model: onnx.ModelProto, x: np.ndarray, timesteps: int) -> Reference:
-    """Run ``x`` [N, *input] through the IR ``model`` for ``timesteps`` steps in float64."""
+    """Run ``x`` through the IR ``model`` for ``timesteps`` steps in float64: ``x`` is
+    [N, *input] (encoded as the IR says) or [N, T, *input] (one input per step)."""
     graph = model.graph
     consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     for node in graph.node:
@@ -47,11 +84,16 @@ def simulate(model: onnx.ModelProto, x: np.ndarray, timesteps: int) -> Reference
     (inp,) = [i.name for i in graph.input if i.name not in consts]
     out_name = graph.output[0].name
     x = np.asarray(x, np.float64)
+    data_t = ir.data_steps(model, x.shape)
+    ir.check_steps(timesteps, data_t, "the input")
+    encoder = Encoder(ir.encoding(model), x, data_t is not None)
+    spec = ir.readout(model)
+    out_neuron = ir.output_neuron(model)
     state: dict[str, object] = {}
     counts: dict[str, np.ndarray] = {}
-    total = None
-    for _ in range(timesteps):
-        env: dict[str, np.ndarray] = {inp: x}
+    outputs = []
+    for t in range(timesteps):
+        env: dict[str, np.ndarray] = {inp: encoder.step(t, timesteps)}
         for node in graph.node:
             if node.output[0] in consts:
                 continue
@@ -75,9 +117,10 @@ def simulate(model: onnx.ModelProto, x: np.ndarray, timesteps: int) -> Reference
                                                 node=node.name, op=node.op_type)
                 y = _kernel(entry, attrs, args)
             env[node.output[0]] = y
-        out = env[out_name]
-        total = out.copy() if total is None else total + out
-    return Reference(total / timesteps, {k: np.asarray(v) for k, v in counts.items()})
+        outputs.append(env[out_name])
+    out_counts = counts.get(out_neuron.name) if out_neuron is not None else None
+    return Reference(read_out(spec, outputs, out_counts),
+                     {k: np.asarray(v) for k, v in counts.items()})
 
 
 def _kernel(entry, attrs: dict, args: list) -> np.ndarray:

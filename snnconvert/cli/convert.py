@@ -69,7 +69,8 @@ def output_paths(model: Path, output: Path | None, target: str) -> tuple[Path, P
 @click.option("--fixed-point", is_flag=True, help="lava: quantize to Loihi 2 fixed point.")
 @click.option("--strict", is_flag=True, help="nir: refuse instead of warning on semantic losses.")
 def command(model: Path, target: str, calib: str | None, norm: str, per_channel: bool, v_init: str,
-            reset: str, leak: float, maxpool_to_avgpool: bool, preprocess: str | None,
+            reset: str, leak: float, maxpool_to_avgpool: bool, encoding: str, readout: str,
+            preprocess: str | None,
             workers: int | None, timesteps: int, output: Path | None,
             fixed_point: bool, strict: bool) -> None:
     """Convert MODEL.onnx to a spiking network (.snn.onnx + the target's artifact)."""
@@ -83,7 +84,8 @@ def command(model: Path, target: str, calib: str | None, norm: str, per_channel:
     log: list[tuple[str, str]] = []
     snn = api.convert(model, calib_data, timesteps=timesteps, norm=norm, per_channel=per_channel,
                       v_init=v_init, reset=reset, leak=leak,
-                      maxpool_to_avgpool=maxpool_to_avgpool, progress=True, log=log, target=target)
+                      maxpool_to_avgpool=maxpool_to_avgpool, progress=True, log=log, target=target,
+                      encoding=encoding, readout=readout)
     if not distributed.is_main():
         return
     for step, message in log:

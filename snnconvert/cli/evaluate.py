@@ -8,7 +8,7 @@ import click
 import onnx
 
 from .. import api, distributed, ir
-from ..data import input_shape
+from ..data import input_shape, run_timesteps
 from ..datasets import open_data
 from ..errors import OptionError
 from ..frontend import load_model
@@ -34,14 +34,18 @@ def read_converted(path: Path) -> tuple[bool, onnx.ModelProto | None]:
     return (True, model) if model is not None and ir.is_snn(model) else (False, None)
 
 
+DEFAULT_TIMESTEPS = [1, 2, 4, 8, 16, 32, 64]
+
+
 @click.command("eval")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--data", "data_path", required=True, type=click.Path(),
               help="Evaluation data: " + DATA_HELP + ".")
 @conversion_options
 @data_options
-@click.option("--timesteps", default="1,2,4,8,16,32,64", show_default=True,
-              help="Comma-separated list of T.")
+@click.option("--timesteps", default=None,
+              help="Comma-separated list of T [default: 1,2,4,8,16,32,64; for time-varying data "
+                   "x [N, T, ...] its length T; longer T are refused].")
 @click.option("-T", "tune_t", default=None, type=click.IntRange(min=1),
               help="T the on-the-fly conversion is tuned for (default: the largest --timesteps; "
                    "with --v-init optimized, each T gets its own fit).")
@@ -55,7 +59,8 @@ def read_converted(path: Path) -> tuple[bool, onnx.ModelProto | None]:
               help="Samples simulated side by side (default: 256 on torch, 100 on lava).")
 @click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda).")
 def command(model: Path, data_path: str, calib: str | None, norm: str, per_channel: bool,
-            v_init: str, reset: str, leak: float, maxpool_to_avgpool: bool, preprocess: str | None,
+            v_init: str, reset: str, leak: float, maxpool_to_avgpool: bool, encoding: str,
+            readout: str, preprocess: str | None,
             workers: int | None, timesteps: str, tune_t: int | None, target: str, fixed_point: bool,
             json_path: Path | None, plot_path: Path | None, limit: int | None,
             batch_size: int | None, device: str) -> None:
@@ -64,8 +69,8 @@ def command(model: Path, data_path: str, calib: str | None, norm: str, per_chann
     Under ``torchrun --nproc-per-node N`` each process evaluates every N-th batch and the counts
     are summed: the figures equal a single-process run; rank 0 prints and writes."""
     device = distributed.init_from_env(device)
-    ts = parse_timesteps(timesteps)
-    get_target(target)
+    asked = parse_timesteps(timesteps) if timesteps is not None else None
+    backend = get_target(target)
     options: dict = {} if batch_size is None else {"batch_size": batch_size}
     if target == "torch":
         options["device"] = device
@@ -75,9 +80,13 @@ def command(model: Path, data_path: str, calib: str | None, norm: str, per_chann
         raise OptionError("--fixed-point applies to --target lava only")
     converted, snn_model = read_converted(model)
     if converted:
-        shape = input_shape(snn_model) if snn_model is not None else None
+        ir_model = snn_model if snn_model is not None else (
+            backend.read_ir(model) if hasattr(backend, "read_ir") else None)
+        shape = input_shape(ir_model) if ir_model is not None else None
         data = open_data(data_path, preprocess=preprocess, labels=True, shape=shape,
                          what="evaluation", limit=limit, workers=workers)
+        ts = run_timesteps(data.sample_shape, shape, asked, DEFAULT_TIMESTEPS,
+                           f"evaluation data {data_path}")
         source = snn_model if snn_model is not None else model
         report = api.evaluate(source, data, None, ts, target=target, progress=True, workers=workers,
                               **options)
@@ -85,12 +94,15 @@ def command(model: Path, data_path: str, calib: str | None, norm: str, per_chann
         shape = input_shape(load_model(model))
         data = open_data(data_path, preprocess=preprocess, labels=True, shape=shape,
                          what="evaluation", limit=limit, workers=workers)
+        ts = run_timesteps(data.sample_shape, shape, asked, DEFAULT_TIMESTEPS,
+                           f"evaluation data {data_path}")
         calib_data = open_data(calib, preprocess=preprocess, shape=shape,
                                what="calibration", workers=workers) if calib else None
         report = api.evaluate_conversion(
             model, calib_data, data, None, ts, target=target, tune_t=tune_t, progress=True,
             target_options=options, workers=workers, norm=norm, per_channel=per_channel,
-            v_init=v_init, reset=reset, leak=leak, maxpool_to_avgpool=maxpool_to_avgpool)
+            v_init=v_init, reset=reset, leak=leak, maxpool_to_avgpool=maxpool_to_avgpool,
+            encoding=encoding, readout=readout)
     if not distributed.is_main():
         return
     label = "ANN (rate limit of the IR)" if report.ann_is_rate_limit else "ANN"

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from .. import distributed, ir
-from ..data import input_shape
+from ..data import input_shape, run_timesteps
 from ..datasets import open_data
 from ..finetune import METHODS, FinetuneConfig, finetune
 from ..finetune.config import PRECISIONS
@@ -27,8 +27,9 @@ def default_output(model: Path) -> Path:
 @click.option("--val", "val_path", default=None, type=click.Path(),
               help="Validation data (any --data form), evaluated after every epoch.")
 @data_options
-@click.option("-T", "--timesteps", default=4, show_default=True, type=click.IntRange(min=1),
-              help="Timesteps to train (and evaluate) at.")
+@click.option("-T", "--timesteps", default=None, type=click.IntRange(min=1),
+              help="Timesteps to train (and evaluate) at [default: 4; for time-varying data "
+                   "x [N, T, ...] its length T].")
 @click.option("--epochs", default=1, show_default=True, type=click.IntRange(min=0))
 @click.option("--lr", default=1e-4, show_default=True, type=click.FloatRange(min=0, min_open=True))
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1),
@@ -42,6 +43,7 @@ def default_output(model: Path) -> Path:
 @click.option("--train-thresholds/--freeze-thresholds", default=True, show_default=True)
 @click.option("--leak", default=None, type=click.FloatRange(0, 1, max_open=True),
               help="Set every neuron's LIF leak per step before training (default: keep).")
+@click.option("--train-leak", is_flag=True, help="Learn each layer's LIF leak (in [0, 0.999]).")
 @click.option("--sharpen-epochs", default=0, show_default=True, type=click.IntRange(min=0),
               help="pipe-S pre-stage: epochs of sharpened-ReLU ANN training before the SNN epochs.")
 @click.option("--limit", default=None, type=click.IntRange(min=1), help="Use the first N training samples.")
@@ -57,9 +59,10 @@ def default_output(model: Path) -> Path:
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="bf16: bfloat16 autocast for the forward passes (GPUs).")
 def command(model: Path, data_path: str, val_path: str | None, preprocess: str | None,
-            workers: int | None, timesteps: int, epochs: int, lr: float,
+            workers: int | None, timesteps: int | None, epochs: int, lr: float,
             batch_size: int, weight_decay: float, device: str, surrogate: str, method: str,
-            train_thresholds: bool, leak: float | None, sharpen_epochs: int, limit: int | None,
+            train_thresholds: bool, leak: float | None, train_leak: bool, sharpen_epochs: int,
+            limit: int | None,
             seed: int, output: Path | None, checkpoint: Path | None, resume: Path | None,
             checkpoint_every: int | None, precision: str) -> None:
     """Fine-tune a converted network MODEL (.snn.onnx) on labelled data.
@@ -73,11 +76,16 @@ def command(model: Path, data_path: str, val_path: str | None, preprocess: str |
                       limit=limit, workers=workers)
     val = open_data(val_path, preprocess=preprocess, labels=True, shape=shape, what="validation",
                     workers=workers) if val_path else None
+    (timesteps,) = run_timesteps(train.sample_shape, shape, None if timesteps is None else [timesteps],
+                                 [4], f"training data {data_path}")
+    if val is not None:
+        run_timesteps(val.sample_shape, shape, [timesteps], [4], f"validation data {val_path}")
     output = output or default_output(model)
     checkpoint = checkpoint or output.with_name(output.name + ".ckpt")
     cfg = FinetuneConfig(timesteps=timesteps, epochs=epochs, lr=lr, batch_size=batch_size,
                          weight_decay=weight_decay, device=device, surrogate=surrogate, method=method,
-                         train_thresholds=train_thresholds, leak=leak, sharpen_epochs=sharpen_epochs,
+                         train_thresholds=train_thresholds, leak=leak, train_leak=train_leak,
+                         sharpen_epochs=sharpen_epochs,
                          seed=seed, precision=precision)
     tuned, history = finetune(snn, train, None, val, None, config=cfg, checkpoint=checkpoint,
                               resume=resume, checkpoint_every=checkpoint_every, progress=True)

@@ -9,7 +9,7 @@ from ..errors import OptionError
 
 
 def conversion_options(f: Callable) -> Callable:
-    """--calib, -T, --norm, --per-channel, --v-init, --reset, --leak."""
+    """--calib, -T, --norm, --per-channel, --v-init, --reset, --leak, --encoding, --readout."""
     options = [
         click.option("--calib", type=click.Path(), default=None,
                      help="Calibration data (.npz with x, or any --data form) for threshold normalization."),
@@ -26,6 +26,11 @@ def conversion_options(f: Callable) -> Callable:
                      help="LIF leak per step (0 = IF)."),
         click.option("--maxpool-to-avgpool", is_flag=True,
                      help="Swap MaxPool for AveragePool (warns with the measured ANN accuracy effect)."),
+        click.option("--encoding", default="analog", show_default=True,
+                     help="Input encoding recorded in the IR: analog, frames (alias spikes), "
+                          "rate:bernoulli[:SEED] or rate:deterministic."),
+        click.option("--readout", default="membrane", show_default=True,
+                     help="Readout recorded in the IR: membrane (mean), last, window:K or spikes."),
     ]
     for option in reversed(options):
         f = option(f)

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from .. import distributed
-from ..data import load_npz
+from ..data import load_npz, sample_fits
 from ..errors import DataError
 from .images import IMAGE_SUFFIXES, ImageFolder, Preprocess
 from .sources import ArraySource, NpySource, NpzShards, Source
@@ -110,7 +110,7 @@ def check(source: Source, *, shape: list[int | None] | None = None, labels: bool
     if shape is None:
         return
     got = list(source.sample_shape)
-    if len(got) == len(shape) and all(s is None or s == g for s, g in zip(shape, got)):
+    if sample_fits(got, shape):
         return
     hint = None
     if sorted(got) == sorted(s for s in shape if s is not None) and len(got) == len(shape):

@@ -27,6 +27,9 @@ class FinetuneConfig:
     logit_scale   the loss is CE(scale · readout); None fits the scale (temperature scaling)
                   on the converted network first, since converted readouts can be tiny or huge
                   (a bias-free net fed x/255 has logits 255x smaller than it was trained with).
+    leak          set every neuron's LIF leak before training (None keeps the IR's);
+    train_leak    learn each layer's leak (in [0, 0.999]) with the other parameters.
+    timesteps     T of training and validation; on time-varying data [N, T, ...] at most its T.
     """
 
     timesteps: int = 4
@@ -40,6 +43,7 @@ class FinetuneConfig:
     method: str = "bptt"
     train_thresholds: bool = True
     leak: float | None = None
+    train_leak: bool = False
     sharpen_epochs: int = 0
     sharpen_to: float = 0.25
     ata: bool = True

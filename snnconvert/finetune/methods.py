@@ -3,7 +3,7 @@ branch (Tang et al.) and the pipe-S sharpened ANN twin (Lin et al.).
 
 All three run the same :class:`SpikingNetwork` and share its parameters; the ANN variants
 replace every neuron through ``neuron_hook`` and run one step (T = 1), where the readout
-is the plain graph output.
+is the plain graph output, on the rate-limit input (the mean frame of time-varying input).
 """
 from __future__ import annotations
 
@@ -68,6 +68,7 @@ def snn2ann_logits(net: SpikingNetwork, x: torch.Tensor, timesteps: int, chunk: 
     finally:
         net.record, net.time_chunk = previous
     noisy: dict[str, torch.Tensor] = {}
+    x = net.mean_input(x, timesteps)
 
     def hook(name, current, lead, fire):
         theta = net.params[table[name].threshold]
@@ -92,6 +93,8 @@ def sharpen_logits(net: SpikingNetwork, x: torch.Tensor, sharpness: float,
     linear between (s = 0 is the IR's clip(x, 0, θ)); backward is clip's gradient, the
     rectangular surrogate 1[0 < x/θ < 1] of pipe-S."""
     lo, hi = min(sharpness, 0.49), 1.0 - min(sharpness, 0.49)
+    steps = net.data_steps(x.shape)
+    x = net.mean_input(x, steps) if steps is not None else x
 
     def hook(name, current, lead, fire):
         theta = net.params[table[name].threshold]

@@ -127,10 +127,13 @@ class Trainer:
         thresholds = {p.threshold for p in self.table.values()}
         for key, param in self.net.params.items():
             param.requires_grad_(cfg.train_thresholds or key not in thresholds)
+        for param in self.net.leaks.values():
+            param.requires_grad_(cfg.train_leak)
         self.floors = {k: 1e-3 * self.net.params[k].detach().abs().mean().clamp(min=1e-8)
                        for k in thresholds}
         groups = [{"params": [p], "lr": cfg.lr * scale_for(p)}
                   for p in self.net.params.values() if p.requires_grad]
+        groups += [{"params": [p], "lr": cfg.lr} for p in self.net.leaks.values() if p.requires_grad]
         self.opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         total = max(1, cfg.sharpen_epochs + cfg.epochs)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=total)
@@ -173,6 +176,7 @@ class Trainer:
     def state(self) -> dict:
         return {"epoch": self.epoch, "step": self.step, "partial": self.partial.tolist(),
                 "logit_scale": self.logit_scale, "params": self.net.params.state_dict(),
+                "leaks": self.net.leaks.state_dict(),
                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                 "history": self.history.to_dict(), "config": self.cfg.to_dict(),
                 "processes": distributed.world_size()}
@@ -190,6 +194,8 @@ class Trainer:
                               hint="Resume with the same --batch-size (the global batch).")
         with torch.no_grad():
             self.net.params.load_state_dict(state["params"])
+            if "leaks" in state:
+                self.net.leaks.load_state_dict(state["leaks"])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.history = History.from_dict(state["history"])

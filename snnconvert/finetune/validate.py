@@ -5,7 +5,7 @@ import numpy as np
 import onnx
 
 from .. import ir
-from ..data import input_shape
+from ..data import input_shape, sample_fits
 from ..errors import DataError, ModelLoadError
 
 
@@ -31,9 +31,9 @@ def check_arrays(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray | None, wh
                         f"shape {list(x.shape)}")
     shape = input_shape(model)
     got = list(x.shape[1:])
-    if len(got) != len(shape) or any(s is not None and s != g for s, g in zip(shape, got)):
+    if not sample_fits(got, shape):
         raise DataError(f"{what}: samples have shape {got}, the model expects "
-                        f"{['?' if s is None else s for s in shape]}")
+                        f"{['?' if s is None else s for s in shape]} (or [T, ...] for one input per step)")
     if y is None:
         raise DataError(f"{what}: labels 'y' are missing", hint="Fine-tuning needs integer labels.")
     y = np.asarray(y)

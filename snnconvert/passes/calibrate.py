@@ -134,8 +134,15 @@ class ActivationStats:
         return np.array(self.hist.percentile(p)[0])
 
 
+def steps_as_samples(x: np.ndarray, rank: int) -> np.ndarray:
+    """A time-varying batch [N, T, ...] (one more axis than the model's ``rank``) as N*T
+    samples, so statistics are taken over every step; a static batch as it is."""
+    return x.reshape(-1, *x.shape[2:]) if x.ndim == rank + 1 else x
+
+
 class Calibrate(Pass):
-    """Collect per-neuron input statistics into ``ctx.stats`` (the model is unchanged)."""
+    """Collect per-neuron input statistics into ``ctx.stats`` (the model is unchanged); on
+    time-varying data, over all steps of every sample."""
 
     name = "calibrate"
 
@@ -148,7 +155,8 @@ class Calibrate(Pass):
                             hint="Pass --calib C.npz with an array 'x' of preprocessed inputs.")
         names = [n.input for n in ir.neurons(model)]
         stats = {n: ActivationStats() for n in names}
-        inputs = (x for x, _ in batches(ctx.calib, self.batch_size))
+        rank = ir.input_rank(model)
+        inputs = (steps_as_samples(x, rank) for x, _ in batches(ctx.calib, self.batch_size))
         for batch in onnxrt.iterate(model, inputs, names, self.batch_size, ctx.progress,
                                     desc="calibrating"):
             for n, v in batch.items():

@@ -17,6 +17,7 @@ import onnx
 import torch
 
 from .. import ir, onnxrt
+from ..data import ann_input
 from ..datasets import Data, batches
 from ..errors import DataError
 from ..ops.events import READOUT, ann_macs, layers, synapses, synaptic_events, tensor_shapes
@@ -142,6 +143,7 @@ def build_report(model: onnx.ModelProto, x: Data, y: np.ndarray | None, timestep
     names = [out_name] + [n.output for n in neuron_list]
     sess = onnxrt.session(onnxrt.with_outputs(probe, names))
     input_name = sess.get_inputs()[0].name
+    rank = len(sess.get_inputs()[0].shape)
     n_samples, labelled, ann_correct = 0, False, 0
     correct = {t: 0 for t in ts}
     spikes_at: dict[str, float] = {}
@@ -154,7 +156,7 @@ def build_report(model: onnx.ModelProto, x: Data, y: np.ndarray | None, timestep
         counts = {k: v.to(torch.float64) for k, v in net.spike_counts.items()}
         for lay, value in synaptic_events(model, shapes, counts).items():
             events[lay] += value * len(xb)
-        arrays = dict(zip(names, sess.run(names, {input_name: xb})))
+        arrays = dict(zip(names, sess.run(names, {input_name: ann_input(xb, rank, timesteps)})))
         ann_pred = arrays[out_name].reshape(len(xb), -1).argmax(1)
         labelled = yb is not None
         ref = yb if labelled else ann_pred

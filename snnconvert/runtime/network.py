@@ -1,13 +1,16 @@
 """SpikingNetwork: a torch nn.Module that simulates a spiking-IR ONNX graph.
 
 Semantics (shared by every target): layer-synchronous with zero delay. At every step the
-constant analog input flows through all nodes in topological order; neuron nodes keep a
-membrane potential; the readout is the mean over T of the graph output.
+input of that step (see :class:`snnconvert.ir.Encoding`: the constant analog input, a frame
+of a time-varying sample [B, T, ...], or rate-coded spikes) flows through all nodes in
+topological order; neuron nodes keep a membrane potential across the steps of a sample; the
+readout (:class:`snnconvert.ir.Readout`) reads the graph output.
 
-Speed: tensors that depend only on the input are *time-invariant* and computed once
-(the first layer's synaptic operation under analog input); every other tensor holds a
-whole chunk of time steps stacked into the batch axis ([T*B, ...]), so each synaptic op
-runs once per chunk and only the neuron recurrence loops over time.
+Speed: under analog input, tensors that depend only on the input are *time-invariant* and
+computed once (the first layer's synaptic operation); every other tensor holds a whole chunk
+of time steps stacked into the batch axis ([T*B, ...]), so each synaptic op runs once per
+chunk and only the neuron recurrence loops over time. Time-varying input makes the input
+itself such a chunked tensor (a second plan of the graph, built on first use).
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import ir
-from ..graph import attrs as graph_attrs
+from ..graph import attrs as graph_attrs, set_attr
 from ..graph import is_constant
 from ..errors import SnnConvertError, UnsupportedModelError
 from ..results import SimResult
@@ -126,6 +129,17 @@ class SpikingNetwork(nn.Module):
                              and all(kinds.get(i) == CONST for i in node.input[1:] if i)}
         self._tail = self._readout_tail(graph)
         self._free_after = self._liveness(graph)
+        self._plans = {INVARIANT: (self._nodes, self._kinds, self._tail, self._free_after)}
+        self.encoding, self.readout = ir.encoding(model), ir.readout(model)
+        self._input_rank = ir.input_rank(model)
+        out_neuron = ir.output_neuron(model)
+        self._out_threshold = out_neuron.input[1] if out_neuron is not None else None
+        self.leaks = nn.ParameterDict({
+            param_key(node.name): nn.Parameter(torch.tensor(float(attrs.get("leak", 0.0))),
+                                               requires_grad=False)
+            for node, attrs, _ in self._nodes if ir.is_neuron(node)})
+        """Per-layer LIF leak, trainable when its requires_grad is set (clamped to [0, 0.999])."""
+        self._uniforms: torch.Tensor | None = None
         self.record = False
         self.spike_counts: dict[str, torch.Tensor] = {}
         self.neuron_hook: NeuronHook | None = None
@@ -172,6 +186,70 @@ class SpikingNetwork(nn.Module):
                 free[i].append(name)
         return free
 
+    # ----------------------------------------------------------- input plans
+    def _use_plan(self, input_kind: int) -> None:
+        """Select the graph plan for a time-invariant (analog) or a per-step (VARYING) input."""
+        if input_kind not in self._plans:
+            nodes, kinds = [], {name: k for name, k in self._plans[INVARIANT][1].items() if k == CONST}
+            kinds[self.input_name] = input_kind
+            for node, attrs, _ in self._plans[INVARIANT][0]:
+                k = VARYING if ir.is_neuron(node) else max(
+                    (kinds[x] for x in node.input if x), default=CONST)
+                for o in node.output:
+                    kinds[o] = k
+                nodes.append((node, attrs, k))
+            self._nodes, self._kinds = nodes, kinds
+            self._tail = self._readout_tail(self._model.graph)
+            self._free_after = self._liveness(self._model.graph)
+            self._plans[input_kind] = (self._nodes, self._kinds, self._tail, self._free_after)
+        self._nodes, self._kinds, self._tail, self._free_after = self._plans[input_kind]
+
+    def data_steps(self, x_shape: tuple[int, ...]) -> int | None:
+        """T of a time-varying batch [B, T, *input], None for a static one (see ir.data_steps)."""
+        return ir.data_steps(self._model, tuple(x_shape))
+
+    def mean_input(self, x: torch.Tensor, timesteps: int) -> torch.Tensor:
+        """The static input whose analog run is the rate limit of this input over ``timesteps``
+        steps: the mean frame, the firing probability under rate coding, or ``x`` itself."""
+        if self.data_steps(x.shape) is not None:
+            return x[:, :timesteps].mean(1)
+        if self.encoding.kind == "rate":
+            return x.clamp(0.0, 1.0)
+        return x
+
+    def _encoder(self, x: torch.Tensor, timesteps: int) -> Callable[[int, int], torch.Tensor] | None:
+        """step inputs (start, steps) -> [steps * B, *input] for per-step input; None for analog."""
+        if self.neuron_hook is not None:  # an ANN pass: the input is taken as it is given
+            return None
+        data_t = self.data_steps(x.shape)
+        if data_t is not None:
+            ir.check_steps(timesteps, data_t, "the input")
+            return lambda start, steps: x[:, start:start + steps].transpose(0, 1).reshape(
+                steps * x.shape[0], *x.shape[2:])
+        if self.encoding.kind != "rate":
+            return None
+        p = x.clamp(0.0, 1.0)
+        if self.encoding.mode == "deterministic":
+            acc = torch.full_like(p, 0.5)
+
+            def deterministic(start: int, steps: int) -> torch.Tensor:
+                nonlocal acc
+                out = []
+                for _ in range(steps):
+                    acc = acc + p
+                    s = (acc >= 1.0).to(p.dtype)
+                    acc = acc - s
+                    out.append(s)
+                return torch.cat(out)
+            return deterministic
+        u = self._uniforms
+        if u is None or len(u) < timesteps or u.shape[1:] != p.shape[1:] or u.device != p.device:
+            u = torch.from_numpy(ir.rate_uniforms(tuple(p.shape[1:]), timesteps,
+                                                  self.encoding.seed)).to(p.device)
+            self._uniforms = u
+        return lambda start, steps: (u[start:start + steps, None] < p[None]).to(p.dtype).reshape(
+            steps * p.shape[0], *p.shape[1:])
+
     # ---------------------------------------------------------------- values
     def _value(self, name: str, env: dict) -> torch.Tensor | None:
         if not name:
@@ -189,13 +267,13 @@ class SpikingNetwork(nn.Module):
 
     # ------------------------------------------------------------- execution
     def _run_chunk(self, x: torch.Tensor, steps: int, state: dict, cache: dict,
-                   tail: bool = False) -> dict:
+                   tail: bool = False, batch: int | None = None) -> dict:
         """Evaluate the graph for ``steps`` steps; returns the value environment.
 
         ``tail=False`` skips the readout tail; ``tail=True`` runs only the tail, on the
         time-averaged inputs already in ``cache`` (``steps`` then counts averaged points).
         """
-        batch = x.shape[0]
+        batch = x.shape[0] if batch is None else batch
         env: dict[str, torch.Tensor] = {self.input_name: x}
         env.update(cache)
         for index, (node, attrs, kind) in enumerate(self._nodes):
@@ -260,8 +338,9 @@ class SpikingNetwork(nn.Module):
         if not invariant:
             current = current.reshape(steps, batch, *per_sample)
         reset = attrs.get("reset", "subtract")
-        leak = float(attrs.get("leak", 0.0))
         fast = not torch.is_grad_enabled()
+        leak = self.leaks[param_key(node.name)]
+        leak = leak.clamp(0.0, 0.999) if leak.requires_grad and not fast else float(leak)
         prev = state.get(node.name)
         start = prev["t"] if prev else 0
 
@@ -322,6 +401,11 @@ class SpikingNetwork(nn.Module):
         at the checkpoints that fall in the chunk and at the chunk's last step.
         """
         batch = x.shape[0]
+        encode = self._encoder(x, timesteps)
+        self._use_plan(INVARIANT if encode is None else VARYING)
+        readout = self.readout if self.neuron_hook is None else ir.Readout()
+        theta = self._value(self._out_threshold, {}) if readout.kind == "spikes" else None
+        history: dict[str, list[torch.Tensor]] = {}
         state: dict = {}
         cache: dict = {}
         sums: dict[str, torch.Tensor] = {}
@@ -332,30 +416,40 @@ class SpikingNetwork(nn.Module):
         done = 0
         while done < timesteps:
             steps = min(self._chunk_steps(x, timesteps), timesteps - done)
-            env = self._run_chunk(x, steps, state, cache)
+            env = self._run_chunk(x if encode is None else encode(done, steps), steps, state, cache,
+                                  batch=batch)
             points = [t for t in wanted if done < t <= done + steps]
             if not points or points[-1] != done + steps:
                 points.append(done + steps)
             means: dict[str, torch.Tensor] = {}
             for name in self._tail_inputs(env):
                 value = env[name].reshape(steps, batch, *env[name].shape[1:])
-                if len(points) == 1:
+                if readout.kind == "spikes":
+                    value = value / theta
+                if readout.kind == "last":
+                    picked = value[[t - done - 1 for t in points]]
+                elif len(points) == 1 and readout.kind != "window":
                     total = value.sum(0) + sums.get(name, 0)
                     picked = total.unsqueeze(0)
+                    sums[name] = total
                 else:
                     running = value.cumsum(0) + sums.get(name, 0)
                     picked = running[[t - done - 1 for t in points]]
-                    total = running[-1]
-                sums[name] = total
-                scale = torch.tensor(points, dtype=value.dtype, device=value.device)
-                picked = picked / scale.view(-1, *([1] * (picked.dim() - 1)))
+                    sums[name] = running[-1]
+                    if readout.kind == "window":
+                        history.setdefault(name, []).append(running)
+                        picked = picked - self._window_start(history[name], points, readout.window)
+                if readout.kind in ("membrane", "window"):
+                    scale = torch.tensor([min(t, readout.window) if readout.kind == "window" else t
+                                          for t in points], dtype=value.dtype, device=value.device)
+                    picked = picked / scale.view(-1, *([1] * (picked.dim() - 1)))
                 means[name] = picked.reshape(len(points) * batch, *picked.shape[2:])
             if self._kinds[self.output_name] != VARYING:
                 out = env[self.output_name]
                 out = out.unsqueeze(0).expand(len(points), *out.shape)
             else:
-                tail_env = self._run_chunk(x, len(points), {}, {**cache, **means}, tail=True) \
-                    if self._tail else means
+                tail_env = self._run_chunk(x, len(points), {}, {**cache, **means}, tail=True,
+                                           batch=batch) if self._tail else means
                 out = tail_env[self.output_name]
                 out = out.reshape(len(points), batch, *out.shape[1:])
             for i, t in enumerate(points):
@@ -364,6 +458,13 @@ class SpikingNetwork(nn.Module):
             final = out[-1]
             done += steps
         return final, marks
+
+    @staticmethod
+    def _window_start(running: list[torch.Tensor], points: list[int], window: int) -> torch.Tensor:
+        """The running sums S_{t-K} (0 for t <= K) at each point t, from the per-chunk running sums."""
+        steps = torch.cat(running)
+        zero = torch.zeros_like(steps[0])
+        return torch.stack([steps[t - window - 1] if t > window else zero for t in points])
 
     def _tail_inputs(self, env: dict) -> list[str]:
         """Varying tensors that the readout tail (or the output itself) consumes."""
@@ -378,7 +479,8 @@ class SpikingNetwork(nn.Module):
         return names
 
     def forward(self, x: torch.Tensor, timesteps: int) -> torch.Tensor:
-        """Readout after ``timesteps`` steps: the mean output, [B, n_out]."""
+        """Readout after ``timesteps`` steps (the IR's readout of the output), [B, n_out].
+        ``x`` is [B, *input], or [B, T, *input] for one input per step."""
         return self._simulate(x, timesteps)[0]
 
     @torch.no_grad()
@@ -433,4 +535,10 @@ class SpikingNetwork(nn.Module):
             if key in self.params:
                 value = self.params[key].detach().cpu().numpy()
                 t.CopyFrom(numpy_helper.from_array(value.astype(numpy_helper.to_array(t).dtype), t.name))
+        for node in out.graph.node:
+            key = param_key(node.name)
+            if ir.is_neuron(node) and key in self.leaks:
+                leak = float(self.leaks[key].detach().clamp(0.0, 0.999))
+                if leak != float(graph_attrs(node).get("leak", 0.0)):
+                    set_attr(node, "leak", leak)
         return out

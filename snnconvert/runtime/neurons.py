@@ -41,7 +41,7 @@ def spike(x: torch.Tensor, surrogate: str = "atan", alpha: float = 2.0) -> torch
 
 
 def if_neuron(current: torch.Tensor, steps: int, v: torch.Tensor, threshold: torch.Tensor,
-              reset: str = "subtract", leak: float = 0.0, surrogate: str = "atan",
+              reset: str = "subtract", leak: float | torch.Tensor = 0.0, surrogate: str = "atan",
               alpha: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``steps`` steps. ``current`` is [T, B, ...] or time-invariant [B, ...].
 
@@ -50,9 +50,10 @@ def if_neuron(current: torch.Tensor, steps: int, v: torch.Tensor, threshold: tor
     constant = current.dim() == v.dim()
     out = []
     decay = 1.0 - leak
+    leaky = torch.is_tensor(leak) or leak != 0  # a tensor leak is trained: keep it in the graph
     for t in range(steps):
         x = current if constant else current[t]
-        v = v * decay + x if leak else v + x
+        v = v * decay + x if leaky else v + x
         s = spike((v - threshold) / threshold, surrogate, alpha)
         v = v - threshold * s if reset == "subtract" else v * (1 - s)
         out.append(s * threshold)

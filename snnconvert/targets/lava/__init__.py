@@ -83,6 +83,7 @@ def network(model: onnx.ModelProto) -> LavaNetwork:
     refuses fixed-point data derived from other float parameters."""
     _refuse_stale(model)
     refuse_unsupported(model, supports, "lava")
+    ir.check_constant_input(model, "lava")
     lg = lower(model)
     try:
         fx = load_layers(model, lg)
@@ -138,6 +139,9 @@ def evaluate(source, x: np.ndarray, timesteps, fixed_point: bool = False, batch_
         net = network(prepare(source, fixed_point, calib if calib is not None else np.asarray(x)[:256]))
     else:
         net = load(source)
+    if np.ndim(x) == ir.input_rank(net.model) + 1:
+        raise TargetError("the lava target injects a constant input current; this data has a "
+                          f"time axis ({list(np.shape(x))})", hint="Run time-varying input on --target torch.")
     ts = [timesteps] if isinstance(timesteps, int) else list(timesteps)
     res = SimResult(readout={})
     for t in ts:

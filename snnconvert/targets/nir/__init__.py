@@ -15,6 +15,7 @@ import nir
 import numpy as np
 import onnx
 
+from ... import ir
 from ...errors import TargetError
 from ...results import SimResult
 from .export import POOL_MODES, Loss, to_nir
@@ -31,6 +32,7 @@ def export(model: onnx.ModelProto, strict: bool = False, pool: str = "sum"
 
     With ``strict=True`` any loss raises a TargetError naming every lossy layer."""
     refuse_unsupported(model, supports, "nir")
+    ir.check_constant_input(model, "nir")
     graph, losses = to_nir(model, pool=pool)
     if strict and losses:
         raise TargetError("the NIR graph would not reproduce the network exactly: "

@@ -21,6 +21,9 @@ from .support import supports
 
 __all__ = ["compile", "load", "evaluate", "simulator", "read_ir", "supports", "SpikingNetwork"]
 
+TIME_VARYING_INPUT = True
+"""Runs one input per step (x [N, T, ...]) and every input encoding and readout of the IR."""
+
 
 def compile(model: onnx.ModelProto, out: str | os.PathLike, **options) -> Path:
     """Write ``out`` (.pt): the IR and the module state, written whole or not at all."""
@@ -38,7 +41,9 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Spiking
     if path.endswith(".pt"):
         blob = torch.load(path, map_location=device, weights_only=False)
         net = SpikingNetwork(onnx.load_from_string(blob["ir"]), **blob.get("options", {}))
-        net.load_state_dict(blob["state_dict"])
+        missing, unexpected = net.load_state_dict(blob["state_dict"], strict=False)
+        if unexpected or any(not k.startswith("leaks.") for k in missing):  # older artifacts: leaks from the IR
+            net.load_state_dict(blob["state_dict"])
         return net.to(device)
     return SpikingNetwork(ir.load(path)).to(device)
 

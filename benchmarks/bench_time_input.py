@@ -1,0 +1,161 @@
+"""Time-varying input (issue 12): spike-frame input, fine-tuning on frames, rate encoding, and
+the real N-MNIST recording through a converted network.
+
+    .venv/bin/python benchmarks/bench_time_input.py [--parts frames,finetune,rate,nmnist]
+                                                    [--test-n 10000] [--out out/time_input]
+
+frames   : /work/shared/models/sinabs-mnist-cnn converted with defaults (calib: the prepared
+           sinabs-mnist-cnn_calib.npz, T=32); x = Bernoulli spike frames [N, 32, 1, 28, 28] (uint8,
+           P(spike) = pixel intensity in [0, 1], one seed) of the first --test-n MNIST test images;
+           evaluated with ``snnconvert eval NET --data frames.npz`` (T = the data's length, 32).
+finetune : the same network fine-tuned 1 epoch (BPTT, T=32, ``snnconvert finetune``) on such frames
+           of the 5,000 prepared training images (mnist_train5000.npz), then evaluated again.
+rate     : accuracy vs T with analog input beside ``rate:bernoulli`` and ``rate:deterministic``
+           encodings (the IR's own encoders) on sinabs-mnist-cnn (2,000 prepared test images) and
+           the bundled example (examples/mnist, 1,000 test images).
+nmnist   : the real N-MNIST recording (/work/shared/data/nmnist-sample) read, binned into 32
+           frames over its span, its centre 28x28 cropped, polarities summed, run through the
+           converted sinabs network; event counts and shapes asserted.
+Needs /work/shared (models, MNIST, the recording) and benchmarks/data (prepare_data.py).
+Single thread.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import snnconvert  # noqa: E402
+from snnconvert import events, ir  # noqa: E402
+from snnconvert.runtime import SpikingNetwork  # noqa: E402
+
+SINABS = Path("/work/shared/models/sinabs-mnist-cnn/sinabs_mnist_cnn.onnx")
+DATA = ROOT / "benchmarks" / "data"
+RECORDING = Path("/work/shared/data/nmnist-sample/sample_nmnist.bin")
+T = 32
+CLI = [str(ROOT / ".venv" / "bin" / "snnconvert"), "--threads", "1"]
+
+
+def bernoulli_frames(x: np.ndarray, steps: int, seed: int) -> np.ndarray:
+    """[N, steps, *x] uint8 spikes with P(1) = x (in [0, 1]), drawn in blocks of 500 samples."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((len(x), steps, *x.shape[1:]), np.uint8)
+    for i in range(0, len(x), 500):
+        out[i:i + 500] = rng.random((len(x[i:i + 500]), steps, *x.shape[1:]), np.float32) < x[i:i + 500, None]
+    return out
+
+
+def run(cmd: list[str]) -> str:
+    print("$", " ".join(cmd), flush=True)
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    print(done.stdout.rstrip())
+    if done.returncode:
+        print(done.stderr.rstrip()[-2000:])
+        raise SystemExit(done.returncode)
+    print(f"({time.perf_counter() - t0:.0f} s)")
+    return done.stdout
+
+
+def converted(out: Path) -> Path:
+    path = out / "sinabs.snn.onnx"
+    if not path.exists():
+        run(CLI + [str(SINABS), "--calib", str(DATA / "sinabs-mnist-cnn_calib.npz"), "-T", str(T),
+                   "-o", str(path)])
+    return path
+
+
+def part_frames(out: Path, test_n: int) -> None:
+    from datasets import mnist
+
+    x, y = mnist("test", test_n)
+    x = (x.astype(np.float32) / 255.0).reshape(len(x), 1, 28, 28)
+    frames = out / f"frames_test{test_n}_T{T}.npz"
+    if not frames.exists():
+        np.savez(frames, x=bernoulli_frames(x, T, seed=1), y=y.astype(np.int64))
+    run(CLI + ["eval", str(converted(out)), "--data", str(frames), "--json", str(out / "frames_eval.json")])
+
+
+def part_finetune(out: Path, test_n: int) -> None:
+    d = np.load(DATA / "mnist_train5000.npz")
+    train = out / f"frames_train5000_T{T}.npz"
+    if not train.exists():
+        np.savez(train, x=bernoulli_frames(d["x"], T, seed=2), y=d["y"])
+    tuned = out / "sinabs.tuned.snn.onnx"
+    run(CLI + ["finetune", str(converted(out)), "--data", str(train), "--epochs", "1",
+               "--batch-size", "64", "--lr", "1e-4", "-o", str(tuned)])
+    frames = out / f"frames_test{test_n}_T{T}.npz"
+    run(CLI + ["eval", str(tuned), "--data", str(frames), "--json", str(out / "frames_tuned_eval.json")])
+
+
+def part_rate(out: Path) -> None:
+    cases = {"sinabs-mnist-cnn": (SINABS, DATA / "sinabs-mnist-cnn_calib.npz", DATA / "sinabs-mnist-cnn_test.npz"),
+             "examples/mnist": (ROOT / "examples/mnist/model.onnx", ROOT / "examples/mnist/calib.npz",
+                                ROOT / "examples/mnist/test.npz")}
+    ts = [1, 2, 4, 8, 16, 32, 64]
+    for name, (model, calib, test) in cases.items():
+        c, t = np.load(calib), np.load(test)
+        snn = snnconvert.convert(model, c["x"], timesteps=T)
+        rows = {}
+        for enc in ("analog", "rate:bernoulli:0", "rate:deterministic"):
+            ir.set_meta(snn, "encoding", enc)
+            t0 = time.perf_counter()
+            rep = snnconvert.evaluate(snn, t["x"], t["y"], ts)
+            rows[enc] = [r.accuracy for r in rep.rows]
+            print(f"{name} {enc}: {time.perf_counter() - t0:.0f} s", flush=True)
+        print(f"\n{name} ({len(t['y'])} test images, converted with defaults at T={T}): accuracy %")
+        print("| encoding | " + " | ".join(f"T={v}" for v in ts) + " |")
+        print("|---|" + "---|" * len(ts))
+        for enc, accs in rows.items():
+            print(f"| {enc} | " + " | ".join(f"{100 * a:.2f}" for a in accs) + " |")
+        print()
+
+
+def part_nmnist(out: Path) -> None:
+    ev = events.read_nmnist(RECORDING)
+    assert len(ev) == 4325, len(ev)
+    frames = events.to_frames(ev, events.NMNIST_SENSOR, n_time_bins=T)
+    assert frames.shape == (T, 2, 34, 34) and int(frames.sum()) == 4325
+    crop = events.fit_events(ev, events.NMNIST_SENSOR, (28, 28), "crop")
+    x = events.to_frames(crop, (28, 28), n_time_bins=T, t_start=int(ev["t"].min()),
+                         t_stop=int(ev["t"].max()) + 1).sum(1, keepdims=True)  # ON + OFF
+    assert x.shape == (T, 1, 28, 28) and int(x.sum()) == len(crop)
+    snn = ir.load(converted(out))
+    net = SpikingNetwork(snn)
+    net.record = True
+    with torch.no_grad():
+        logits = net(torch.from_numpy(x[None].astype(np.float32)), T)
+    spikes = {k: int(v.sum()) for k, v in net.spike_counts.items()}
+    print(f"N-MNIST recording: {len(ev)} events -> frames {list(frames.shape)} ({int(frames.sum())} events); "
+          f"centre 28x28: {len(crop)} events -> x {list(x.shape)}; network readout {logits.shape[1]} classes, "
+          f"argmax {int(logits.argmax())}, spikes per layer {spikes}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--parts", default="frames,finetune,rate,nmnist")
+    ap.add_argument("--test-n", type=int, default=10000)
+    ap.add_argument("--out", type=Path, default=ROOT / "out" / "time_input")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for part in args.parts.split(","):
+        t0 = time.perf_counter()
+        {"frames": lambda: part_frames(args.out, args.test_n),
+         "finetune": lambda: part_finetune(args.out, args.test_n),
+         "rate": lambda: part_rate(args.out),
+         "nmnist": lambda: part_nmnist(args.out)}[part]()
+        print(f"[{part}: {time.perf_counter() - t0:.0f} s]\n", flush=True)
+
+
+if __name__ == "__main__":
+    main()

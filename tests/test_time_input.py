@@ -1,0 +1,258 @@
+"""Time-varying input (issue 12): input encodings and readouts in the IR, the frame axis
+through every data reader, per-step input in the runtime against the numpy reference, the
+trainable LIF leak, calibration and fine-tuning on frames, refusals by name."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import helper
+
+import snnconvert
+from conftest import FIXTURES
+from helpers import mlp_ir, model as make_model, vi
+from snnconvert import ir, ir_reference
+from snnconvert.cli import main
+from snnconvert.datasets import open_data
+from snnconvert.errors import DataError, ModelLoadError, OptionError, TargetError
+from snnconvert.finetune import finetune
+from snnconvert.runtime import SpikingNetwork
+
+ENCODINGS = ["analog", "frames", "rate:bernoulli:7", "rate:deterministic"]
+READOUTS = ["membrane", "last", "window:3", "spikes"]
+
+
+def with_meta(m: onnx.ModelProto, encoding: str = "analog", readout: str = "membrane") -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(m)
+    ir.set_meta(out, "encoding", encoding)
+    ir.set_meta(out, "readout", readout)
+    return out
+
+
+def mlp_spiking_output(seed: int = 0) -> onnx.ModelProto:
+    """x[N,4] -> Gemm -> IF -> Gemm -> IF -> y[N,3]: the output is a neuron layer."""
+    rng = np.random.default_rng(seed)
+    n1, i1 = ir.make_neuron("if1", "h", "s", np.full([8], 1.0), np.full([8], 0.5))
+    n2, i2 = ir.make_neuron("if2", "o", "y", np.array([0.5, 1.0, 2.0]), np.full([3], 0.25))
+    m = make_model([helper.make_node("Gemm", ["x", "W1", "b1"], ["h"], transB=1, name="fc1"), n1,
+                    helper.make_node("Gemm", ["s", "W2"], ["o"], transB=1, name="fc2"), n2],
+                   [vi("x", ["N", 4])], [vi("y", ["N", 3])],
+                   {"W1": rng.normal(size=(8, 4)), "b1": rng.normal(size=8) * 0.3,
+                    "W2": rng.normal(size=(3, 8))})
+    m.graph.initializer.extend(i1 + i2)
+    ir.ensure_domain(m)
+    return m
+
+
+@pytest.fixture(scope="module")
+def digits_snn(digits):
+    return snnconvert.convert(FIXTURES / "digits_cnn.onnx", digits["x_train"][:200], timesteps=8)
+
+
+def bernoulli_frames(x: np.ndarray, steps: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.random((len(x), steps, *x.shape[1:])) < x[:, None]).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------- the IR
+
+def test_encoding_and_readout_specs_parse_and_print() -> None:
+    assert str(ir.Encoding.parse("spikes")) == "frames"
+    assert ir.Encoding.parse("rate") == ir.Encoding("rate", "bernoulli", 0)
+    assert str(ir.Encoding.parse("rate:bernoulli:5")) == "rate:bernoulli:5"
+    assert str(ir.Encoding.parse("rate:deterministic")) == "rate:deterministic"
+    assert ir.Readout.parse("window:4") == ir.Readout("window", 4)
+    with pytest.raises(ValueError, match="unknown input encoding 'poisson'"):
+        ir.Encoding.parse("poisson")
+    with pytest.raises(ValueError, match="the seed must be an integer"):
+        ir.Encoding.parse("rate:bernoulli:x")
+    with pytest.raises(ValueError, match="the window must be a positive number of steps"):
+        ir.Readout.parse("window:0")
+    with pytest.raises(ModelLoadError, match="readout 'spikes' needs the graph output 'y' to be a "
+                                             "neuron's output"):
+        ir.readout(with_meta(mlp_ir(), readout="spikes"))
+
+
+def test_rate_uniforms_are_a_prefix_and_seeded() -> None:
+    a, b = ir.rate_uniforms((2, 3), 4, 1), ir.rate_uniforms((2, 3), 9, 1)
+    assert np.array_equal(a, b[:4]) and not np.array_equal(a, ir.rate_uniforms((2, 3), 4, 2))
+
+
+# ------------------------------------------------------- runtime against the reference
+
+@pytest.mark.parametrize("readout", READOUTS)
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_runtime_matches_the_reference(encoding: str, readout: str) -> None:
+    m = with_meta(mlp_spiking_output(), encoding, readout)
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0, 1, (16, 4)).astype(np.float32)
+    if encoding == "frames":
+        x = bernoulli_frames(x, 6).astype(np.float32)
+    ref = ir_reference.simulate(m, x, 6)
+    net = SpikingNetwork(m, time_chunk=4)
+    net.record = True
+    with torch.no_grad():
+        out = net(torch.from_numpy(x), 6).numpy()
+    np.testing.assert_allclose(out, ref.readout, rtol=1e-5, atol=1e-5)
+    for name, counts in ref.counts.items():
+        assert np.array_equal(net.spike_counts[name].numpy(), counts), name
+    sim = net.simulate(x, [2, 6], batch_size=5)  # checkpoints and batch splits change nothing
+    np.testing.assert_allclose(sim.readout[6], ref.readout, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sim.readout[2], ir_reference.simulate(m, x, 2).readout, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("readout", ["membrane", "last", "window:3"])
+def test_frames_through_a_cnn_match_the_reference(digits, digits_snn, readout: str) -> None:
+    m = with_meta(digits_snn, "frames", readout)
+    x = bernoulli_frames(digits["x_test"][:12], 5).astype(np.float32)
+    ref = ir_reference.simulate(m, x, 5)
+    sim = SpikingNetwork(m).simulate(x, 5, record=True)
+    np.testing.assert_allclose(sim.readout[5], ref.readout, rtol=1e-4, atol=1e-5)
+
+
+def test_constant_frames_run_as_the_analog_input(digits, digits_snn) -> None:
+    """Frames that repeat the image give the analog run's spikes (the per-step plan is exact)."""
+    x = digits["x_test"][:20]
+    frames = np.repeat(x[:, None], 8, axis=1)
+    net = SpikingNetwork(digits_snn)
+    a = net.simulate(x, [4, 8], record=True)
+    counts_a = {k: v.clone() for k, v in net.spike_counts.items()}
+    b = net.simulate(frames, [4, 8], record=True)
+    for t in (4, 8):
+        np.testing.assert_allclose(a.readout[t], b.readout[t], rtol=1e-5, atol=1e-6)
+    for k, v in counts_a.items():
+        assert torch.equal(v, net.spike_counts[k]), k
+
+
+def test_bernoulli_rate_code_does_not_depend_on_the_batch() -> None:
+    m = with_meta(mlp_ir(), "rate:bernoulli:3")
+    x = np.random.default_rng(0).uniform(0, 1, (9, 4)).astype(np.float32)
+    net = SpikingNetwork(m)
+    whole = net.simulate(x, 16).readout[16]
+    alone = np.concatenate([net.simulate(x[i:i + 1], 16).readout[16] for i in range(len(x))])
+    np.testing.assert_allclose(whole, alone, rtol=1e-6)
+
+
+def test_data_that_does_not_fit_the_encoding_is_refused() -> None:
+    frames = np.zeros((2, 3, 4), np.float32)
+    with pytest.raises(DataError, match=r"the input has a time axis \(\[2, 3, 4\]\) but the "
+                                        r"network's input encoding 'rate:bernoulli:0'"):
+        SpikingNetwork(with_meta(mlp_ir(), "rate"))(torch.from_numpy(frames), 2)
+    with pytest.raises(DataError, match="the input has no time axis"):
+        SpikingNetwork(with_meta(mlp_ir(), "frames"))(torch.zeros(2, 4), 2)
+    with pytest.raises(DataError, match=r"^the input holds T=3 steps per sample; T=5 was asked for Hint: Use T <= 3"):
+        SpikingNetwork(mlp_ir())(torch.from_numpy(frames), 5)
+
+
+# --------------------------------------------------------------------- LIF leak
+
+def test_lif_leak_is_trainable_and_written_back() -> None:
+    m = mlp_ir(threshold=0.5, v_init=0.25, leak=0.2)
+    x = torch.from_numpy(np.random.default_rng(1).uniform(0, 1, (32, 6, 4)).astype(np.float32))
+    net = SpikingNetwork(m)
+    leak = net.leaks["if1"]
+    leak.requires_grad_(True)
+    net(x, 6).pow(2).sum().backward()
+    assert leak.grad is not None and float(leak.grad) != 0.0
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.params.values())
+    with torch.no_grad():
+        leak.fill_(0.3)
+    exported = net.export()
+    assert ir.neurons(exported)[0].leak == pytest.approx(0.3)
+    with torch.no_grad():  # the exported leak is the one the network ran
+        np.testing.assert_allclose(SpikingNetwork(exported)(x, 6).numpy(), net(x, 6).numpy(), rtol=1e-6)
+
+
+def test_finetune_on_frames_with_a_trained_leak(digits, digits_snn) -> None:
+    snn = onnx.ModelProto()
+    snn.CopyFrom(digits_snn)
+    x = bernoulli_frames(digits["x_train"][:128], 4)
+    tuned, history = finetune(snn, x, digits["y_train"][:128], timesteps=4, epochs=1, lr=1e-3,
+                              batch_size=32, leak=0.05, train_leak=True)
+    leaks = [n.leak for n in ir.neurons(tuned)]
+    assert all(0 <= v < 1 for v in leaks) and any(abs(v - 0.05) > 1e-6 for v in leaks)
+    assert np.isfinite(history.epochs[0].train_loss)
+    tuned2, _ = finetune(snn, x, digits["y_train"][:128], timesteps=4, epochs=1, method="snn2ann",
+                         batch_size=32)
+    assert SpikingNetwork(tuned2).simulate(x[:8].astype(np.float32), 4).readout[4].shape == (8, 10)
+
+
+# ------------------------------------------------------------------- data and commands
+
+def test_frame_axis_through_every_reader(tmp_path, digits, digits_snn) -> None:
+    x = bernoulli_frames(digits["x_test"][:40], 6)
+    y = digits["y_test"][:40]
+    np.savez(tmp_path / "f.npz", x=x, y=y)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    (tmp_path / "shards").mkdir()
+    np.savez(tmp_path / "shards" / "a.npz", x=x[:25], y=y[:25])
+    np.savez(tmp_path / "shards" / "b.npz", x=x[25:], y=y[25:])
+    shape = [1, 8, 8]
+    expected = None
+    for path in ("f.npz", "x.npy", ".", "shards"):
+        source = open_data(tmp_path / path, shape=shape, labels=True, what="evaluation")
+        assert tuple(source.sample_shape) == (6, 1, 8, 8), path
+        report = snnconvert.evaluate(digits_snn, source, None, [6])
+        accuracy = report.rows[0].accuracy
+        expected = accuracy if expected is None else expected
+        assert accuracy == expected, path
+    assert expected > 0.5
+
+
+def test_eval_uses_the_data_length_and_refuses_a_longer_t(tmp_path, digits, digits_snn, capsys) -> None:
+    model = tmp_path / "d.snn.onnx"
+    ir.save(digits_snn, model)
+    data = tmp_path / "frames.npz"
+    np.savez(data, x=bernoulli_frames(digits["x_test"][:50], 4), y=digits["y_test"][:50])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", str(model), "--data", str(data)])
+    assert exit_info.value.code == 0
+    rows = capsys.readouterr().out.strip().splitlines()
+    assert rows[-1].split()[0] == "4" and len(rows) == 3  # one row: T = the data's length
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", str(model), "--data", str(data), "--timesteps", "2,8"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: evaluation data {data} holds T=4 steps per sample; "
+                          "T=8 was asked for")
+
+
+def test_calibration_on_frames_takes_every_step(digits) -> None:
+    """Frames repeating the image calibrate exactly as the image; every step counts."""
+    x = digits["x_train"][:100]
+    static = snnconvert.convert(FIXTURES / "digits_cnn.onnx", x, timesteps=8)
+    frames = snnconvert.convert(FIXTURES / "digits_cnn.onnx", np.repeat(x[:, None], 3, axis=1), timesteps=8)
+    for a, b in zip(ir.neurons(static), ir.neurons(frames)):
+        np.testing.assert_allclose(a.threshold, b.threshold, rtol=1e-6)
+
+
+def test_convert_records_encoding_and_readout(digits) -> None:
+    snn = snnconvert.convert(FIXTURES / "digits_cnn.onnx", digits["x_train"][:50], timesteps=8,
+                             encoding="rate:deterministic", readout="window:4")
+    assert str(ir.encoding(snn)) == "rate:deterministic" and str(ir.readout(snn)) == "window:4"
+    with pytest.raises(OptionError, match="unknown readout 'mean'"):
+        snnconvert.convert(FIXTURES / "digits_cnn.onnx", digits["x_train"][:50], readout="mean")
+    with pytest.raises(OptionError, match="readout 'spikes' needs a neuron at the network's output"):
+        snnconvert.convert(FIXTURES / "digits_cnn.onnx", digits["x_train"][:50], readout="spikes")
+
+
+@pytest.mark.parametrize("target", ["lava", "nir"])
+def test_lava_and_nir_refuse_time_varying_input(target: str, digits, digits_snn) -> None:
+    from snnconvert.targets import get_target
+
+    backend = get_target(target)
+    rate = with_meta(digits_snn, "rate:bernoulli:1")
+    with pytest.raises(TargetError, match=f"the {target} target injects a constant input current; "
+                                          "this network's input encoding is 'rate:bernoulli:1'"):
+        backend.network(rate) if target == "lava" else backend.export(rate)
+    with pytest.raises(TargetError, match=f"the {target} target reads the mean membrane; this "
+                                          "network's readout is 'last'"):
+        last = with_meta(digits_snn, readout="last")
+        backend.network(last) if target == "lava" else backend.export(last)
+    frames = bernoulli_frames(digits["x_test"][:4], 3).astype(np.float32)
+    with pytest.raises(TargetError, match=f"the {target} target injects a constant input current; "
+                                          r"this data has a time axis \(\[4, 3, 1, 8, 8\]\)"):
+        snnconvert.evaluate(digits_snn, frames, digits["y_test"][:4], [3], target=target)
