@@ -131,7 +131,6 @@ class SpikingNetwork(nn.Module):
         self._free_after = self._liveness(graph)
         self._plans = {INVARIANT: (self._nodes, self._kinds, self._tail, self._free_after)}
         self.encoding, self.readout = ir.encoding(model), ir.readout(model)
-        self._input_rank = ir.input_rank(model)
         out_neuron = ir.output_neuron(model)
         self._out_threshold = out_neuron.input[1] if out_neuron is not None else None
         self.leaks = nn.ParameterDict({
