@@ -19,7 +19,7 @@ from .. import ir
 from ..errors import UnsupportedModelError
 from ..graph import is_constant
 from .registry import lookup
-from .shapes import tensor_shapes
+from .shapes import tensor_shapes  # noqa: F401 (the report and profiles take shapes from here)
 
 READOUT = "readout"
 

@@ -185,7 +185,7 @@ class ConvTranspose(_Weighted):
         if any(p > kk - 1 for p, kk in zip(pads, k + k)):
             return f"pads {pads} larger than kernel-1 crop the output"
         g = a["group"]
-        cin, cout_g = w.shape[0], w.shape[1]
+        cin = w.shape[0]
         flipped = np.flip(w, axis=tuple(range(2, w.ndim)))
         parts = [flipped[i * (cin // g):(i + 1) * (cin // g)].swapaxes(0, 1) for i in range(g)]
         conv_w = np.ascontiguousarray(np.concatenate(parts, axis=0))  # (Cout, Cin/g, k...)

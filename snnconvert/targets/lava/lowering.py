@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
 
-from ... import ir, ops
+from ... import ir
 from ...errors import TargetError
-from ...ops import GraphView
+from ...ops import GraphView, lookup
 from ...graph import attrs, is_constant
 
 from .support import TRANSPOSED_HINT, supports
@@ -517,7 +517,7 @@ def _convolution(node, a, get, inits, transposed: bool) -> _Expr:
         raise TargetError("a convolution needs constant weights", node=node.name, op=node.op_type)
     w = inits[node.input[1]].astype(np.float64)
     if transposed:  # stride 1: an ordinary convolution (the registry entry's as_conv)
-        equivalent = ops.entry(node.op_type).as_conv(a, w)
+        equivalent = lookup(node).as_conv(a, w)
         if isinstance(equivalent, str):
             raise TargetError(f"{equivalent}; Lava's Conv cannot upsample", node=node.name,
                               op=node.op_type, hint=TRANSPOSED_HINT[:1].upper() + TRANSPOSED_HINT[1:])
