@@ -1,9 +1,10 @@
 """torchrun on CPU (gloo): fine-tuning sinabs-mnist-cnn at T=4 for one epoch with 1 and 2
-processes, a 2-process run interrupted (SIGTERM) mid-epoch and resumed with 1 process, and eval
+processes (per shuffling seed: the two runs differ only by float reduction order, which the
+spiking nonlinearity amplifies over an epoch, so several seeds show the spread), a 2-process run interrupted (SIGTERM) mid-epoch and resumed with 1 process, and eval
 with 1 and 2 processes. One thread per process.
 
-    .venv/bin/python benchmarks/bench_distributed.py [--train-n 5000] [--out-dir /tmp/bench_distributed]
-        [--json R.json]
+    .venv/bin/python benchmarks/bench_distributed.py [--train-n 5000] [--seeds 0,1,2]
+        [--out-dir /tmp/bench_distributed] [--json R.json]
 
 Needs benchmarks/data (python benchmarks/prepare_data.py) and ../shared/models.
 """
@@ -86,6 +87,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train-n", type=int, default=5000)
     ap.add_argument("--out-dir", type=Path, default=Path("/tmp/bench_distributed"))
+    ap.add_argument("--seeds", default="0,1,2", help="shuffling seeds: one 1- and one 2-process run each")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     out = args.out_dir
@@ -97,39 +99,48 @@ def main() -> None:
          "-o", "sinabs.snn.onnx"], out)
     finetune = ["finetune", "sinabs.snn.onnx", "--data", str(train), "--limit", str(args.train_n),
                 "-T", "4", "--epochs", "1", "--batch-size", "64"]
-    print("fine-tune one epoch: 1 process, then 2")
-    t1 = run([*CLI, *finetune, "-o", "one.snn.onnx"], out)
-    t2 = run([*TORCHRUN, *finetune, "-o", "two.snn.onnx"], out)
+    seeds = [int(v) for v in args.seeds.split(",")]
+    seconds = {}
+    for seed in seeds:
+        print(f"fine-tune one epoch, shuffling seed {seed}: 1 process, then 2")
+        seconds[f"one{seed}"] = run([*CLI, *finetune, "--seed", str(seed), "-o", f"one{seed}.snn.onnx"], out)
+        seconds[f"two{seed}"] = run([*TORCHRUN, *finetune, "--seed", str(seed), "-o", f"two{seed}.snn.onnx"], out)
     print("interrupt a 2-process run, resume it with 1")
-    cut = interrupted_then_resumed(finetune, out, every=20)
-    print("run-to-run reference: 1 process, another shuffling seed")
-    run([*CLI, *finetune, "-o", "seed1.snn.onnx", "--seed", "1"], out)
+    cut = interrupted_then_resumed([*finetune, "--seed", str(seeds[0])], out, every=20)
     full = out / "mnist_test10000.npz"
     if not full.exists():
         images, labels = mnist("test")
         np.savez(full, x=preprocess("sinabs-mnist-cnn", images), y=labels)
+    names = ["sinabs", "cut"] + [f"{k}{s}" for s in seeds for k in ("one", "two")]
     acc = {}
     for data in (test, full):
         print("evaluate (T=4) on", data.name)
         acc[data.name] = {name: accuracy_json(f"{name}.snn.onnx", data, "4", out, f"{name}.json")["snn"][0]["accuracy"]
-                          for name in ("sinabs", "one", "two", "cut", "seed1")}
+                          for name in names}
     print("eval with 1 and 2 processes (T=4,8)")
-    e1 = accuracy_json("one.snn.onnx", test, "4,8", out, "eval1.json")
-    e2 = accuracy_json("one.snn.onnx", test, "4,8", out, "eval2.json", TORCHRUN)
+    e1 = accuracy_json(f"one{seeds[0]}.snn.onnx", test, "4,8", out, "eval1.json")
+    e2 = accuracy_json(f"one{seeds[0]}.snn.onnx", test, "4,8", out, "eval2.json", TORCHRUN)
+    diffs = {k: [100 * (v[f"two{s}"] - v[f"one{s}"]) for s in seeds] for k, v in acc.items()}
     result = {
-        "accuracy_T4": acc, "difference_pt_2_vs_1": {k: 100 * (v["two"] - v["one"]) for k, v in acc.items()},
-        "finetune_seconds": {"1": t1, "2": t2}, "param_max_rel_diff_2_vs_1":
-            max_relative_difference(out / "one.snn.onnx", out / "two.snn.onnx"),
-        "interrupted": cut, "eval_1_equals_2": e1 == e2,
-        "eval": {"1": e1["snn"], "2": e2["snn"]},
+        "accuracy_T4": acc, "difference_pt_2_vs_1": diffs, "seconds": seconds,
+        "param_max_rel_diff_2_vs_1": {s: max_relative_difference(out / f"one{s}.snn.onnx", out / f"two{s}.snn.onnx")
+                                      for s in seeds},
+        "interrupted": cut, "eval_1_equals_2": e1 == e2, "eval": {"1": e1["snn"], "2": e2["snn"]},
     }
-    print(f"\nfine-tuning one epoch ({args.train_n} images, T=4): 1 process {t1:.0f} s, 2 processes {t2:.0f} s; "
-          f"parameters 2 vs 1 max rel. diff {result['param_max_rel_diff_2_vs_1']:.1e}")
-    print(f"{'accuracy at T=4 on':24s} {'converted':>9s} {'1 proc':>8s} {'2 procs':>8s} {'2-1 (pt)':>9s} "
-          f"{'2->1 cut':>9s} {'seed 1':>8s}")
+    print(f"\nfine-tuning one epoch ({args.train_n} images, T=4, batch 64), accuracy at T=4 (%):")
     for name, a in acc.items():
-        print(f"{name:24s} {100 * a['sinabs']:9.2f} {100 * a['one']:8.2f} {100 * a['two']:8.2f} "
-              f"{100 * (a['two'] - a['one']):+9.2f} {100 * a['cut']:9.2f} {100 * a['seed1']:8.2f}")
+        print(f"  {name}: converted {100 * a['sinabs']:.2f}; resumed 2->1 processes (seed {seeds[0]}) "
+              f"{100 * a['cut']:.2f}")
+        for s, d in zip(seeds, diffs[name]):
+            print(f"    seed {s}: 1 process {100 * a[f'one{s}']:.2f}  2 processes {100 * a[f'two{s}']:.2f}  "
+                  f"difference {d:+.2f} pt")
+        ones = [100 * a[f"one{s}"] for s in seeds]
+        print(f"    mean difference {np.mean(diffs[name]):+.2f} pt, mean |difference| "
+              f"{np.mean(np.abs(diffs[name])):.2f} pt; 1-process spread over seeds "
+              f"{max(ones) - min(ones):.2f} pt")
+    for s in seeds:
+        print(f"  seed {s}: 1 process {seconds[f'one{s}']:.0f} s, 2 processes {seconds[f'two{s}']:.0f} s (wall, "
+              f"incl. start-up); parameters 2 vs 1 max rel. diff {result['param_max_rel_diff_2_vs_1'][s]:.1e}")
     print(f"interrupted at step {cut['checkpoint_step']} of the epoch (2 processes), resumed with 1 process: finished")
     for r1, r2 in zip(e1["snn"], e2["snn"]):
         print(f"eval T={r1['timesteps']}: 1 process acc {r1['accuracy']:.4f} rate {r1['firing_rate']:.6f} | "

@@ -190,3 +190,15 @@ def test_sharded_batches_cover_every_sample_once_whatever_the_process_count():
                 assert seen == sorted(order[skip * 5:].tolist())
     within = [list(datasets.ShardedBatches(order, 5, "within", r, 2)) for r in range(2)]
     assert [len(b) for b in within[0]] == [3, 3, 3, 3, 2] and within[0][0] + within[1][0] == order[:5].tolist()
+
+
+def test_bf16_evaluation_runs_and_stays_close(digits):
+    """precision="bf16": synaptic ops under bfloat16 autocast (torch kernels on the CPU)."""
+    snn = api.convert(f"{FIX}/digits_cnn.onnx", digits["x_train"][:200], timesteps=8)
+    x, y = digits["x_test"][:100], digits["y_test"][:100]
+    fp32 = api.evaluate(snn, x, y, [8])
+    bf16 = api.evaluate(snn, x, y, [8], precision="bf16")
+    assert abs(bf16.rows[0].accuracy - fp32.rows[0].accuracy) <= 0.05
+    assert bf16.rows[0].firing_rate == pytest.approx(fp32.rows[0].firing_rate, rel=0.05)
+    with pytest.raises(OptionError, match="unknown precision 'fp8'"):
+        api.evaluate(snn, x, y, [8], precision="fp8")

@@ -58,12 +58,15 @@ DEFAULT_TIMESTEPS = [1, 2, 4, 8, 16, 32, 64]
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Samples simulated side by side (default: 256 on torch, 100 on lava).")
 @click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="torch: bf16 runs synaptic ops under bfloat16 autocast (membranes stay fp32); "
+                   "meant for GPUs.")
 def command(model: Path, data_path: str, calib: str | None, norm: str, per_channel: bool,
             v_init: str, reset: str, leak: float, maxpool_to_avgpool: bool, encoding: str,
             readout: str, preprocess: str | None,
             workers: int | None, timesteps: str, tune_t: int | None, target: str, fixed_point: bool,
             json_path: Path | None, plot_path: Path | None, limit: int | None,
-            batch_size: int | None, device: str) -> None:
+            batch_size: int | None, device: str, precision: str) -> None:
     """Evaluate MODEL (an ANN .onnx converted on the fly with --calib, or a converted network).
 
     Under ``torchrun --nproc-per-node N`` each process evaluates every N-th batch and the counts
@@ -74,6 +77,9 @@ def command(model: Path, data_path: str, calib: str | None, norm: str, per_chann
     options: dict = {} if batch_size is None else {"batch_size": batch_size}
     if target == "torch":
         options["device"] = device
+        options["precision"] = precision
+    elif precision != "fp32":
+        raise OptionError("--precision applies to --target torch only")
     if target == "lava":
         options["fixed_point"] = fixed_point
     elif fixed_point:

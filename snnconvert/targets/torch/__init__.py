@@ -14,6 +14,7 @@ import onnx
 import torch
 
 from ... import ir
+from ...errors import OptionError
 from ...runtime import SpikingNetwork
 from ...results import SimResult
 
@@ -48,21 +49,42 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Spiking
     return SpikingNetwork(ir.load(path)).to(device)
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def _network(source: onnx.ModelProto | str | os.PathLike, device: str, precision: str,
+             options: dict) -> SpikingNetwork:
+    """The network for ``source`` on ``device``; bf16 runs every kernel in torch (onnxruntime's
+    CPU kernels would ignore autocast)."""
+    if precision not in PRECISIONS:
+        raise OptionError(f"unknown precision '{precision}'", hint=f"Use one of: {', '.join(PRECISIONS)}.")
+    if precision == "bf16":
+        model = source if isinstance(source, onnx.ModelProto) else read_ir(source)
+        return SpikingNetwork(model, **{**options, "cpu_kernels": "torch"}).to(device)
+    return (SpikingNetwork(source, **options).to(device) if isinstance(source, onnx.ModelProto)
+            else load(source, device))
+
+
+def _simulate(net: SpikingNetwork, x: np.ndarray, timesteps: list[int], batch_size: int, device: str,
+              precision: str, progress: bool = False) -> SimResult:
+    """net.simulate, under bfloat16 autocast (synaptic ops in bf16, membranes in fp32) for bf16."""
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        return net.simulate(x, timesteps, batch_size=batch_size, progress=progress)
+
+
 def evaluate(source: onnx.ModelProto | str | os.PathLike, x: np.ndarray, timesteps: list[int],
              batch_size: int = 256, device: str = "cpu", progress: bool = False,
-             **options) -> SimResult:
+             precision: str = "fp32", **options) -> SimResult:
     """Simulate on ``device`` and return the readout at each T in ``timesteps``."""
-    net = (SpikingNetwork(source, **options).to(device) if isinstance(source, onnx.ModelProto)
-           else load(source, device))
-    return net.simulate(x, timesteps, batch_size=batch_size, progress=progress)
+    net = _network(source, device, precision, options)
+    return _simulate(net, x, timesteps, batch_size, device, precision, progress)
 
 
 def simulator(source: onnx.ModelProto | str | os.PathLike, timesteps: list[int], batch_size: int = 256,
-              device: str = "cpu", progress: bool = False, **options):
+              device: str = "cpu", progress: bool = False, precision: str = "fp32", **options):
     """A function x -> SimResult that reuses one network built on ``device`` (for streams)."""
-    net = (SpikingNetwork(source, **options).to(device) if isinstance(source, onnx.ModelProto)
-           else load(source, device))
-    return lambda x: net.simulate(x, timesteps, batch_size=batch_size)
+    net = _network(source, device, precision, options)
+    return lambda x: _simulate(net, x, timesteps, batch_size, device, precision)
 
 
 def read_ir(path: str | os.PathLike) -> onnx.ModelProto:
