@@ -110,11 +110,16 @@ def run_timesteps(got: list[int] | tuple[int, ...], shape: list[int | None] | in
 
 
 def _check_shape(x: np.ndarray, shape: list[int | None], path: str, what: str) -> None:
-    got = list(x.shape[1:])
+    check_sample_shape(list(x.shape[1:]), shape, f"{what} file {path}")
+
+
+def check_sample_shape(got: list[int], shape: list[int | None], where: str) -> None:
+    """One DataError naming ``where`` when per-sample shape ``got`` does not fit the model's
+    ``shape`` (see :func:`sample_fits`), with a hint when only the order of the dimensions differs."""
     if sample_fits(got, shape):
         return
     hint = None
     if sorted(got) == sorted(s for s in shape if s is not None) and len(got) == len(shape):
         hint = "The dimensions match in another order: check the layout (NCHW vs NHWC)."
-    raise DataError(f"{what} file {path}: samples have shape {got}, the model expects "
+    raise DataError(f"{where}: samples have shape {got}, the model expects "
                     f"{['?' if s is None else s for s in shape]}", hint=hint)

@@ -21,6 +21,16 @@ LAYOUTS = ("NCHW", "NHWC", "NC", "N")
 MODES = ("RGB", "L")
 
 
+def read_toml(path: Path, what: str = "data spec") -> dict:
+    """A TOML file's table; a missing or malformed file is one DataError line."""
+    if not path.exists():
+        raise DataError(f"{what} not found: {path}")
+    try:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} is not valid TOML ({exc})") from None
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """How an image becomes a model input, in this order:
@@ -69,13 +79,7 @@ class Preprocess:
         if isinstance(spec, dict):
             table = spec
         elif str(spec).endswith(".toml"):
-            path = Path(spec)
-            if not path.exists():
-                raise DataError(f"preprocessing spec not found: {path}")
-            try:
-                table = tomllib.loads(path.read_text())
-            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-                raise DataError(f"{path} is not valid TOML ({exc})") from None
+            table = read_toml(Path(spec), "preprocessing spec")
             table = table.get("preprocess", table)
         else:
             table = {}

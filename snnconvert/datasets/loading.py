@@ -14,9 +14,9 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from .. import distributed
-from ..data import load_npz, sample_fits
+from ..data import check_sample_shape, load_npz
 from ..errors import DataError
-from .images import IMAGE_SUFFIXES, ImageFolder, Preprocess
+from .images import IMAGE_SUFFIXES, ImageFolder, Preprocess, read_toml
 from .sources import ArraySource, NpySource, NpzShards, Source
 
 Batch = tuple[np.ndarray, "np.ndarray | None"]
@@ -84,12 +84,7 @@ def _has_class_folders(p: Path) -> bool:
 
 
 def _from_toml(path: Path, preprocess) -> Source:
-    import tomllib
-
-    try:
-        table = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path} is not valid TOML ({exc})") from None
+    table = read_toml(path)
     data = table.get("data", {})
     if "path" not in data:
         raise DataError(f"{path}: no [data] path = \"...\" entry",
@@ -107,16 +102,8 @@ def check(source: Source, *, shape: list[int | None] | None = None, labels: bool
     """One DataError line when the samples do not fit the model or labels are missing."""
     if labels and not source.has_labels:
         raise DataError(f"{what} data {source.path} has no labels", hint="Add integer labels (y).")
-    if shape is None:
-        return
-    got = list(source.sample_shape)
-    if sample_fits(got, shape):
-        return
-    hint = None
-    if sorted(got) == sorted(s for s in shape if s is not None) and len(got) == len(shape):
-        hint = "The dimensions match in another order: check the layout (NCHW vs NHWC)."
-    raise DataError(f"{what} data {source.path}: samples have shape {got}, the model expects "
-                    f"{['?' if s is None else s for s in shape]}", hint=hint)
+    if shape is not None:
+        check_sample_shape(list(source.sample_shape), shape, f"{what} data {source.path}")
 
 
 class Subset(Source):

@@ -225,13 +225,13 @@ class Trainer:
             it = iter(batches(data))
             for _ in range(self.step):
                 next(it, None)
-            return it, None
+            return ((torch.from_numpy(x), None if y is None else torch.from_numpy(y)) for x, y in it), None
         cfg = self.cfg
         order = source.permutation(np.random.default_rng(cfg.seed + self.epoch))
         sizes = [min(cfg.batch_size, len(order) - b) for b in range(0, len(order), cfg.batch_size)]
         it = loader(source, cfg.batch_size, order=order, split="within", skip=self.step,
                     workers=self.workers, pin_memory=self.device.type == "cuda")
-        return ((xb.numpy(), None if yb is None else yb.numpy()) for xb, yb in it), sizes
+        return it, sizes  # (x, y) tensors, pinned for CUDA
 
     def _sync_noisy(self, noisy: dict[str, torch.Tensor], n_local: int, n_global: int
                     ) -> dict[str, torch.Tensor]:
@@ -269,15 +269,15 @@ class Trainer:
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, correct
         seen = 0
         self.net.train()
-        for xb_np, yb_np in parts:
-            if yb_np is None:
+        for xb, yb in parts:
+            if yb is None:
                 raise DataError("training data: a batch has no labels", hint="Fine-tuning needs labels.")
-            n_local = len(xb_np)
+            n_local = len(xb)
             n_global = sizes[self.step] if sizes else n_local * world
             if n_local == 0:  # fewer samples than ranks in the last global batch: take part, add 0
-                xb_np, yb_np = np.zeros((1, *xb_np.shape[1:]), np.float32), np.zeros(1, np.int64)
-            xb = torch.from_numpy(xb_np).to(self.device, non_blocking=True)
-            yb = torch.from_numpy(yb_np).to(self.device, non_blocking=True)
+                xb, yb = torch.zeros((1, *xb.shape[1:])), torch.zeros(1, dtype=torch.int64)
+            xb = xb.to(self.device, non_blocking=True)
+            yb = yb.to(self.device, non_blocking=True)
             with _autocast(self.device, cfg.precision):
                 out, noisy = self.logits(phase, xb, epoch)
             ce = F.cross_entropy(out.float() * self.logit_scale, yb, reduction="sum")
