@@ -13,6 +13,7 @@ _LAZY = {
     "convert": "api", "evaluate": "api", "EvalReport": "api",
     "load": "ir", "save": "ir",
     "PassContext": "passes", "Pipeline": "passes", "default_pipeline": "passes",
+    "open_data": "datasets",
 }
 __all__ = sorted(_LAZY)
 

@@ -200,5 +200,10 @@ def test_bf16_evaluation_runs_and_stays_close(digits):
     bf16 = api.evaluate(snn, x, y, [8], precision="bf16")
     assert abs(bf16.rows[0].accuracy - fp32.rows[0].accuracy) <= 0.05
     assert bf16.rows[0].firing_rate == pytest.approx(fp32.rows[0].firing_rate, rel=0.05)
+    from helpers import mlp_ir
+
+    mlp = api.evaluate(mlp_ir(), np.random.default_rng(0).random((20, 4), np.float32), None, [4],
+                       precision="bf16")  # a Gemm readout computed under autocast comes back float32
+    assert mlp.samples == 20 and mlp.rows[0].accuracy is None
     with pytest.raises(OptionError, match="unknown precision 'fp8'"):
         api.evaluate(snn, x, y, [8], precision="fp8")

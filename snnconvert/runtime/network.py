@@ -503,7 +503,7 @@ class SpikingNetwork(nn.Module):
                 xb = torch.as_tensor(np.asarray(x[start:start + batch_size], np.float32), device=device)
                 _, marks = self._simulate(xb, t_max, ts)
                 for t in ts:
-                    readouts[t].append(marks[t].cpu().numpy())
+                    readouts[t].append(marks[t].float().cpu().numpy())
                 for name, steps in self._per_step.items():
                     per_step = torch.cat(steps)
                     cum = per_step.cumsum(0)
