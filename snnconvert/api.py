@@ -12,22 +12,28 @@ from pathlib import Path
 from . import evaluation, frontend, ir, onnxrt
 from . import report as _report
 from .data import input_shape, run_timesteps
-from .datasets import Data, open_data
+from .datasets import Data, head, is_empty, open_data
 from .errors import OptionError, TargetError
 from .profiles import Profile, fit, load_profile
 from .report import Report
 from .passes import PassContext, Pipeline, default_pipeline
-from .passes.pipeline import V_INIT_MODES
+from .passes.calibrate_for_t import sample_count
 from .passes.maxpool_to_avgpool import swap_max_pools
+from .passes.pipeline import CALIBRATION_MODES, V_INIT_MODES
 from .targets import get_target
 from .targets.support import NodeSupport, refuse_unsupported
 from .targets.support import target_support as _target_support
 
 
+AUTO_TIMESTEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+"""The T that ``timesteps="auto"`` tries, smallest first."""
+
+
 def convert(source: str | os.PathLike | onnx.ModelProto, calib: Data | None = None, *,
-            timesteps: int = 32, norm: str = "percentile:99.99", per_channel: bool = True,
+            timesteps: int | str = 32, norm: str = "percentile:99.99", per_channel: bool = True,
             v_init: str | float = "half", reset: str = "subtract", leak: float = 0.0,
-            maxpool_to_avgpool: bool = False, pipeline: Pipeline | None = None, progress: bool = False,
+            maxpool_to_avgpool: bool = False, calibration: str = "fast", agreement: float = 0.99,
+            pipeline: Pipeline | None = None, progress: bool = False,
             log: list[tuple[str, str]] | None = None, calib_labels: np.ndarray | None = None,
             target: str | None = None, encoding: str = "analog", readout: str = "membrane"
             ) -> onnx.ModelProto:
@@ -36,7 +42,11 @@ def convert(source: str | os.PathLike | onnx.ModelProto, calib: Data | None = No
 
     ``calib``: inputs, or any data stream (see :mod:`snnconvert.datasets`); calibration
     statistics stream over it (sharded and reduced exactly under torch.distributed), passes that
-    simulate read its first samples. Returns the spiking IR (an ONNX model). ``log`` receives
+    simulate read its first samples. ``calibration``: "fast" (default) fits every neuron layer for
+    ``timesteps`` (threshold search, bias and potential calibration); "none" keeps the
+    percentile thresholds and ``v_init``. ``timesteps="auto"`` picks the smallest T whose
+    agreement with the ANN on held-out calibration samples reaches ``agreement`` (see
+    :func:`choose_timesteps`). Returns the spiking IR (an ONNX model). ``log`` receives
     (step, message) pairs. ``encoding`` and ``readout`` are recorded in the IR (see
     :class:`ir.Encoding`, :class:`ir.Readout`); time-varying calibration data [N, T, ...] is
     calibrated over all of its steps.
@@ -44,8 +54,17 @@ def convert(source: str | os.PathLike | onnx.ModelProto, calib: Data | None = No
     if isinstance(v_init, str) and v_init not in V_INIT_MODES:
         raise OptionError(f"unknown initial potential '{v_init}'",
                           hint=f"Use one of {', '.join(V_INIT_MODES)} or a fraction of θ.")
-    if timesteps < 1:
-        raise OptionError(f"timesteps must be at least 1, got {timesteps}")
+    if calibration not in CALIBRATION_MODES:
+        raise OptionError(f"unknown calibration '{calibration}'",
+                          hint=f"Use one of {', '.join(CALIBRATION_MODES)}.")
+    if timesteps == "auto":
+        options = dict(norm=norm, per_channel=per_channel, v_init=v_init, reset=reset, leak=leak,
+                       maxpool_to_avgpool=maxpool_to_avgpool, calibration=calibration,
+                       pipeline=pipeline, progress=progress, calib_labels=calib_labels, target=target,
+                       encoding=encoding, readout=readout)
+        return choose_timesteps(source, calib, agreement=agreement, log=log, **options)[0]
+    if not isinstance(timesteps, (int, np.integer)) or timesteps < 1:
+        raise OptionError(f"timesteps must be a positive integer or 'auto', got {timesteps!r}")
     try:
         enc, out = ir.Encoding.parse(encoding), ir.Readout.parse(readout)
     except ValueError as exc:
@@ -60,7 +79,8 @@ def convert(source: str | os.PathLike | onnx.ModelProto, calib: Data | None = No
     if target is not None:
         check_target(model, target, maxpool_to_avgpool=maxpool_to_avgpool, mapping=mapping)
     pipe = pipeline or default_pipeline(norm, per_channel, v_init, reset, leak,
-                                        maxpool_to_avgpool=maxpool_to_avgpool)
+                                        maxpool_to_avgpool=maxpool_to_avgpool,
+                                        calibration=calibration)
     ctx = PassContext(calib=calib, timesteps=timesteps, progress=progress,
                       options={} if calib_labels is None else {"calib_labels": calib_labels})
     snn = pipe(model, ctx)
@@ -77,6 +97,71 @@ def convert(source: str | os.PathLike | onnx.ModelProto, calib: Data | None = No
     if log is not None:
         log.extend(entries)
     return snn
+
+
+@dataclass
+class TimestepChoice:
+    """What ``timesteps="auto"`` tried: agreement with the ANN per T, on ``samples`` held-out
+    calibration samples, and the T it picked."""
+
+    timesteps: int
+    target: float
+    samples: int
+    agreement: dict[int, float] = field(default_factory=dict)
+    held_out: bool = True
+
+    def reason(self) -> str:
+        tried = ", ".join(f"T={t}: {100 * a:.1f} %" for t, a in self.agreement.items())
+        where = "held-out calibration samples" if self.held_out else \
+            "calibration samples (none left to hold out: pass more calibration data)"
+        got = self.agreement[self.timesteps]
+        verdict = (f"T={self.timesteps} is the smallest T whose agreement with the ANN reaches "
+                   f"{100 * self.target:g} %") if got >= self.target else (
+            f"no T up to {self.timesteps} reaches {100 * self.target:g} %: T={self.timesteps} agrees best")
+        return f"{verdict} (on {self.samples} {where}; {tried})"
+
+
+def choose_timesteps(source: str | os.PathLike | onnx.ModelProto, calib: Data, *,
+                     agreement: float = 0.99, candidates: tuple[int, ...] = AUTO_TIMESTEPS,
+                     held_out: int = 500, log: list[tuple[str, str]] | None = None,
+                     **convert_options) -> tuple[onnx.ModelProto, TimestepChoice]:
+    """Convert for each T in ``candidates`` (smallest first) until the SNN's prediction agrees
+    with the ANN's on ``agreement`` of the calibration samples that calibration did not fit on.
+
+    Returns the network for the chosen T and what was measured; ``log`` gets the reason.
+    """
+    if not 0 < agreement <= 1:
+        raise OptionError(f"agreement must be in (0, 1], got {agreement}",
+                          hint="e.g. 0.99 for 99 %.")
+    if is_empty(calib):
+        raise OptionError("-T auto needs calibration data to measure agreement",
+                          hint="Pass --calib C.npz, or choose -T.")
+    ann = frontend.load_model(source)
+    used = max(sample_count(t, 256) for t in candidates)
+    x = head(calib, used + held_out)
+    hold = x[used:]
+    choice = TimestepChoice(0, agreement, len(hold) if len(hold) else len(x), held_out=len(hold) > 0)
+    if not len(hold):
+        hold = x
+    best: tuple[float, int, onnx.ModelProto] | None = None
+    entries: list[tuple[str, str]] = []
+    for t in sorted(candidates):
+        trial: list[tuple[str, str]] = []
+        snn = convert(ann, calib, timesteps=t, log=trial, **convert_options)
+        score = evaluate(snn, hold, None, [t], ann=ann).rows[0].agreement
+        choice.agreement[t] = score
+        if best is None or score > best[0]:
+            best = (score, t, snn)
+            entries = trial
+        if score >= agreement:
+            best = (score, t, snn)
+            entries = trial
+            break
+    choice.timesteps = best[1]
+    entries.append(("choose-T", choice.reason()))
+    if log is not None:
+        log.extend(entries)
+    return best[2], choice
 
 
 def check_target(model: onnx.ModelProto, target: str, *, maxpool_to_avgpool: bool = False,
@@ -196,22 +281,32 @@ def evaluate(snn: onnx.ModelProto | str | os.PathLike, x: Data, y: np.ndarray | 
 
 def evaluate_conversion(source: str | os.PathLike | onnx.ModelProto, calib: Data | None,
                         x: Data, y: np.ndarray | None, timesteps: list[int], *,
-                        target: str = "torch", tune_t: int | None = None, progress: bool = False,
-                        target_options: dict | None = None, workers: int | None = None,
+                        target: str = "torch", tune_t: int | str | None = None,
+                        progress: bool = False, target_options: dict | None = None,
+                        workers: int | None = None, log: list[tuple[str, str]] | None = None,
                         **convert_options) -> EvalReport:
     """Convert an ANN and evaluate it against its own onnxruntime accuracy.
 
-    With ``v_init="optimized"`` the fit belongs to one T, so unless ``tune_t`` pins one, the
-    network is converted once per T and each T is evaluated on its own conversion.
+    Calibration (the default) and ``v_init="optimized"`` fit the network to one T, so unless
+    ``tune_t`` pins one, the network is converted once per T and each T is evaluated on its own
+    conversion. ``tune_t="auto"`` converts once for the T :func:`choose_timesteps` picks and
+    evaluates that T; ``log`` receives the conversions' (step, message) pairs.
     """
     ann = frontend.load_model(source)
     ts = sorted(set(timesteps))
-    per_t = convert_options.get("v_init") == "optimized" and tune_t is None
+    if tune_t == "auto":
+        snn = convert(ann, calib, timesteps="auto", progress=progress, log=log, target=target,
+                      **convert_options)
+        ts = [ir.timesteps(snn)]
+        return evaluate(snn, x, y, ts, target=target, ann=ann, progress=progress, workers=workers,
+                        **(target_options or {}))
+    per_t = tune_t is None and (convert_options.get("v_init") == "optimized"
+                                or convert_options.get("calibration", "fast") != "none")
     groups = [[t] for t in ts] if per_t else [ts]
     report: EvalReport | None = None
     for group in groups:
         snn = convert(ann, calib, timesteps=tune_t or max(group), progress=progress, target=target,
-                      **convert_options)
+                      log=log, **convert_options)
         part = evaluate(snn, x, y, group, target=target, ann=ann, progress=progress, workers=workers,
                         **(target_options or {}))
         if report is None:

@@ -144,9 +144,9 @@ def test_optimized_init_brings_layer_means_to_the_ann(digits):
 
     ann = frontend.load_model("tests/fixtures/digits_cnn.onnx")
     calib = digits["x_train"][:200]
-    base = default_pipeline(v_init="half")(ann, PassContext(calib=calib, timesteps=4))
+    base = default_pipeline(v_init="half", calibration="none")(ann, PassContext(calib=calib, timesteps=4))
     ctx = PassContext(calib=calib, timesteps=4)
-    tuned = default_pipeline(v_init="optimized")(ann, ctx)
+    tuned = default_pipeline(v_init="optimized", calibration="none")(ann, ctx)
     assert ctx.log[-1][0] == "optimize-init"
 
     from snnconvert.api import ann_outputs
@@ -174,7 +174,7 @@ def test_optimized_init_brings_layer_means_to_the_ann(digits):
 def test_pipeline_is_editable_and_accepts_plain_callables():
     pipe = default_pipeline()
     assert pipe.names() == ["fold-batchnorm", "replace-neurons", "calibrate", "normalize-thresholds",
-                            "init-membrane"]
+                            "init-membrane", "calibrate-for-T"]
     seen = []
 
     def spy(m, ctx):

@@ -11,7 +11,7 @@ from ..datasets import head, open_data
 from ..errors import OptionError
 from ..frontend import load_model
 from ..targets import TARGETS, get_target
-from .options import conversion_options, data_options
+from .options import TimestepsOrAuto, conversion_options, data_options
 
 ARTIFACT_SUFFIX = {"torch": ".pt", "lava": ".lava", "nir": ".nir"}
 
@@ -60,8 +60,10 @@ def output_paths(model: Path, output: Path | None, target: str) -> tuple[Path, P
 @click.option("--target", type=click.Choice(TARGETS), default="torch", show_default=True)
 @conversion_options
 @data_options
-@click.option("-T", "--timesteps", default=32, show_default=True, type=click.IntRange(min=1),
-              help="Timesteps the network is tuned for (stored in the IR).")
+@click.option("-T", "--timesteps", default="32", show_default=True, type=TimestepsOrAuto(),
+              help="Timesteps the network is tuned for (stored in the IR); 'auto': the smallest "
+                   "T whose agreement with the ANN on held-out calibration samples reaches "
+                   "--agreement.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="X.pt / X.lava / X.nir names the target's artifact (the IR goes beside it "
                    "as X.snn.onnx); any other path names the IR (the artifact goes beside it). "
@@ -69,9 +71,9 @@ def output_paths(model: Path, output: Path | None, target: str) -> tuple[Path, P
 @click.option("--fixed-point", is_flag=True, help="lava: quantize to Loihi 2 fixed point.")
 @click.option("--strict", is_flag=True, help="nir: refuse instead of warning on semantic losses.")
 def command(model: Path, target: str, calib: str | None, norm: str, per_channel: bool, v_init: str,
-            reset: str, leak: float, maxpool_to_avgpool: bool, encoding: str, readout: str,
-            preprocess: str | None,
-            workers: int | None, timesteps: int, output: Path | None,
+            calibration: str, agreement: float, reset: str, leak: float, maxpool_to_avgpool: bool,
+            encoding: str, readout: str, preprocess: str | None,
+            workers: int | None, timesteps: int | str, output: Path | None,
             fixed_point: bool, strict: bool) -> None:
     """Convert MODEL.onnx to a spiking network (.snn.onnx + the target's artifact)."""
     backend = get_target(target)
@@ -83,9 +85,9 @@ def command(model: Path, target: str, calib: str | None, norm: str, per_channel:
                                what="calibration", workers=workers)
     log: list[tuple[str, str]] = []
     snn = api.convert(model, calib_data, timesteps=timesteps, norm=norm, per_channel=per_channel,
-                      v_init=v_init, reset=reset, leak=leak,
-                      maxpool_to_avgpool=maxpool_to_avgpool, progress=True, log=log, target=target,
-                      encoding=encoding, readout=readout)
+                      v_init=v_init, reset=reset, leak=leak, calibration=calibration,
+                      agreement=agreement / 100, maxpool_to_avgpool=maxpool_to_avgpool,
+                      progress=True, log=log, target=target, encoding=encoding, readout=readout)
     if not distributed.is_main():
         return
     for step, message in log:
@@ -96,4 +98,4 @@ def command(model: Path, target: str, calib: str | None, norm: str, per_channel:
         options["calib"] = head(calib_data, 256)
     artifact = backend.compile(snn, artifact_out, **options)
     ir.save(snn, out)
-    click.echo(f"wrote {out} and {artifact} (target {target}, T={timesteps})")
+    click.echo(f"wrote {out} and {artifact} (target {target}, T={ir.timesteps(snn)})")

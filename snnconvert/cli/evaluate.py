@@ -13,7 +13,7 @@ from ..datasets import open_data
 from ..errors import OptionError
 from ..frontend import load_model
 from ..targets import TARGETS, get_target
-from .options import DATA_HELP, conversion_options, data_options, parse_timesteps
+from .options import DATA_HELP, TimestepsOrAuto, conversion_options, data_options, parse_timesteps
 
 
 def read_converted(path: Path) -> tuple[bool, onnx.ModelProto | None]:
@@ -46,9 +46,10 @@ DEFAULT_TIMESTEPS = [1, 2, 4, 8, 16, 32, 64]
 @click.option("--timesteps", default=None,
               help="Comma-separated list of T [default: 1,2,4,8,16,32,64; for time-varying data "
                    "x [N, T, ...] its length T; longer T are refused].")
-@click.option("-T", "tune_t", default=None, type=click.IntRange(min=1),
-              help="T the on-the-fly conversion is tuned for (default: the largest --timesteps; "
-                   "with --v-init optimized, each T gets its own fit).")
+@click.option("-T", "tune_t", default=None, type=TimestepsOrAuto(),
+              help="T the on-the-fly conversion is tuned for (default: each --timesteps gets its "
+                   "own calibrated network; with --calibration none, the largest); 'auto': the "
+                   "smallest T reaching --agreement, evaluated at that T.")
 @click.option("--target", type=click.Choice(TARGETS), default="torch", show_default=True)
 @click.option("--fixed-point", is_flag=True, help="lava: run the Loihi 2 fixed-point model.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
@@ -62,9 +63,10 @@ DEFAULT_TIMESTEPS = [1, 2, 4, 8, 16, 32, 64]
               help="torch: bf16 runs synaptic ops under bfloat16 autocast (membranes stay fp32); "
                    "meant for GPUs.")
 def command(model: Path, data_path: str, calib: str | None, norm: str, per_channel: bool,
-            v_init: str, reset: str, leak: float, maxpool_to_avgpool: bool, encoding: str,
-            readout: str, preprocess: str | None,
-            workers: int | None, timesteps: str, tune_t: int | None, target: str, fixed_point: bool,
+            v_init: str, calibration: str, agreement: float, reset: str, leak: float,
+            maxpool_to_avgpool: bool, encoding: str, readout: str, preprocess: str | None,
+            workers: int | None, timesteps: str, tune_t: int | str | None, target: str,
+            fixed_point: bool,
             json_path: Path | None, plot_path: Path | None, limit: int | None,
             batch_size: int | None, device: str, precision: str) -> None:
     """Evaluate MODEL (an ANN .onnx converted on the fly with --calib, or a converted network).
@@ -104,11 +106,15 @@ def command(model: Path, data_path: str, calib: str | None, norm: str, per_chann
                            f"evaluation data {data_path}")
         calib_data = open_data(calib, preprocess=preprocess, shape=shape,
                                what="calibration", workers=workers) if calib else None
+        log: list[tuple[str, str]] = []
         report = api.evaluate_conversion(
             model, calib_data, data, None, ts, target=target, tune_t=tune_t, progress=True,
-            target_options=options, workers=workers, norm=norm, per_channel=per_channel,
-            v_init=v_init, reset=reset, leak=leak, maxpool_to_avgpool=maxpool_to_avgpool,
-            encoding=encoding, readout=readout)
+            target_options=options, workers=workers, log=log, norm=norm, per_channel=per_channel,
+            v_init=v_init, calibration=calibration, agreement=agreement / 100, reset=reset,
+            leak=leak, maxpool_to_avgpool=maxpool_to_avgpool, encoding=encoding, readout=readout)
+        for step, message in log:
+            if step == "choose-T" and distributed.is_main():
+                click.echo(f"  {step:22s} {message}")
     if not distributed.is_main():
         return
     label = "ANN (rate limit of the IR)" if report.ann_is_rate_limit else "ANN"

@@ -9,7 +9,8 @@ from ..errors import OptionError
 
 
 def conversion_options(f: Callable) -> Callable:
-    """--calib, -T, --norm, --per-channel, --v-init, --reset, --leak, --encoding, --readout."""
+    """--calib, --norm, --per-channel, --v-init, --calibration, --agreement, --reset, --leak,
+    --encoding, --readout."""
     options = [
         click.option("--calib", type=click.Path(), default=None,
                      help="Calibration data (.npz with x, or any --data form) for threshold normalization."),
@@ -19,7 +20,17 @@ def conversion_options(f: Callable) -> Callable:
                      help="One threshold per channel, or one per layer."),
         click.option("--v-init", default="half", show_default=True,
                      type=click.Choice(["zero", "half", "optimized"]),
-                     help="Initial membrane potential: 0, θ/2, or θ/2 + data-fitted bias correction."),
+                     help="Initial membrane potential: 0, θ/2, or θ/2 + data-fitted bias correction "
+                          "(the start that --calibration refines)."),
+        click.option("--calibration", default="fast", show_default=True,
+                     type=click.Choice(["none", "fast"]),
+                     help="Fit the network for its T on the calibration data: fast = layer by layer "
+                          "threshold search, bias and potential calibration; none = --norm "
+                          "thresholds and --v-init only."),
+        click.option("--agreement", default=99.0, show_default=True,
+                     type=click.FloatRange(0, 100, min_open=True),
+                     help="-T auto: the agreement with the ANN (%) the chosen T must reach on "
+                          "held-out calibration samples."),
         click.option("--reset", default="subtract", show_default=True,
                      type=click.Choice(["subtract", "zero"]), help="Reset mode of the neurons."),
         click.option("--leak", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),
@@ -66,3 +77,20 @@ def data_options(f: Callable) -> Callable:
     for option in reversed(options):
         f = option(f)
     return f
+
+
+class TimestepsOrAuto(click.ParamType):
+    """A positive integer T, or 'auto' (the smallest T reaching --agreement)."""
+
+    name = "T|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value == "auto":
+            return value
+        try:
+            t = int(value)
+        except ValueError:
+            self.fail(f"'{value}' is neither a positive integer nor 'auto'", param, ctx)
+        if t < 1:
+            self.fail(f"T must be at least 1, got {t}", param, ctx)
+        return t

@@ -19,39 +19,78 @@ from ..errors import DataError
 from .base import Pass, PassContext
 
 
+def _bias_holder(graph: onnx.GraphProto, neuron: ir.Neuron, channels: int) -> onnx.NodeProto | None:
+    """The Conv/Gemm whose bias can carry a per-channel current added to the neuron's input:
+    the producer of that input, or, through a residual Add/Sum (or the first input of a Sub),
+    a Conv/Gemm feeding it; only where no other node reads the changed values."""
+    producers, consumers = g.producers(graph), g.consumers(graph)
+    prod = producers.get(neuron.input)
+    if prod is None or len(consumers.get(neuron.input, [])) != 1:
+        return None
+    if _channels(graph, prod) == channels:
+        return prod
+    if prod.op_type in ("Add", "Sum", "Sub"):
+        for name in prod.input[:1] if prod.op_type == "Sub" else prod.input:
+            feed = producers.get(name)
+            if feed is not None and len(consumers.get(name, [])) == 1 and \
+                    _channels(graph, feed) == channels:
+                return feed
+    return None
+
+
+def _channels(graph: onnx.GraphProto, node: onnx.NodeProto) -> int | None:
+    """Output channels of a Conv/Gemm with a constant weight (None for anything else)."""
+    if node.op_type not in ("Conv", "Gemm") or (node.op_type == "Gemm" and g.attr(node, "transA", 0)):
+        return None
+    w = g.const_value(graph, node.input[1])
+    if w is None or w.ndim < 2:
+        return None
+    if len(node.input) > 2 and node.input[2] and g.const_value(graph, node.input[2]) is None:
+        return None
+    return int(w.shape[0] if node.op_type == "Conv" or g.attr(node, "transB", 0) else w.shape[1])
+
+
+def can_fold_bias(model: onnx.ModelProto, neuron: ir.Neuron, channels: int) -> bool:
+    """Whether a per-channel current for ``neuron`` folds into a Conv/Gemm bias."""
+    return _bias_holder(model.graph, neuron, channels) is not None
+
+
 def apply_bias_correction(model: onnx.ModelProto, neuron: ir.Neuron, delta: np.ndarray) -> None:
-    """Add the per-channel current ``delta`` to the neuron's input at every step."""
+    """Add the per-channel current ``delta`` to the neuron's input at every step: folded into
+    a Conv/Gemm bias where :func:`can_fold_bias`, else an Add of a constant before the neuron."""
     graph = model.graph
-    prod = g.producers(graph).get(neuron.input)
-    users = g.consumers(graph).get(neuron.input, [])
     flat = delta.reshape(-1)
-    if prod is not None and prod.op_type in ("Conv", "Gemm") and len(users) == 1 and (
-            prod.op_type == "Conv" or not g.attr(prod, "transA", 0)):
-        beta = g.attr(prod, "beta", 1.0) if prod.op_type == "Gemm" else 1.0
-        if len(prod.input) > 2 and prod.input[2]:
-            b = g.const_value(graph, prod.input[2]).astype(np.float64)
-            new = b + np.broadcast_to(flat, b.shape) / beta if b.size == flat.size or flat.size == 1 \
-                else None
+    holder = _bias_holder(graph, neuron, flat.size)
+    if holder is not None:
+        beta = g.attr(holder, "beta", 1.0) if holder.op_type == "Gemm" else 1.0
+        if len(holder.input) > 2 and holder.input[2]:
+            b = g.const_value(graph, holder.input[2]).astype(np.float64)
+            new = b + np.broadcast_to(flat, b.shape) / beta
         else:
             new = flat / beta
-        if new is not None:
-            name = g.unique_name(graph, f"{prod.name or prod.output[0]}.bias_corrected")
-            g.set_initializer(graph, name, np.asarray(new, np.float32))
-            if len(prod.input) > 2:
-                prod.input[2] = name
-            else:
-                prod.input.append(name)
-            return
+        name = g.unique_name(graph, f"{holder.name or holder.output[0]}.bias_corrected")
+        g.set_initializer(graph, name, np.asarray(new, np.float32))
+        if len(holder.input) > 2:
+            holder.input[2] = name
+        else:
+            holder.input.append(name)
+        return
+    prod = g.producers(graph).get(neuron.input)
+    if prod is not None and prod.name.startswith(f"{neuron.name}_bias_correction"):
+        # a correction added earlier (another calibration pass): fold into its constant
+        old = g.const_value(graph, prod.input[1])
+        g.set_initializer(graph, prod.input[1], (old + delta).astype(np.float32))
+        return
     const = g.unique_name(graph, f"{neuron.name}.bias_correction")
     g.set_initializer(graph, const, delta.astype(np.float32))
     corrected = g.unique_name(graph, neuron.input + "_corrected")
     idx = list(graph.node).index(neuron.node)
     graph.node.insert(idx, helper.make_node("Add", [neuron.input, const], [corrected],
-                                            name=f"{neuron.name}_bias_correction"))
+                                            name=g.unique_name(graph, f"{neuron.name}_bias_correction")))
     neuron.node.input[0] = corrected
 
 
-def _open_thresholds(model: onnx.ModelProto) -> onnx.ModelProto:
+def open_thresholds(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy whose neurons never clip: onnxruntime then runs it as the original ANN."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -94,7 +133,7 @@ class OptimizeInit(Pass):
         by_output = {n.output: n.name for n in neurons.values()}
         ann: dict = {}
         chunks: dict[str, list[np.ndarray]] = {}
-        for batch in onnxrt.iterate(_open_thresholds(model), x, list(by_output), batch_size=64):
+        for batch in onnxrt.iterate(open_thresholds(model), x, list(by_output), batch_size=64):
             for o, v in batch.items():
                 chunks.setdefault(by_output[o], []).append(v)
         for name, parts in chunks.items():

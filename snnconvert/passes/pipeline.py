@@ -1,7 +1,7 @@
 """Compose passes. The default conversion pipeline, in order:
 
 fold-batchnorm → replace-neurons → calibrate → normalize-thresholds → init-membrane
-[→ optimize-init when v_init = "optimized"]
+[→ optimize-init when v_init = "optimized"] [→ calibrate-for-T unless calibration = "none"]
 
 Users reorder, drop or add passes (any callable ``(model, ctx) -> model`` with a ``name``).
 """
@@ -13,6 +13,7 @@ import onnx
 
 from .base import PassContext, PassLike
 from .calibrate import Calibrate
+from .calibrate_for_t import CalibrateForT, default_steps
 from .fold_batchnorm import FoldBatchNorm
 from .init_membrane import InitMembrane
 from .maxpool_to_avgpool import MaxPoolToAvgPool
@@ -21,6 +22,7 @@ from .optimize_init import OptimizeInit
 from .replace_neurons import ReplaceNeurons
 
 V_INIT_MODES = ("zero", "half", "optimized")
+CALIBRATION_MODES = ("none", "fast")
 
 
 class Pipeline:
@@ -65,8 +67,12 @@ class Pipeline:
 
 def default_pipeline(norm: str = "percentile:99.99", per_channel: bool = True,
                      v_init: str | float = "half", reset: str = "subtract", leak: float = 0.0,
-                     optimize_samples: int = 128, maxpool_to_avgpool: bool = False) -> Pipeline:
-    """The standard conversion: exact BN folding, soft-reset IF, robust normalization, θ/2 start."""
+                     optimize_samples: int = 128, maxpool_to_avgpool: bool = False,
+                     calibration: str = "fast") -> Pipeline:
+    """The standard conversion: exact BN folding, soft-reset IF, robust normalization, θ/2 start;
+    with ``calibration`` "fast" (the default), then fitted layer by layer for ctx.timesteps."""
+    if calibration not in CALIBRATION_MODES:
+        raise ValueError(f"calibration must be one of {CALIBRATION_MODES}")
     passes: list[PassLike] = [
         FoldBatchNorm(),
         *([MaxPoolToAvgPool()] if maxpool_to_avgpool else []),
@@ -77,4 +83,7 @@ def default_pipeline(norm: str = "percentile:99.99", per_channel: bool = True,
     ]
     if v_init == "optimized":
         passes.append(OptimizeInit(samples=optimize_samples))
+    if calibration != "none":
+        # v(0) = 0 asked for (hard-reset targets such as NIR hold no initial potential): keep it
+        passes.append(CalibrateForT(default_steps(potential=v_init != "zero")))
     return Pipeline(passes)

@@ -1,0 +1,172 @@
+"""Calibration for the chosen T: every layer step lowers the layer error it targets, measured
+independently of the pass (SNN rate vs ANN activation on samples the fit did not see), and
+-T auto picks the smallest T reaching the agreement target."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from onnx import helper
+
+from helpers import model as make_model
+from helpers import vi
+from snnconvert import api, frontend, ir
+from snnconvert.passes import PassContext, default_pipeline
+from snnconvert.passes.calibrate_for_t import CalibrateForT, ann_activations
+from snnconvert.passes.calibrate_potential import CalibratePotential
+from snnconvert.passes.correct_bias import CorrectBias
+from snnconvert.passes.search_thresholds import SearchThresholds
+from snnconvert.runtime import SpikingNetwork
+from snnconvert.runtime.counting import _stats_torch, layer_stats
+
+DIGITS_CNN = "tests/fixtures/digits_cnn.onnx"
+
+
+def layer_errors(snn, x: np.ndarray, steps: int, kind: str = "mse", ann=None) -> dict[str, float]:
+    """Per neuron layer, SNN rate (full simulation) vs ANN activation on ``x``: the mean squared
+    error ("mse"), the mean square of the per-channel mean error ("channel-drift") or of the
+    per-neuron mean error ("neuron-drift"). The ANN is ``ann`` (an uncalibrated IR of the same
+    network: calibration changes biases, so the calibrated IR's rate limit is not the ANN)."""
+    targets = ann_activations(ann if ann is not None else snn, x)
+    rates: dict[str, torch.Tensor] = {}
+
+    def hook(name, current, lead, fire):
+        s = fire(current)
+        rates[name] = s.mean(0)
+        return s
+
+    net = SpikingNetwork(snn, time_chunk=None)
+    net.neuron_hook = hook
+    with torch.no_grad():
+        net(torch.from_numpy(x), steps)
+    out = {}
+    for n, rate in rates.items():
+        d = rate - targets[n]
+        if kind == "channel-drift":
+            d = d.transpose(0, 1).reshape(d.shape[1], -1).mean(1)
+        elif kind == "neuron-drift":
+            d = d.mean(0)
+        out[n] = float((d ** 2).mean())
+    return out
+
+
+def calibrated(ann, calib, steps: int, layer_steps) -> tuple:
+    ctx = PassContext(calib=calib, timesteps=steps)
+    pipe = default_pipeline(calibration="none")
+    calibration = CalibrateForT(layer_steps)
+    pipe.passes.append(calibration)
+    return pipe(ann, ctx), calibration
+
+
+def background_ann(seed: int = 0):
+    """x[N,1,8,8] -> Conv(3x3, positive bias) -> ReLU -> Conv -> ReLU -> Flatten -> Gemm: on
+    images that are mostly background (zeros), most first-layer positions see exactly the bias."""
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("Conv", ["x", "W1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "W2", "b2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+             helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+             helper.make_node("Flatten", ["r2"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "Wf"], ["y"], transB=1, name="fc")]
+    inits = {"W1": rng.normal(size=(6, 1, 3, 3)), "b1": rng.uniform(0.1, 0.6, 6),
+             "W2": rng.normal(size=(4, 6, 3, 3)) * 0.3, "b2": rng.normal(size=4) * 0.2,
+             "Wf": rng.normal(size=(3, 256))}
+    return make_model(nodes, [vi("x", ["N", 1, 8, 8])], [vi("y", ["N", 3])], inits)
+
+
+def background_images(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n, 1, 8, 8), np.float32)
+    x[:, :, 2:6, 2:6] = rng.uniform(0, 1, (n, 1, 4, 4)) * (rng.uniform(size=(n, 1, 4, 4)) < 0.6)
+    return x
+
+
+def test_layer_stats_kernel_matches_the_reference():
+    torch.manual_seed(0)
+    for shape, groups in (((2, 3, 4, 4), 3), ((5, 7), 7)):
+        cur = torch.randn(6, *shape)
+        sample = shape[1:]
+        theta = torch.rand(3, *sample) + 0.5
+        group = torch.arange(groups).reshape([groups] + [1] * (len(sample) - 1)).expand(sample)
+        target = torch.rand(shape)
+        bias = torch.randn(3, *sample) * 0.1
+        for current in (cur, cur[0]):
+            got = layer_stats(current, 6, theta / 2, theta, bias, target, group, groups)
+            ref = _stats_torch(current, 6, theta / 2, theta, bias, target, group, groups,
+                               "subtract", 0.0)
+            for a, b in zip(got, ref):
+                torch.testing.assert_close(a, b)
+
+
+def test_threshold_search_fixes_the_background_point_mass():
+    """The cause of the non-monotonic θ/2 accuracy: a constant background puts most of a layer's
+    pre-activations on one value whose rounding error depends on T; the search removes it."""
+    ann = background_ann()
+    calib, held_out = background_images(256, 0), background_images(200, 1)
+    for steps in (2, 4, 8):
+        base, _ = calibrated(ann, calib, steps, [])
+        tuned, _ = calibrated(ann, calib, steps, [SearchThresholds()])
+        before = layer_errors(base, held_out, steps)
+        after = layer_errors(tuned, held_out, steps, ann=base)
+        first = ir.neurons(base)[0].name
+        assert after[first] < 0.7 * before[first], (steps, before, after)
+
+
+@pytest.mark.parametrize("step_cls,targeted", [(CorrectBias, "channel-drift"),
+                                               (CalibratePotential, "neuron-drift")])
+def test_each_step_lowers_the_error_it_targets(digits, step_cls, targeted):
+    ann = frontend.load_model(DIGITS_CNN)
+    calib, held_out = digits["x_train"][:256], digits["x_train"][1000:1300]
+    steps = 4
+    base, _ = calibrated(ann, calib, steps, [SearchThresholds()])
+    tuned, pass_ = calibrated(ann, calib, steps, [SearchThresholds(), step_cls()])
+    # the step's own measurement on the calibration samples never gets worse ...
+    for layer in pass_.layers.values():
+        name, err_before, err_after = layer.history[-1]
+        assert name == step_cls.name and err_after <= err_before
+    # ... and, measured independently on held-out samples, the drift it corrects shrinks
+    # and the layers' squared error drops
+    for kind, factor in ((targeted, 0.7), ("mse", 0.99)):
+        before = layer_errors(base, held_out, steps, kind)
+        after = layer_errors(tuned, held_out, steps, kind, ann=base)
+        assert sum(after.values()) < factor * sum(before.values()), (kind, before, after)
+
+
+def test_fast_calibration_beats_half_and_keeps_accuracy(digits):
+    ann = frontend.load_model(DIGITS_CNN)
+    calib, x, y = digits["x_train"][:300], digits["x_test"], digits["y_test"]
+    acc = {}
+    base = api.convert(ann, calib, timesteps=4, calibration="none")
+    for mode in ("none", "fast"):
+        snn = api.convert(ann, calib, timesteps=4, calibration=mode)
+        acc[mode] = api.evaluate(snn, x, y, [4], ann=ann).rows[0].accuracy
+        errs = layer_errors(snn, x[:200], 4, ann=base)
+        acc[mode + "-error"] = sum(errs.values())
+    ann_acc = api.evaluate(snn, x, y, [4], ann=ann).ann_accuracy
+    assert acc["fast-error"] < 0.8 * acc["none-error"]
+    assert acc["fast"] >= acc["none"] and acc["fast"] >= ann_acc - 0.03, acc
+
+
+def test_auto_timesteps_picks_the_smallest_t_reaching_the_target(digits):
+    ann = frontend.load_model(DIGITS_CNN)
+    calib = digits["x_train"][:700]
+    log: list = []
+    snn, choice = api.choose_timesteps(ann, calib, agreement=0.97, candidates=(1, 2, 4, 8, 16),
+                                       log=log)
+    t = choice.timesteps
+    assert ir.timesteps(snn) == t
+    assert choice.agreement[t] >= 0.97
+    assert all(a < 0.97 for s, a in choice.agreement.items() if s < t)
+    assert max(choice.agreement) == t  # stopped at the first T that reached the target
+    assert choice.samples == 700 - 256 and choice.held_out
+    assert log[-1][0] == "choose-T" and f"T={t} is the smallest T" in log[-1][1]
+    # the same choice through convert(timesteps="auto")
+    again = api.convert(ann, calib, timesteps="auto", agreement=0.97)
+    assert ir.timesteps(again) == t
+
+
+def test_auto_timesteps_says_when_no_t_reaches_the_target(digits):
+    ann = frontend.load_model(DIGITS_CNN)
+    _, choice = api.choose_timesteps(ann, digits["x_train"][:400], agreement=1.0, candidates=(1,))
+    assert choice.agreement[1] < 1.0
+    assert "no T up to 1 reaches 100 %: T=1 agrees best" in choice.reason()
