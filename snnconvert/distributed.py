@@ -87,8 +87,10 @@ def _reduce(values: np.ndarray, op: str) -> np.ndarray:
     import torch
 
     t = torch.from_numpy(np.ascontiguousarray(values).copy())
+    if d.get_backend() == "nccl":  # nccl reduces device tensors only
+        t = t.to(torch.device("cuda", torch.cuda.current_device()))
     d.all_reduce(t, op=getattr(d.ReduceOp, op))
-    return t.numpy()
+    return t.cpu().numpy()
 
 
 def all_sum(values: np.ndarray | float | int) -> np.ndarray:

@@ -207,3 +207,21 @@ def test_bf16_evaluation_runs_and_stays_close(digits):
     assert mlp.samples == 20 and mlp.rows[0].accuracy is None
     with pytest.raises(OptionError, match="unknown precision 'fp8'"):
         api.evaluate(snn, x, y, [8], precision="fp8")
+
+
+def test_cli_report_reads_an_image_folder_like_the_npz(tmp_path, digit_forms, digits, capsys):
+    d, _, _ = digit_forms
+    snn = tmp_path / "d.snn.onnx"
+    from snnconvert import ir
+
+    ir.save(api.convert(f"{FIX}/digits_cnn.onnx", digits["x_train"][:200], timesteps=8), snn)
+    out = []
+    for data in (str(d / "all.npz"), str(d / "images")):
+        path = tmp_path / f"r{len(out)}.json"
+        with pytest.raises(SystemExit) as exc:
+            main(["report", str(snn), "--data", data, "--preprocess", "mode=L", "-T", "8",
+                  "--json", str(path), "--limit", "100"])
+        assert exc.value.code == 0, capsys.readouterr().err
+        out.append(json.loads(path.read_text()))
+    assert out[0]["samples"] == 100 and out[0]["layers"] == out[1]["layers"]
+    assert out[0]["accuracy_vs_T"] == out[1]["accuracy_vs_T"]
