@@ -13,7 +13,7 @@ import onnx
 
 from . import ir
 from .errors import OptionError
-from .ops.events import layers, synapses, tensor_shapes
+from .ops.synapses import layers, synapses, tensor_shapes
 
 PROFILE_DIR = Path(__file__).resolve().parents[1] / "targets"
 REQUIRED = {

@@ -103,7 +103,7 @@ def test_synapses_and_events_of_1d_and_3d_convolutions():
     import torch
     from onnx import TensorProto, helper, numpy_helper
 
-    from snnconvert.ops.events import synaptic_events, synapses
+    from snnconvert.ops.synapses import synaptic_events, synapses
     from snnconvert.ops import tensor_shapes
 
     for spatial, kernel in (([10], [3]), ([4, 4, 4], [3, 3, 3])):

@@ -20,7 +20,7 @@ from .. import ir, onnxrt
 from ..data import ann_input
 from ..datasets import Data, batches
 from ..errors import DataError
-from ..ops.events import READOUT, ann_macs, layers, synapses, synaptic_events, tensor_shapes
+from ..ops.synapses import READOUT, ann_macs, layers, synapses, synaptic_events, tensor_shapes
 
 __all__ = ["Report", "build_report"]
 
