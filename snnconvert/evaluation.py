@@ -64,7 +64,7 @@ class Tally:
         """Sum the counts of every torch.distributed rank (exact: integers)."""
         if distributed.world_size() == 1:
             return
-        names, sizes = distributed.broadcast_object((sorted(self.sizes), self.sizes))
+        names, sizes = distributed.broadcast_object((list(self.sizes), self.sizes))
         self.sizes = sizes
         head = distributed.all_sum(np.array([self.samples, self.labelled, self.ann_correct], np.int64))
         self.samples, self.labelled, self.ann_correct = (int(v) for v in head)
@@ -76,7 +76,7 @@ class Tally:
             spikes = distributed.all_sum(np.array([[self.spikes.get(t, {}).get(k, 0.0) for k in names]
                                                    for t in timesteps], np.float64))
             self.spikes = {t: dict(zip(names, map(float, row))) for t, row in zip(timesteps, spikes)}
-        layers = distributed.broadcast_object(sorted({k for v in self.rate_sums.values() for k in v}))
+        layers = distributed.broadcast_object(list(dict.fromkeys(k for v in self.rate_sums.values() for k in v)))
         if layers:
             sums = distributed.all_sum(np.array([[self.rate_sums.get(t, {}).get(k, 0.0) for k in layers]
                                                  + [self.firing_sums.get(t, 0.0)] for t in timesteps]))

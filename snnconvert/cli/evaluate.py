@@ -59,6 +59,10 @@ DEFAULT_TIMESTEPS = [1, 2, 4, 8, 16, 32, 64]
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Samples simulated side by side (default: 256 on torch, 100 on lava).")
 @click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda).")
+@click.option("--synapses", type=click.Choice(["auto", "event", "dense"]), default="auto", show_default=True,
+              help="torch on CPU: event-driven or dense synaptic kernels (auto: per layer, by timing; "
+                   "the two differ in float32 summation order, so for figures reproducible to the "
+                   "last spike across runs and process counts choose event or dense).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="torch: bf16 runs synaptic ops under bfloat16 autocast (membranes stay fp32); "
                    "meant for GPUs.")
@@ -68,7 +72,7 @@ def command(model: Path, data_path: str, calib: str | None, norm: str, per_chann
             workers: int | None, timesteps: str, tune_t: int | str | None, target: str,
             fixed_point: bool,
             json_path: Path | None, plot_path: Path | None, limit: int | None,
-            batch_size: int | None, device: str, precision: str) -> None:
+            batch_size: int | None, device: str, precision: str, synapses: str) -> None:
     """Evaluate MODEL (an ANN .onnx converted on the fly with --calib, or a converted network).
 
     Under ``torchrun --nproc-per-node N`` each process evaluates every N-th batch and the counts
@@ -80,8 +84,9 @@ def command(model: Path, data_path: str, calib: str | None, norm: str, per_chann
     if target == "torch":
         options["device"] = device
         options["precision"] = precision
-    elif precision != "fp32":
-        raise OptionError("--precision applies to --target torch only")
+        options["synapses"] = synapses
+    elif precision != "fp32" or synapses != "auto":
+        raise OptionError("--precision and --synapses apply to --target torch only")
     if target == "lava":
         options["fixed_point"] = fixed_point
     elif fixed_point:

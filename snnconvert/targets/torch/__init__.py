@@ -59,10 +59,11 @@ def _network(source: onnx.ModelProto | str | os.PathLike, device: str, precision
     if precision not in PRECISIONS:
         raise OptionError(f"unknown precision '{precision}'", hint=f"Use one of: {', '.join(PRECISIONS)}.")
     if precision == "bf16":
+        options = {**options, "cpu_kernels": "torch"}
+    if isinstance(source, onnx.ModelProto) or options:
         model = source if isinstance(source, onnx.ModelProto) else read_ir(source)
-        return SpikingNetwork(model, **{**options, "cpu_kernels": "torch"}).to(device)
-    return (SpikingNetwork(source, **options).to(device) if isinstance(source, onnx.ModelProto)
-            else load(source, device))
+        return SpikingNetwork(model, **options).to(device)
+    return load(source, device)
 
 
 def _simulate(net: SpikingNetwork, x: np.ndarray, timesteps: list[int], batch_size: int, device: str,
