@@ -105,14 +105,16 @@ def part_rate(out: Path) -> None:
     for name, (model, calib, test) in cases.items():
         c, t = np.load(calib), np.load(test)
         snn = snnconvert.convert(model, c["x"], timesteps=T)
-        rows = {}
+        rows, ann = {}, None
         for enc in ("analog", "rate:bernoulli:0", "rate:deterministic"):
             ir.set_meta(snn, "encoding", enc)
             t0 = time.perf_counter()
             rep = snnconvert.evaluate(snn, t["x"], t["y"], ts)
             rows[enc] = [r.accuracy for r in rep.rows]
+            ann = rep.ann_accuracy
             print(f"{name} {enc}: {time.perf_counter() - t0:.0f} s", flush=True)
-        print(f"\n{name} ({len(t['y'])} test images, converted with defaults at T={T}): accuracy %")
+        print(f"\n{name} ({len(t['y'])} test images, converted with defaults at T={T}): accuracy %; "
+              f"rate-limit ANN {100 * ann:.2f} %")
         print("| encoding | " + " | ".join(f"T={v}" for v in ts) + " |")
         print("|---|" + "---|" * len(ts))
         for enc, accs in rows.items():

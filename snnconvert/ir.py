@@ -198,11 +198,17 @@ def rate_uniforms(shape: tuple[int, ...], timesteps: int, seed: int) -> np.ndarr
     return np.stack([rng.random(shape, dtype=np.float32) for _ in range(timesteps)])
 
 
-def check_constant_input(model: onnx.ModelProto, target: str) -> None:
-    """Refuse (TargetError) on a target that injects the input as one constant current and reads
-    the mean membrane, a network whose IR asks for another encoding or readout."""
+def check_constant_input(model: onnx.ModelProto, target: str, per_step_input: bool = False) -> None:
+    """Refuse (TargetError) on a target that reads the mean membrane and injects the input as
+    one constant current (or, ``per_step_input``, takes each step's input as given: analog and
+    frames), a network whose IR asks for another encoding or readout."""
     enc, out = encoding(model), readout(model)
-    if enc.time_varying:
+    if per_step_input and enc.kind == "rate":
+        raise TargetError(f"the {target} target takes each step's input as it is given and has no "
+                          f"rate encoder; this network's input encoding is '{enc}'",
+                          hint="Give spike frames x [N, T, ...] (encoding frames), or run it on "
+                               "--target torch.")
+    if enc.time_varying and not per_step_input:
         raise TargetError(f"the {target} target injects a constant input current; this network's "
                           f"input encoding is '{enc}'",
                           hint="Run it on --target torch, or convert with --encoding analog.")

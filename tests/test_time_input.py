@@ -241,20 +241,70 @@ def test_convert_records_encoding_and_readout(digits) -> None:
         snnconvert.convert(FIXTURES / "digits_cnn.onnx", digits["x_train"][:50], readout="spikes")
 
 
-@pytest.mark.parametrize("target", ["lava", "nir"])
-def test_lava_and_nir_refuse_time_varying_input(target: str, digits, digits_snn) -> None:
+def test_lava_refuses_time_varying_input(digits, digits_snn) -> None:
     from snnconvert.targets import get_target
 
-    backend = get_target(target)
-    rate = with_meta(digits_snn, "rate:bernoulli:1")
-    with pytest.raises(TargetError, match=f"the {target} target injects a constant input current; "
-                                          "this network's input encoding is 'rate:bernoulli:1'"):
-        backend.network(rate) if target == "lava" else backend.export(rate)
-    with pytest.raises(TargetError, match=f"the {target} target reads the mean membrane; this "
+    lava = get_target("lava")
+    for encoding in ("rate:bernoulli:1", "frames"):
+        with pytest.raises(TargetError, match="the lava target injects a constant input current; "
+                                              f"this network's input encoding is '{encoding}'"):
+            lava.network(with_meta(digits_snn, encoding))
+    with pytest.raises(TargetError, match="the lava target reads the mean membrane; this "
                                           "network's readout is 'last'"):
-        last = with_meta(digits_snn, readout="last")
-        backend.network(last) if target == "lava" else backend.export(last)
+        lava.network(with_meta(digits_snn, readout="last"))
     frames = bernoulli_frames(digits["x_test"][:4], 3).astype(np.float32)
-    with pytest.raises(TargetError, match=f"the {target} target injects a constant input current; "
+    with pytest.raises(TargetError, match="the lava target injects a constant input current; "
                                           r"this data has a time axis \(\[4, 3, 1, 8, 8\]\)"):
-        snnconvert.evaluate(digits_snn, frames, digits["y_test"][:4], [3], target=target)
+        snnconvert.evaluate(digits_snn, frames, digits["y_test"][:4], [3], target="lava")
+
+
+def test_nir_runs_frames_like_the_torch_runtime(tmp_path, digits_snn) -> None:
+    """A losslessly exported network on spike frames: the NIR graph's readout equals the torch
+    runtime's; rate encodings and other readouts are refused by name."""
+    from test_nir import _cnn
+    from snnconvert.targets import get_target
+
+    nir_target = get_target("nir")
+    model = with_meta(_cnn(reset="zero", v_init="zero"), "frames")
+    path = nir_target.compile(model, tmp_path / "m.nir", strict=True)
+    x = bernoulli_frames(np.random.default_rng(2).uniform(0, 1, (16, 2, 8, 8)).astype(np.float32), 12)
+    x = x.astype(np.float32)
+    ours = nir_target.evaluate(path, x, [4, 12])
+    ref = SpikingNetwork(model).simulate(x, [4, 12])
+    for t in (4, 12):
+        np.testing.assert_allclose(ours.readout[t], ref.readout[t], rtol=1e-4, atol=1e-4)
+        assert ours.spikes[t] == pytest.approx(ref.spikes[t])
+    with pytest.raises(DataError, match="the input holds T=12 steps per sample; T=13 was asked for"):
+        nir_target.evaluate(path, x, [13])
+    with pytest.raises(TargetError, match="the nir target takes each step's input as it is given and "
+                                          "has no rate encoder; this network's input encoding is "
+                                          "'rate:deterministic'"):
+        nir_target.export(with_meta(digits_snn, "rate:deterministic"))
+    with pytest.raises(TargetError, match="the nir target reads the mean membrane; this network's "
+                                          "readout is 'window:2'"):
+        nir_target.export(with_meta(digits_snn, readout="window:2"))
+
+
+def test_report_and_finetune_commands_take_the_data_length(tmp_path, digits, digits_snn, capsys) -> None:
+    from snnconvert.api import run_report
+
+    model = tmp_path / "d.snn.onnx"
+    ir.save(digits_snn, model)
+    data = tmp_path / "frames.npz"
+    np.savez(data, x=bernoulli_frames(digits["x_train"][:64], 3), y=digits["y_train"][:64])
+    assert run_report(model, data).data["timesteps"] == 3
+    with pytest.raises(DataError, match=f"^report data {data} holds T=3 steps per sample; T=4 was asked for"):
+        run_report(model, data, 4)
+    out = tmp_path / "t.snn.onnx"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["finetune", str(model), "--data", str(data), "--val", str(data), "--epochs", "1",
+              "--train-leak", "-o", str(out)])
+    assert exit_info.value.code == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert any(line.startswith("validation accuracy at T=3 after 1 epoch(s)") for line in lines)
+    assert ir.timesteps(ir.load(out)) == 3
+    with pytest.raises(SystemExit) as exit_info:
+        main(["finetune", str(model), "--data", str(data), "-T", "5", "-o", str(out)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        f"error: training data {data} holds T=3 steps per sample; T=5 was asked for")

@@ -25,6 +25,9 @@ from .support import supports
 
 __all__ = ["compile", "evaluate", "export", "Loss", "NirSimulator", "POOL_MODES", "supports"]
 
+TIME_VARYING_INPUT = True
+"""The NIR graph takes one input per step: x [N, T, ...] is simulated frame by frame."""
+
 
 def export(model: onnx.ModelProto, strict: bool = False, pool: str = "sum"
            ) -> tuple[nir.NIRGraph, list[Loss]]:
@@ -32,7 +35,7 @@ def export(model: onnx.ModelProto, strict: bool = False, pool: str = "sum"
 
     With ``strict=True`` any loss raises a TargetError naming every lossy layer."""
     refuse_unsupported(model, supports, "nir")
-    ir.check_constant_input(model, "nir")
+    ir.check_constant_input(model, "nir", per_step_input=True)
     graph, losses = to_nir(model, pool=pool)
     if strict and losses:
         raise TargetError("the NIR graph would not reproduce the network exactly: "

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...errors import TargetError
+from ...errors import DataError, TargetError
 from ...results import SimResult
 
 
@@ -21,7 +21,8 @@ def _pair(v) -> tuple[int, int]:
 
 
 class NirSimulator:
-    """Step a ``nir.NIRGraph`` on a constant (analog) input and average its output over T."""
+    """Step a ``nir.NIRGraph`` on a constant (analog) input, or on one input per step (x with a
+    time axis at 1, [N, T, ...]), and average its output over T."""
 
     def __init__(self, graph) -> None:
         import nir
@@ -125,6 +126,11 @@ class NirSimulator:
         """Readout at each T (one run of max T steps) and total spikes per neuron layer,
         [N, *shape]."""
         ts = [timesteps] if isinstance(timesteps, int) else sorted(set(timesteps))
+        rank = np.asarray(self.nodes[self.inputs[0]].input_type["input"]).size
+        per_step = np.ndim(x) == rank + 2
+        if per_step and ts[-1] > np.shape(x)[1]:
+            raise DataError(f"the input holds T={np.shape(x)[1]} steps per sample; T={ts[-1]} was "
+                            "asked for")
         readout: dict[int, list[np.ndarray]] = {t: [] for t in ts}
         spikes_at: dict[int, dict[str, float]] = {t: {k: 0.0 for k in self.neurons} for t in ts}
         counts: dict[str, list[np.ndarray]] = {k: [] for k in self.neurons}
@@ -134,7 +140,7 @@ class NirSimulator:
             state: dict = {}
             total = None
             for t in range(1, ts[-1] + 1):
-                out = self.step(xb, state)
+                out = self.step(xb[:, t - 1] if per_step else xb, state)
                 total = out if total is None else total + out
                 if t in readout:
                     readout[t].append((total / t).numpy())
