@@ -74,19 +74,20 @@ class _Block(nn.Module):
 
 
 class ResNet20(nn.Module):
-    """akamaster/pytorch_resnet_cifar10 ResNet-20 (PROVENANCE.md of the model)."""
+    """akamaster/pytorch_resnet_cifar10 ResNet-20 (PROVENANCE.md of the model); ``blocks`` per
+    stage: 3 for ResNet-20, 9 for ResNet-56."""
 
-    def __init__(self) -> None:
+    def __init__(self, blocks: int = 3) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         self.relu = nn.ReLU()
-        blocks, cin = [], 16
+        layers, cin = [], 16
         for cout, stride in ((16, 1), (32, 2), (64, 2)):
-            for i in range(3):
-                blocks.append(_Block(cin, cout, stride if i == 0 else 1))
+            for i in range(blocks):
+                layers.append(_Block(cin, cout, stride if i == 0 else 1))
                 cin = cout
-        self.blocks = nn.Sequential(*blocks)
+        self.blocks = nn.Sequential(*layers)
         self.pool = nn.AvgPool2d(8)
         self.flatten = nn.Flatten()
         self.linear = nn.Linear(64, 10)

@@ -62,16 +62,23 @@ def available() -> bool:
 
 
 def if_neuron_fused(current: torch.Tensor, steps: int, v: torch.Tensor, threshold: torch.Tensor,
-                    reset: str = "subtract", leak: float = 0.0, stats: bool = False) -> tuple:
+                    reset: str = "subtract", leak: float = 0.0, stats: bool = False,
+                    inplace: bool = False, counts: torch.Tensor | None = None) -> tuple:
     """Same contract as ``if_neuron_fast`` for float32 CPU tensors.
 
     With ``stats`` it also returns the spike count of every neuron [*v.shape] and the number
     of spikes at each step [steps], counted in the same pass (a separate torch reduction over
-    the spike tensor cost more than the recurrence itself).
+    the spike tensor cost more than the recurrence itself). ``inplace`` updates ``v`` itself
+    (contiguous float32) and ``counts`` (float32 or int32, v's shape) accumulates the spike
+    counts in place: a long simulation then allocates no new state at every chunk, whose small
+    long-lived blocks would otherwise fragment the heap (see :mod:`.memory`).
     """
     constant = current.dim() == v.dim()
     shape = v.shape
-    v_np = v.detach().contiguous().clone().numpy().reshape(-1)
+    if inplace and v.is_contiguous() and v.dtype == torch.float32:
+        v_np = v.detach().numpy().reshape(-1)
+    else:
+        v_np = v.detach().contiguous().clone().numpy().reshape(-1)
     th = threshold.detach()
     if th.dim() == v.dim() and th.shape[0] == 1:
         th = th[0]
@@ -80,11 +87,12 @@ def if_neuron_fused(current: torch.Tensor, steps: int, v: torch.Tensor, threshol
     theta = theta.contiguous().numpy().reshape(-1)
     cur = current.detach().contiguous().numpy().reshape(1 if constant else steps, -1)
     out = np.empty((steps, v_np.size), np.float32)
-    counts = np.zeros(v_np.size if stats else 0, np.int32)
+    if counts is None:
+        counts = torch.zeros(shape if stats else (0,), dtype=torch.int32)
     per_step = np.zeros(steps if stats else 0, np.int64)
     _if_steps(cur, constant, v_np, theta, out, np.float32(1.0 - leak), bool(leak),
-              reset == "subtract", counts, per_step, stats, batch)
+              reset == "subtract", counts.numpy().reshape(-1), per_step, stats, batch)
     result = (torch.from_numpy(out).view(steps, *shape), torch.from_numpy(v_np).view(shape))
     if stats:
-        result += (torch.from_numpy(counts).view(shape), torch.from_numpy(per_step))
+        result += (counts, torch.from_numpy(per_step))
     return result

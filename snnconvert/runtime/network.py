@@ -32,6 +32,7 @@ from ..ops import lookup
 from . import fused
 from . import neurons as nrn
 from .event_kernels import EVENT_OPS, EventSynapses
+from .memory import HeapGuard
 from .ort_kernels import OrtKernels
 
 CONST, INVARIANT, VARYING = 0, 1, 2
@@ -72,6 +73,7 @@ class SpikingNetwork(nn.Module):
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
         self._ort = OrtKernels(opset) if cpu_kernels == "onnxruntime" else None
         self.synapses = EventSynapses(synapses)
+        self._heap = HeapGuard()
         if surrogate not in nrn.SURROGATES:
             raise ValueError(f"surrogate must be one of {nrn.SURROGATES}")
         if not (time_chunk in (None, "auto") or (isinstance(time_chunk, int) and time_chunk >= 1)):
@@ -349,8 +351,12 @@ class SpikingNetwork(nn.Module):
                 v = torch.zeros((batch, *per_sample), dtype=cur.dtype, device=cur.device) + v0
             if fast and self._ort is not None and cur.device.type == "cpu" and fused.available() \
                     and cur.dtype == torch.float32:
+                counts = self.spike_counts.get(node.name) if self.record else None
+                if self.record and counts is None:
+                    counts = torch.zeros((batch, *per_sample), dtype=torch.float32)
                 s, v_end, *counted = fused.if_neuron_fused(cur, steps, v, theta, reset, leak,
-                                                          stats=self.record)
+                                                          stats=self.record, inplace=True,
+                                                          counts=counts)
                 return s, v_end, counted or None
             if fast:
                 return (*nrn.if_neuron_fast(cur, steps, v, theta, reset, leak), None)
@@ -364,7 +370,7 @@ class SpikingNetwork(nn.Module):
             state[node.name] = {"t": start + steps, "v": v_end}
         if self.record:
             if counted is not None:
-                self._add_record(node.name, counted[0].to(torch.float32), counted[1].to(torch.float64))
+                self._add_record(node.name, counted[0], counted[1])
             else:
                 self._record(node.name, spikes)
         return spikes.reshape(steps * batch, *per_sample)
@@ -384,13 +390,16 @@ class SpikingNetwork(nn.Module):
         self._add_record(name, s.sum(0).to(torch.float32), s.flatten(1).sum(1).to(torch.float64))
 
     def _add_record(self, name: str, counts: torch.Tensor, per_step: torch.Tensor) -> None:
-        """Accumulate per-neuron spike counts [batch, ...] and per-step totals [steps]."""
-        if name in self.spike_counts:
-            self.spike_counts[name] = self.spike_counts[name] + counts
-            self._per_step[name].append(per_step)
-        else:
-            self.spike_counts[name] = counts
-            self._per_step[name] = [per_step]
+        """Accumulate per-neuron spike counts [batch, ...] (float32; ``counts`` may already be
+        the running total, updated in place by the fused kernel) and per-step totals, kept as
+        Python numbers: no tensor survives the chunk that made it, so the heap is not
+        fragmented by small long-lived blocks."""
+        total = self.spike_counts.get(name)
+        if total is None:
+            self.spike_counts[name] = counts.to(torch.float32)
+        elif total is not counts:
+            total += counts
+        self._per_step.setdefault(name, []).extend(per_step.tolist())
 
     def _simulate(self, x: torch.Tensor, timesteps: int, checkpoints: list[int] | None = None
                   ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
@@ -413,6 +422,9 @@ class SpikingNetwork(nn.Module):
         wanted = sorted(set(checkpoints or []))
         final = None
         done = 0
+        on_cpu = x.device.type == "cpu"
+        if on_cpu:
+            self._heap.start()
         while done < timesteps:
             steps = min(self._chunk_steps(x, timesteps), timesteps - done)
             env = self._run_chunk(x if encode is None else encode(done, steps), steps, state, cache,
@@ -456,6 +468,8 @@ class SpikingNetwork(nn.Module):
                     marks[t] = out[i]
             final = out[-1]
             done += steps
+            if on_cpu:
+                self._heap.check()
         return final, marks
 
     @staticmethod
@@ -505,8 +519,7 @@ class SpikingNetwork(nn.Module):
                 for t in ts:
                     readouts[t].append(marks[t].float().cpu().numpy())
                 for name, steps in self._per_step.items():
-                    per_step = torch.cat(steps)
-                    cum = per_step.cumsum(0)
+                    cum = np.cumsum(np.asarray(steps, np.float64))
                     sizes[name] = int(np.prod(self.spike_counts[name].shape[1:]))
                     for t in ts:
                         layer_spikes[t][name] = layer_spikes[t].get(name, 0.0) + float(cum[t - 1])

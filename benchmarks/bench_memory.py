@@ -1,0 +1,98 @@
+"""Peak resident memory of `snnconvert eval` at T=64, default batch, for N and 2N images.
+
+    python benchmarks/bench_memory.py [--images 256] [--timesteps 64] [--json M.json]
+
+Each run is a fresh process (the command a user types, converting on the fly with --calib),
+whose own peak RSS (ru_maxrss) is reported, with its CPU time. Models: the shared ResNet-20
+and a ResNet-56-sized net (the same CIFAR ResNet with 9 blocks per stage, 55 neuron layers,
+random weights: memory does not depend on the weights' values), both on CIFAR-10 images.
+Target (issue 10): <= 4 GB, and the same peak for 2N images as for N.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+CHILD = """
+import resource, runpy, sys, time
+sys.argv = ["snnconvert"] + sys.argv[1:]
+try:
+    runpy.run_module("snnconvert", run_name="__main__")
+except SystemExit as e:
+    if e.code:
+        raise
+finally:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    print(f"@@ {r.ru_maxrss} {r.ru_utime + r.ru_stime}", file=sys.stderr)
+"""
+
+
+def resnet56(path: Path) -> Path:
+    from bench_spikingjelly import ResNet20
+
+    torch.manual_seed(0)
+    net = ResNet20(blocks=9).eval()
+    torch.onnx.export(net, torch.zeros(1, 3, 32, 32), str(path), input_names=["input"],
+                      output_names=["logits"], dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+                      opset_version=13, dynamo=False)
+    return path
+
+
+def peak(model: Path, calib: Path, data: Path, timesteps: int) -> tuple[float, float]:
+    """(peak RSS in GB, CPU seconds) of one `snnconvert eval` process."""
+    cmd = [sys.executable, "-c", CHILD, "--threads", "1", "eval", str(model), "--calib", str(calib),
+           "--data", str(data), "--timesteps", str(timesteps)]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    line = next((ln for ln in done.stderr.splitlines() if ln.startswith("@@ ")), None)
+    if done.returncode or line is None:
+        raise RuntimeError(f"eval failed: {done.stderr[-2000:]}")
+    kb, cpu = line.split()[1:]
+    return int(kb) / 2 ** 20, float(cpu)
+
+
+def main() -> None:
+    from datasets import shared
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=int, default=256, help="N: the runs use N and 2N test images")
+    ap.add_argument("--timesteps", type=int, default=64)
+    ap.add_argument("--calib-images", type=int, default=500)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    data = ROOT / "benchmarks" / "data"
+    test = np.load(data / "resnet20-cifar10_test.npz")
+    results: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        calib = tmp / "calib.npz"
+        np.savez(calib, x=np.load(data / "resnet20-cifar10_calib.npz")["x"][:args.calib_images])
+        models = {"resnet20-cifar10": shared("models", "resnet20-cifar10", "resnet20_cifar10.onnx"),
+                  "resnet56-sized": resnet56(tmp / "resnet56.onnx")}
+        print(f"snnconvert eval, T={args.timesteps}, default batch, one thread: peak RSS of the process")
+        for name, model in models.items():
+            results[name] = {}
+            for n in (args.images, 2 * args.images):
+                path = tmp / f"test{n}.npz"
+                np.savez(path, x=test["x"][:n], y=test["y"][:n])
+                gb, cpu = peak(model, calib, path, args.timesteps)
+                results[name][n] = {"peak_gb": gb, "cpu_s": cpu}
+                print(f"{name:18s} {n:5d} images: peak {gb:5.2f} GB, {cpu:6.1f} CPU s", flush=True)
+            small, large = (results[name][n]["peak_gb"] for n in (args.images, 2 * args.images))
+            results[name]["growth_2x"] = large / small
+            print(f"{name:18s} peak for 2N / peak for N = {large / small:.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

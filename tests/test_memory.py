@@ -1,0 +1,62 @@
+"""Evaluation memory is bounded: the peak does not grow with the number of samples."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+from onnx import helper
+
+from helpers import model, vi
+
+CHILD = """
+import resource, runpy, sys
+sys.argv = ["snnconvert"] + sys.argv[1:]
+try:
+    runpy.run_module("snnconvert", run_name="__main__")
+except SystemExit as e:
+    if e.code:
+        raise
+finally:
+    print("@@", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+"""
+
+
+def _conv_net(path) -> None:
+    """3x32x32 -> Conv 16 -> Relu -> Conv 16 -> Relu -> GlobalAveragePool -> Gemm 10: 32 K neurons
+    per sample, so keeping anything per sample and neuron would add 128 KB per sample."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "W1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "W2", "b2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+             helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+             helper.make_node("GlobalAveragePool", ["r2"], ["p"], name="pool"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "Wf"], ["y"], transB=1, name="fc")]
+    m = model(nodes, [vi("x", ["N", 3, 32, 32])], [vi("y", ["N", 10])],
+              {"W1": rng.normal(size=(16, 3, 3, 3)) * 0.3, "b1": rng.normal(size=16) * 0.1,
+               "W2": rng.normal(size=(16, 16, 3, 3)) * 0.15, "b2": rng.normal(size=16) * 0.1,
+               "Wf": rng.normal(size=(10, 16))})
+    import onnx
+
+    onnx.save(m, path)
+
+
+def _peak_kb(args) -> int:
+    done = subprocess.run([sys.executable, "-c", CHILD, *map(str, args)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return int(next(ln for ln in done.stderr.splitlines() if ln.startswith("@@")).split()[1])
+
+
+def test_eval_peak_memory_is_flat_when_the_samples_double(tmp_path):
+    _conv_net(tmp_path / "net.onnx")
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "calib.npz", x=rng.random((64, 3, 32, 32), dtype=np.float32))
+    peaks = {}
+    for n in (512, 1024):
+        np.savez(tmp_path / f"d{n}.npz", x=rng.random((n, 3, 32, 32), dtype=np.float32),
+                 y=rng.integers(0, 10, n))
+        peaks[n] = _peak_kb(["--threads", "1", "eval", tmp_path / "net.onnx", "--calib", tmp_path / "calib.npz",
+                             "--data", tmp_path / f"d{n}.npz", "--timesteps", "16", "--batch-size", "128"])
+    # 512 more samples would add 64 MB if anything were kept per sample and neuron
+    assert peaks[1024] - peaks[512] < 24 * 1024, peaks
