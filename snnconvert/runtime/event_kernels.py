@@ -9,10 +9,10 @@ contiguous memory, and on stride-1 rows the taps of one kernel row form one cont
 (weights stored with the kernel columns reversed). Work is proportional to
 events x fan-out, not to neurons x fan-in.
 
-Which path runs is chosen per layer at run time (``mode="auto"``): on its first call a layer
-times the dense kernel and the event kernel on the same input (and the event kernel's fixed
-cost on an empty input), which gives the input density below which events are faster; later
-calls compare the layer's last measured density with it. Float32 results differ from the dense
+Which path runs is chosen per layer at run time (``mode="auto"``): after a warm-up call, a layer
+times the dense kernel and the event kernel on the same input on three calls (and the event
+kernel's fixed cost on an empty input), which gives the input density below which events are
+faster; later calls compare the layer's last measured density with it. Float32 results differ from the dense
 path only by summation order; in float64 spike counts are identical (asserted in tests and in
 ``benchmarks/bench_speed.py``).
 """
@@ -188,7 +188,11 @@ class _Plan:
 
 
 MEASUREMENTS = 3
-"""Calls on which a layer times both paths; the median of their break-even densities decides."""
+"""Calls on which a layer times both paths (after one warm-up call); the median of their
+break-even densities decides."""
+
+DENSITY_EVERY = 8
+"""While a layer runs dense, its input density is re-measured every this many calls."""
 
 
 @dataclass
@@ -196,6 +200,7 @@ class _Choice:
     """Per-node run-time choice between the dense and the event path."""
     break_even: float | None = None  # input density below which events are faster
     density: float = 1.0  # last measured input density
+    calls: int = 0
     estimates: list = field(default_factory=list)
 
 
@@ -229,29 +234,37 @@ class EventSynapses:
             return self._event(plan, x)[0]
         choice = self._choices.setdefault(node.name, _Choice())
         if choice.break_even is None:
+            if choice.calls == 0:  # first call: sessions, caches and kernels warm up
+                choice.calls += 1
+                counts[1] += 1
+                return dense()
             return self._measure(plan, choice, x, dense, counts)
+        choice.calls += 1
         if choice.density < choice.break_even:
             counts[0] += 1
             y, nnz = self._event(plan, x)
             choice.density = nnz / max(1, x.numel())
             return y
         counts[1] += 1
-        choice.density = int(torch.count_nonzero(x)) / max(1, x.numel())
+        if choice.calls % DENSITY_EVERY == 0:
+            choice.density = int(torch.count_nonzero(x)) / max(1, x.numel())
         return dense()
 
     def _measure(self, plan: _Plan, choice: _Choice, x: torch.Tensor, dense, counts) -> torch.Tensor:
-        """Time both paths on this input (and the event kernel's fixed cost on an empty one), in
-        CPU time so that other processes on the machine do not bias the choice."""
-        t0 = time.process_time()
-        y = dense()
-        t_dense = time.process_time() - t0
-        t0 = time.process_time()
-        _, nnz = self._event(plan, x)
-        t_event = time.process_time() - t0
+        """Time both paths on this input, twice each in alternating order (and the event
+        kernel's fixed cost on an empty input), in CPU time so that other processes on the
+        machine do not bias the choice."""
+        def cpu(fn):
+            t0 = time.process_time()
+            result = fn()
+            return time.process_time() - t0, result
+
+        t_dense, y = cpu(dense)
+        t_event, (_, nnz) = cpu(lambda: self._event(plan, x))
+        t_event = min(t_event, cpu(lambda: self._event(plan, x))[0])
+        t_dense = min(t_dense, cpu(dense)[0])
         empty = torch.zeros_like(x)
-        t0 = time.process_time()
-        self._event(plan, empty)
-        t_fixed = time.process_time() - t0
+        t_fixed = cpu(lambda: self._event(plan, empty))[0]
         density = nnz / max(1, x.numel())
         per_density = (t_event - t_fixed) / density if density > 0 else 0.0
         if t_fixed >= t_dense:
@@ -264,6 +277,7 @@ class EventSynapses:
         if len(choice.estimates) >= MEASUREMENTS:
             choice.break_even = float(np.median(choice.estimates))
         choice.density = density
+        choice.calls += 1
         counts[1] += 1
         return y
 
