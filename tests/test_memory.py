@@ -48,15 +48,16 @@ def _peak_kb(args) -> int:
     return int(next(ln for ln in done.stderr.splitlines() if ln.startswith("@@")).split()[1])
 
 
-def test_eval_peak_memory_is_flat_when_the_samples_double(tmp_path):
+def test_eval_peak_memory_is_flat_when_the_samples_grow(tmp_path):
     _conv_net(tmp_path / "net.onnx")
     rng = np.random.default_rng(1)
     np.savez(tmp_path / "calib.npz", x=rng.random((64, 3, 32, 32), dtype=np.float32))
     peaks = {}
-    for n in (512, 1024):
+    for n in (512, 2048):  # doubled twice
         np.savez(tmp_path / f"d{n}.npz", x=rng.random((n, 3, 32, 32), dtype=np.float32),
                  y=rng.integers(0, 10, n))
         peaks[n] = _peak_kb(["--threads", "1", "eval", tmp_path / "net.onnx", "--calib", tmp_path / "calib.npz",
                              "--data", tmp_path / f"d{n}.npz", "--timesteps", "16", "--batch-size", "128"])
-    # 512 more samples would add 64 MB if anything were kept per sample and neuron
-    assert peaks[1024] - peaks[512] < 24 * 1024, peaks
+    # 1,536 more samples would add 192 MB if anything were kept per sample and neuron; the peak
+    # of one process varies by about +-50 MB from run to run
+    assert peaks[2048] - peaks[512] < 96 * 1024, peaks
