@@ -2,7 +2,10 @@
 importer (norse.torch.from_nir); its predictions are compared with our NIR-semantics simulator
 and with the IR's torch runtime on MNIST test images.
 
-    .venv/bin/python benchmarks/bench_nir.py [--n 500] [-T 32]
+    .venv/bin/python benchmarks/bench_nir.py [--n 500] [-T 32] [--frames]
+
+``--frames``: the input is Bernoulli spike frames [N, T, 1, 28, 28] of the test images (P(spike) =
+intensity, seed 0), one frame per step in Norse, our simulator and the IR runtime alike.
 
 Needs /work/shared (MNIST IDX, sinabs model) and Norse installed without touching torch:
 ``pip install --no-deps norse nirtorch``.
@@ -54,19 +57,23 @@ def norse_readout(graph: nir.NIRGraph, x: np.ndarray, timesteps: int) -> np.ndar
     logging.getLogger().setLevel(logging.ERROR)
     net = norse.from_nir(graph, dt=1.0)
     out = []
+    per_step = x.ndim == 5
     for xi in torch.as_tensor(x):
         state, total = None, 0
-        for _ in range(timesteps):
-            y, state = net(xi, state)
+        for t in range(timesteps):
+            y, state = net(xi[t] if per_step else xi, state)
             total = total + y
         out.append((total / timesteps).numpy())
     return np.stack(out)
 
 
-def run(name: str, path: Path, n: int, timesteps: int) -> dict:
+def run(name: str, path: Path, n: int, timesteps: int, frames: bool = False) -> dict:
     target = get_target("nir")
     calib, _ = mnist(1000, train=True)
     x, y = mnist(n)
+    if frames:
+        rng = np.random.default_rng(0)
+        x = (rng.random((n, timesteps, *x.shape[1:]), dtype=np.float32) < x[:, None]).astype(np.float32)
     results = {}
     for label, kwargs in {"nir-exact (reset=zero, v_init=zero)": dict(reset="zero", v_init="zero"),
                           "default IR (subtract, theta/2), lossy NIR": {}}.items():
@@ -103,9 +110,11 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("-T", "--timesteps", type=int, default=32)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--frames", action="store_true", help="Bernoulli spike frames, one per step")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    out = {name: run(name, p, args.n, args.timesteps) for name, p in MODELS.items() if p.exists()}
+    out = {name: run(name, p, args.n, args.timesteps, args.frames) for name, p in MODELS.items()
+           if p.exists()}
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
 
