@@ -18,10 +18,9 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/snnconvert --threads 1 examples/mnist/model.onnx --calib examples/mnist/calib.npz -T 8 \
-		--v-init optimized -o out/mnist.snn.onnx
+		-o out/mnist.snn.onnx
 	$(BIN)/snnconvert --threads 1 eval examples/mnist/model.onnx --calib examples/mnist/calib.npz \
-		--data examples/mnist/test.npz --timesteps 1,2,4,8,16,32,64 --v-init optimized \
-		--plot out/mnist_accuracy.png
+		--data examples/mnist/test.npz --timesteps 1,2,4,8,16,32,64 --plot out/mnist_accuracy.png
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

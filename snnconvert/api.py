@@ -126,7 +126,8 @@ def choose_timesteps(source: str | os.PathLike | onnx.ModelProto, calib: Data, *
                      held_out: int = 500, log: list[tuple[str, str]] | None = None,
                      **convert_options) -> tuple[onnx.ModelProto, TimestepChoice]:
     """Convert for each T in ``candidates`` (smallest first) until the SNN's prediction agrees
-    with the ANN's on ``agreement`` of the calibration samples that calibration did not fit on.
+    with the ANN's on ``agreement`` of the calibration samples that calibration did not fit on
+    (the ``held_out`` samples after the first :data:`~snnconvert.passes.calibrate_for_t.SAMPLES`).
 
     Returns the network for the chosen T and what was measured; ``log`` gets the reason.
     """
@@ -137,7 +138,7 @@ def choose_timesteps(source: str | os.PathLike | onnx.ModelProto, calib: Data, *
         raise OptionError("-T auto needs calibration data to measure agreement",
                           hint="Pass --calib C.npz, or choose -T.")
     ann = frontend.load_model(source)
-    used = max(sample_count(t, 256) for t in candidates)
+    used = max(sample_count(t) for t in candidates)
     x = head(calib, used + held_out)
     hold = x[used:]
     choice = TimestepChoice(0, agreement, len(hold) if len(hold) else len(x), held_out=len(hold) > 0)

@@ -149,7 +149,7 @@ def test_fast_calibration_beats_half_and_keeps_accuracy(digits):
 
 def test_auto_timesteps_picks_the_smallest_t_reaching_the_target(digits):
     ann = frontend.load_model(DIGITS_CNN)
-    calib = digits["x_train"][:700]
+    calib = digits["x_train"]  # 1,257: the first 1,024 calibrate, the rest are held out
     log: list = []
     snn, choice = api.choose_timesteps(ann, calib, agreement=0.97, candidates=(1, 2, 4, 8, 16),
                                        log=log)
@@ -158,7 +158,7 @@ def test_auto_timesteps_picks_the_smallest_t_reaching_the_target(digits):
     assert choice.agreement[t] >= 0.97
     assert all(a < 0.97 for s, a in choice.agreement.items() if s < t)
     assert max(choice.agreement) == t  # stopped at the first T that reached the target
-    assert choice.samples == 700 - 256 and choice.held_out
+    assert choice.samples == len(calib) - 1024 and choice.held_out
     assert log[-1][0] == "choose-T" and f"T={t} is the smallest T" in log[-1][1]
     # the same choice through convert(timesteps="auto")
     again = api.convert(ann, calib, timesteps="auto", agreement=0.97)
@@ -170,3 +170,21 @@ def test_auto_timesteps_says_when_no_t_reaches_the_target(digits):
     _, choice = api.choose_timesteps(ann, digits["x_train"][:400], agreement=1.0, candidates=(1,))
     assert choice.agreement[1] < 1.0
     assert "no T up to 1 reaches 100 %: T=1 agrees best" in choice.reason()
+
+
+def test_cli_auto_t_says_which_t_and_why(tmp_path, digits, capsys):
+    from snnconvert.cli import main
+
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=digits["x_train"])
+    out = tmp_path / "net.snn.onnx"
+    with pytest.raises(SystemExit) as exc:
+        main([DIGITS_CNN, "--calib", str(calib), "-T", "auto", "--agreement", "97", "-o", str(out)])
+    stdout = capsys.readouterr().out
+    assert exc.value.code == 0, stdout
+    t = ir.timesteps(ir.load(out))
+    assert f"T={t} is the smallest T whose agreement with the ANN reaches 97 %" in stdout
+    assert f"(target torch, T={t})" in stdout
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", DIGITS_CNN, "--calib", str(calib), "--data", str(calib), "-T", "nope"])
+    assert exc.value.code == 2 and "neither a positive integer nor 'auto'" in capsys.readouterr().err

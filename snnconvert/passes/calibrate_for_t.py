@@ -29,6 +29,9 @@ from .search_thresholds import SearchThresholds
 
 LayerStep = Callable[[LayerState], None]
 
+SAMPLES = 1024
+"""At most this many calibration samples per simulation (per-neuron potentials need many)."""
+
 SAMPLE_STEPS = 8192
 """Calibration samples × T simulated at once: bounds the memory of the one-shot simulation
 (ResNet-20's largest activation then holds 16·32·32·8192 floats, 0.5 GB)."""
@@ -40,7 +43,7 @@ def default_steps(potential: bool = True) -> list[LayerStep]:
     return [SearchThresholds(), CorrectBias()] + ([CalibratePotential()] if potential else [])
 
 
-def sample_count(timesteps: int, samples: int) -> int:
+def sample_count(timesteps: int, samples: int = SAMPLES) -> int:
     """Calibration samples one simulation at T uses (samples × T bounded by SAMPLE_STEPS)."""
     return max(16, min(samples, SAMPLE_STEPS // timesteps))
 
@@ -68,7 +71,7 @@ class CalibrateForT(Pass):
 
     name = "calibrate-for-T"
 
-    def __init__(self, steps: Sequence[LayerStep] | None = None, samples: int = 256) -> None:
+    def __init__(self, steps: Sequence[LayerStep] | None = None, samples: int = SAMPLES) -> None:
         self.steps = list(default_steps() if steps is None else steps)
         self.samples = samples
         self.layers: dict[str, LayerState] = {}

@@ -1,0 +1,104 @@
+"""Calibration for the chosen T against the previous settings, in one table: accuracy per T,
+calibration seconds and peak memory, one thread.
+
+Settings: zero (v(0)=0, 99.99 % per-channel bound), half (θ/2, the previous default), optimized
+(previous `--v-init optimized`, fitted per T), default (`--calibration fast`, fitted per T). Each
+setting runs in its own process, so the peak resident memory it reports (after calibration, and
+over the whole run with evaluation) is its own.
+
+    .venv/bin/python benchmarks/bench_calibration.py sinabs-mnist-cnn --timesteps 4,8,16,32
+    .venv/bin/python benchmarks/bench_calibration.py resnet20-cifar10 --timesteps 4,8,16,32 --json r.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_accuracy import DATA, model_path  # noqa: E402
+from datasets import MODELS  # noqa: E402
+
+SETTINGS = {
+    "zero": dict(calibration="none", v_init="zero"),
+    "half": dict(calibration="none", v_init="half"),
+    "optimized": dict(calibration="none", v_init="optimized"),
+    "default": dict(calibration="fast"),
+}
+PER_T = {"optimized", "default"}
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_setting(name: str, model: str, ts: list[int], limit: int | None, batch: int, out) -> None:
+    """Convert (once, or once per T) and evaluate; put the row on ``out``."""
+    import torch
+
+    torch.set_num_threads(1)
+    import snnconvert as sc
+    from snnconvert.api import ann_outputs
+    from snnconvert.frontend import load_model
+    from snnconvert.runtime import SpikingNetwork
+
+    calib = np.load(DATA / f"{model}_calib.npz")["x"]
+    test = np.load(DATA / f"{model}_test.npz")
+    x, y = test["x"][:limit], test["y"][:limit]
+    path = model_path(model)
+    ann = load_model(path)
+    ann_pred = ann_outputs(ann, x).argmax(1)
+    acc, agree, seconds, calib_peak = {}, {}, {}, 0.0
+    for group in ([[t] for t in ts] if name in PER_T else [ts]):
+        t0 = time.perf_counter()
+        snn = sc.convert(ann, calib, timesteps=max(group), **SETTINGS[name])
+        seconds[max(group)] = time.perf_counter() - t0
+        calib_peak = max(calib_peak, _peak_mb())
+        res = SpikingNetwork(snn).simulate(x, group, batch_size=batch)
+        for t in group:
+            pred = res.predictions(t)
+            acc[t], agree[t] = float(np.mean(pred == y)), float(np.mean(pred == ann_pred))
+    out.put({"setting": name, "accuracy": acc, "agreement": agree, "calib_seconds": seconds,
+             "calib_peak_mb": calib_peak, "peak_mb": _peak_mb(),
+             "ann_accuracy": float(np.mean(ann_pred == y)), "n": len(x), "n_calib": len(calib)})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", choices=sorted(MODELS))
+    ap.add_argument("--timesteps", default="4,8,16,32")
+    ap.add_argument("--settings", default=",".join(SETTINGS))
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=100)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    ts = sorted(int(t) for t in args.timesteps.split(","))
+    ctx = mp.get_context("spawn")
+    rows = []
+    for name in args.settings.split(","):
+        queue = ctx.Queue()
+        proc = ctx.Process(target=run_setting, args=(name, args.model, ts, args.limit, args.batch_size, queue))
+        proc.start()
+        row = queue.get()
+        proc.join()
+        rows.append(row)
+        if len(rows) == 1:
+            print(f"{args.model}: ANN {100 * row['ann_accuracy']:.2f} % on {row['n']} test samples, "
+                  f"{row['n_calib']} calibration samples; one thread")
+            print(f"{'setting':10s} " + " ".join(f"{'T=' + str(t):>7s}" for t in ts)
+                  + "   calib s per T" + " " * 12 + "calib peak MB  run peak MB")
+        secs = "/".join(f"{row['calib_seconds'][t]:.0f}" for t in sorted(row["calib_seconds"]))
+        print(f"{name:10s} " + " ".join(f"{100 * row['accuracy'][t]:7.2f}" for t in ts)
+              + f"   {secs:26s} {row['calib_peak_mb']:8.0f} {row['peak_mb']:12.0f}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"model": args.model, "timesteps": ts, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
