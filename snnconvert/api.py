@@ -69,10 +69,8 @@ def convert(source: str | os.PathLike | onnx.ModelProto, calib: Data | None = No
         enc, out = ir.Encoding.parse(encoding), ir.Readout.parse(readout)
     except ValueError as exc:
         raise OptionError(str(exc)) from None
-    if target in ("lava", "nir") and (enc.time_varying or out.kind != "membrane"):
-        raise TargetError(f"the {target} target runs analog input with the mean-membrane readout; "
-                          f"asked for encoding '{enc}', readout '{out}'",
-                          hint="Use --target torch for other encodings and readouts.")
+    if target is not None and target != "torch":  # torch runs every encoding and readout
+        ir.check_io(enc, out, target, getattr(get_target(target), "TIME_VARYING_INPUT", False))
     entries: list[tuple[str, str]] = []
     model = frontend.load_model(source, log=entries)
     mapping = frontend.check_supported(model)

@@ -202,7 +202,11 @@ def check_constant_input(model: onnx.ModelProto, target: str, per_step_input: bo
     """Refuse (TargetError) on a target that reads the mean membrane and injects the input as
     one constant current (or, ``per_step_input``, takes each step's input as given: analog and
     frames), a network whose IR asks for another encoding or readout."""
-    enc, out = encoding(model), readout(model)
+    check_io(encoding(model), readout(model), target, per_step_input)
+
+
+def check_io(enc: Encoding, out: Readout, target: str, per_step_input: bool = False) -> None:
+    """:func:`check_constant_input` on an encoding and a readout (before a conversion)."""
     if per_step_input and enc.kind == "rate":
         raise TargetError(f"the {target} target takes each step's input as it is given and has no "
                           f"rate encoder; this network's input encoding is '{enc}'",

@@ -308,3 +308,13 @@ def test_report_and_finetune_commands_take_the_data_length(tmp_path, digits, dig
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
         f"error: training data {data} holds T=3 steps per sample; T=5 was asked for")
+
+
+def test_convert_refuses_an_encoding_the_target_cannot_run_before_calibrating() -> None:
+    with pytest.raises(TargetError, match="the lava target injects a constant input current; this "
+                                          "network's input encoding is 'frames'"):
+        snnconvert.convert(FIXTURES / "digits_cnn.onnx", None, encoding="frames", target="lava")
+    with pytest.raises(TargetError, match="the nir target takes each step's input as it is given"):
+        snnconvert.convert(FIXTURES / "digits_cnn.onnx", None, encoding="rate", target="nir")
+    with pytest.raises(DataError, match="calibration needs data"):  # frames pass the NIR check
+        snnconvert.convert(FIXTURES / "digits_cnn.onnx", None, encoding="frames", target="nir")
