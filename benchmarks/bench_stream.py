@@ -109,8 +109,11 @@ def main() -> None:
     for n in [int(s) for s in args.sizes.split(",")]:
         for kind, data in (("images", write_images(args.root, n)), ("npz", write_npz(args.root, n))):
             out = args.root / f"{kind}_{n}.json"
+            # one synaptic-kernel choice (auto picks per layer by timing, and event and dense
+            # float32 sums differ in order), so the two runs can agree to the last spike
             cmd = [sys.executable, "-m", "snnconvert", "--threads", "1", "eval", model, "--calib", str(calib),
-                   "--data", str(data), "--timesteps", args.timesteps, "--json", str(out)]
+                   "--data", str(data), "--timesteps", args.timesteps, "--json", str(out),
+                   "--synapses", "dense"]
             if kind == "images":
                 cmd += ["--preprocess", PREPROCESS]
             print("$", " ".join(cmd).replace(sys.executable, "python"), flush=True)
