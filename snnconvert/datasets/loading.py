@@ -190,9 +190,11 @@ def loader(source: Source, batch_size: int, *, order: np.ndarray | None = None, 
     order = np.arange(len(source)) if order is None else order
     sampler = ShardedBatches(order, batch_size, split, *((None, None) if shard else (0, 1)), skip=skip)
     workers = source.default_workers if workers is None else workers
+    # forkserver: workers start from a small server process, not as forks of this one, which by
+    # then may hold gigabytes (calibration, the network) that copy-on-write would duplicate
     return DataLoader(source, batch_sampler=sampler, collate_fn=_batch_of, num_workers=workers,
                       prefetch_factor=prefetch if workers else None, persistent_workers=False,
-                      pin_memory=pin_memory)
+                      pin_memory=pin_memory, multiprocessing_context="forkserver" if workers else None)
 
 
 def _numpy(v) -> np.ndarray | None:
