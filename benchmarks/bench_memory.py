@@ -1,6 +1,7 @@
 """Peak resident memory of `snnconvert eval` at T=64, default batch, for N and 2N images.
 
     python benchmarks/bench_memory.py [--images 256] [--timesteps 64] [--json M.json]
+        [--calibration none] [--models resnet20-cifar10,resnet56-sized]
 
 Each run is a fresh process (the command a user types, converting on the fly with --calib),
 whose own peak RSS (ru_maxrss) is reported, with its CPU time. Models: the shared ResNet-20
@@ -48,10 +49,10 @@ def resnet56(path: Path) -> Path:
     return path
 
 
-def peak(model: Path, calib: Path, data: Path, timesteps: int) -> tuple[float, float]:
+def peak(model: Path, calib: Path, data: Path, timesteps: int, extra: list[str]) -> tuple[float, float]:
     """(peak RSS in GB, CPU seconds) of one `snnconvert eval` process."""
     cmd = [sys.executable, "-c", CHILD, "--threads", "1", "eval", str(model), "--calib", str(calib),
-           "--data", str(data), "--timesteps", str(timesteps)]
+           "--data", str(data), "--timesteps", str(timesteps), *extra]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     line = next((ln for ln in done.stderr.splitlines() if ln.startswith("@@ ")), None)
     if done.returncode or line is None:
@@ -67,8 +68,12 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=256, help="N: the runs use N and 2N test images")
     ap.add_argument("--timesteps", type=int, default=64)
     ap.add_argument("--calib-images", type=int, default=500)
+    ap.add_argument("--calibration", default=None,
+                    help="passed to eval (e.g. none: the simulation alone, without the fit at T)")
+    ap.add_argument("--models", default="resnet20-cifar10,resnet56-sized")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    extra = ["--calibration", args.calibration] if args.calibration else []
     data = ROOT / "benchmarks" / "data"
     test = np.load(data / "resnet20-cifar10_test.npz")
     results: dict = {}
@@ -76,15 +81,18 @@ def main() -> None:
         tmp = Path(tmp)
         calib = tmp / "calib.npz"
         np.savez(calib, x=np.load(data / "resnet20-cifar10_calib.npz")["x"][:args.calib_images])
-        models = {"resnet20-cifar10": shared("models", "resnet20-cifar10", "resnet20_cifar10.onnx"),
-                  "resnet56-sized": resnet56(tmp / "resnet56.onnx")}
-        print(f"snnconvert eval, T={args.timesteps}, default batch, one thread: peak RSS of the process")
-        for name, model in models.items():
+        wanted = args.models.split(",")
+        models = {"resnet20-cifar10": lambda: shared("models", "resnet20-cifar10", "resnet20_cifar10.onnx"),
+                  "resnet56-sized": lambda: resnet56(tmp / "resnet56.onnx")}
+        print(f"snnconvert eval {' '.join(extra)}, T={args.timesteps}, default batch, one thread: "
+              f"peak RSS of the process")
+        for name in wanted:
+            model = models[name]()
             results[name] = {}
             for n in (args.images, 2 * args.images):
                 path = tmp / f"test{n}.npz"
                 np.savez(path, x=test["x"][:n], y=test["y"][:n])
-                gb, cpu = peak(model, calib, path, args.timesteps)
+                gb, cpu = peak(model, calib, path, args.timesteps, extra)
                 results[name][n] = {"peak_gb": gb, "cpu_s": cpu}
                 print(f"{name:18s} {n:5d} images: peak {gb:5.2f} GB, {cpu:6.1f} CPU s", flush=True)
             small, large = (results[name][n]["peak_gb"] for n in (args.images, 2 * args.images))
