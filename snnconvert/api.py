@@ -76,6 +76,12 @@ def convert(source: str | os.PathLike | onnx.ModelProto, calib: Data | None = No
     mapping = frontend.check_supported(model)
     if target is not None:
         check_target(model, target, maxpool_to_avgpool=maxpool_to_avgpool, mapping=mapping)
+    if enc.time_varying and calibration != "none" and pipeline is None:
+        # the layer-by-layer fit simulates the analog input; with frames or rate coding the
+        # first layer sees other currents, so the fit would be for the wrong network
+        entries.append(("calibrate-for-T", f"skipped: input encoding '{enc}' is time-varying "
+                                           "(calibration for T fits analog input)"))
+        calibration = "none"
     pipe = pipeline or default_pipeline(norm, per_channel, v_init, reset, leak,
                                         maxpool_to_avgpool=maxpool_to_avgpool,
                                         calibration=calibration)

@@ -188,3 +188,12 @@ def test_cli_auto_t_says_which_t_and_why(tmp_path, digits, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["eval", DIGITS_CNN, "--calib", str(calib), "--data", str(calib), "-T", "nope"])
     assert exc.value.code == 2 and "neither a positive integer nor 'auto'" in capsys.readouterr().err
+
+
+def test_time_varying_encodings_skip_calibration_for_t(digits):
+    log: list = []
+    snn = api.convert(DIGITS_CNN, digits["x_train"][:100], timesteps=8, encoding="rate:deterministic",
+                      log=log)
+    assert "calibrate-for-T" not in ir.get_meta(snn, "passes")
+    assert ("calibrate-for-T", "skipped: input encoding 'rate:deterministic' is time-varying "
+            "(calibration for T fits analog input)") in log
