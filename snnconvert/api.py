@@ -12,7 +12,7 @@ from pathlib import Path
 from . import evaluation, frontend, ir, onnxrt
 from . import report as _report
 from .data import input_shape, run_timesteps
-from .datasets import Data, head, is_empty, open_data
+from .datasets import Data, count, head, is_empty, open_data
 from .errors import OptionError, TargetError
 from .profiles import Profile, fit, load_profile
 from .report import Report
@@ -130,8 +130,9 @@ def choose_timesteps(source: str | os.PathLike | onnx.ModelProto, calib: Data, *
                      held_out: int = 500, log: list[tuple[str, str]] | None = None,
                      **convert_options) -> tuple[onnx.ModelProto, TimestepChoice]:
     """Convert for each T in ``candidates`` (smallest first) until the SNN's prediction agrees
-    with the ANN's on ``agreement`` of the calibration samples that calibration did not fit on
-    (the ``held_out`` samples after the first :data:`~snnconvert.passes.calibrate_for_t.SAMPLES`).
+    with the ANN's on ``agreement`` of calibration samples that calibration did not fit on: the
+    ``held_out`` samples after the first :data:`~snnconvert.passes.calibrate_for_t.SAMPLES`, or,
+    with fewer samples than that, the last fifth (at most ``held_out``), kept out of calibration.
 
     Returns the network for the chosen T and what was measured; ``log`` gets the reason.
     """
@@ -142,12 +143,20 @@ def choose_timesteps(source: str | os.PathLike | onnx.ModelProto, calib: Data, *
         raise OptionError("-T auto needs calibration data to measure agreement",
                           hint="Pass --calib C.npz, or choose -T.")
     ann = frontend.load_model(source)
-    used = max(sample_count(t) for t in candidates)
-    x = head(calib, used + held_out)
-    hold = x[used:]
-    choice = TimestepChoice(0, agreement, len(hold) if len(hold) else len(x), held_out=len(hold) > 0)
+    total = count(calib) if not isinstance(calib, np.ndarray) else len(calib)
+    if total is not None and total <= max(sample_count(t) for t in candidates) + held_out:
+        # too few to spare the held-out samples beyond the ones calibration reads: keep the
+        # last fifth (at most ``held_out``) aside and calibrate on the rest
+        x = head(calib, total)
+        spare = min(held_out, total // 5)
+        calib, hold = x[:total - spare], x[total - spare:]
+    else:
+        used = max(sample_count(t) for t in candidates)
+        hold = head(calib, used + held_out)[used:]
+    choice = TimestepChoice(0, agreement, len(hold), held_out=len(hold) > 0)
     if not len(hold):
-        hold = x
+        hold = head(calib, held_out)
+        choice.samples = len(hold)
     best: tuple[float, int, onnx.ModelProto] | None = None
     entries: list[tuple[str, str]] = []
     for t in sorted(candidates):
