@@ -107,7 +107,7 @@ def test_two_process_finetune_matches_one_and_resumes_with_one(work, monkeypatch
 def test_two_process_eval_equals_one_exactly(work, monkeypatch):
     monkeypatch.chdir(work)
     args = ["eval", str(FIX / "digits_cnn.onnx"), "--calib", "train.npz", "--data", "val.npz",
-            "--timesteps", "2,4", "--batch-size", "48", "--synapses", "dense"]
+            "--timesteps", "2,4", "--batch-size", "48"]
     cli([*args, "--json", "one.json"])
     run = torchrun([*args, "--json", "two.json"], work)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -58,15 +58,17 @@ class SpikingNetwork(nn.Module):
 
     def __init__(self, model: onnx.ModelProto, surrogate: str = "atan", alpha: float = 2.0,
                  time_chunk: int | str | None = "auto", cpu_kernels: str = "onnxruntime",
-                 synapses: str = "auto") -> None:
+                 synapses: str = "dense") -> None:
         """``time_chunk``: steps simulated together (memory grows with chunk × batch; None = all T;
         "auto": 16 on accelerators, and on CPUs as many as keep the largest activation of a chunk
         near :data:`CPU_CHUNK_ELEMENTS`, where cache misses otherwise slow every op).
         ``cpu_kernels``: "onnxruntime" runs Conv/Gemm/MatMul through onnxruntime during CPU
         inference (several times faster than torch on CPUs); "torch" never does.
-        ``synapses``: how Conv/Gemm/MatMul on spikes run during CPU inference: "auto" picks the
-        event-driven kernel or the dense one per layer by measured input density
-        (:mod:`.event_kernels`), "event" always uses events, "dense" never does."""
+        ``synapses``: how Conv/Gemm/MatMul on spikes run during CPU inference: "dense" (the
+        default: one summation order, so float32 results repeat run to run and across process
+        counts), "event" always uses the event-driven kernels (:mod:`.event_kernels`), "auto"
+        times both per layer and picks by measured input density (faster where layers fire
+        sparsely, but the timed choice can change float32 sums, and so a few spikes, between runs)."""
         super().__init__()
         if cpu_kernels not in ("onnxruntime", "torch"):
             raise ValueError("cpu_kernels must be 'onnxruntime' or 'torch'")
