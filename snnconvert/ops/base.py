@@ -110,6 +110,9 @@ class OpEntry:
     """Forwards its first input unchanged at inference."""
     reshaping: bool = False
     """Only reshapes (the values and their order stay)."""
+    event_driven: bool = False
+    """On spiking input with constant weights, the runtime can run it event by event (scatter the
+    weights of the inputs that fired: :mod:`snnconvert.runtime.event_kernels`)."""
 
     def normalize(self, attrs: dict, nd: int) -> dict:
         """Attributes with ONNX defaults filled in for ``nd`` spatial axes."""

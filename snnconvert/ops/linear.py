@@ -40,6 +40,7 @@ class _Weighted(OpEntry):
 @register
 class Conv(_Weighted):
     op_type = "Conv"
+    event_driven = True
 
     def normalize(self, attrs: dict, nd: int) -> dict:
         out = spatial_defaults(attrs, nd)
@@ -77,6 +78,7 @@ class Conv(_Weighted):
 @register
 class Gemm(_Weighted):
     op_type = "Gemm"
+    event_driven = True
 
     def verdict(self, node, attrs, graph):
         return _dense_verdict(node, attrs, graph)
@@ -100,6 +102,7 @@ class Gemm(_Weighted):
 @register
 class MatMul(_Weighted):
     op_type = "MatMul"
+    event_driven = True
     bilinear = True
 
     def verdict(self, node, attrs, graph):

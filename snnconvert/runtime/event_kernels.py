@@ -36,7 +36,6 @@ try:
 except ImportError:  # pragma: no cover - numba is a declared dependency
     numba = None
 
-EVENT_OPS = ("Conv", "Gemm", "MatMul")
 MODES = ("auto", "event", "dense")
 
 

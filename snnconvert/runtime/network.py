@@ -31,7 +31,7 @@ from ..results import SimResult
 from ..ops import lookup
 from . import fused
 from . import neurons as nrn
-from .event_kernels import EVENT_OPS, EventSynapses
+from .event_kernels import EventSynapses
 from .memory import HeapGuard
 from .ort_kernels import OrtKernels
 
@@ -129,7 +129,7 @@ class SpikingNetwork(nn.Module):
             self._nodes.append((node, attrs, k))
         self._kinds = kinds
         self._event_nodes = {node.name for node, _, k in self._nodes if k == VARYING
-                             and node.op_type in EVENT_OPS
+                             and self._entries[node.name].event_driven
                              and all(kinds.get(i) == CONST for i in node.input[1:] if i)}
         self._tail = self._readout_tail(graph)
         self._free_after = self._liveness(graph)
