@@ -44,29 +44,6 @@ def axpy16(typingctx, dst, dst_offset, src, src_offset, scale):
 
 
 @intrinsic
-def fma16(typingctx, dst, dst_offset, src, src_offset, scale):
-    """As :func:`axpy16` with a fused multiply-add (one rounding instead of two)."""
-    sig = types.void(dst, types.intp, src, types.intp, dst.dtype)
-
-    def codegen(context, builder, signature, args):
-        dv, do, sv, so, a = args
-        dp, vec, size = _vector_pointer(context, builder, signature.args[0], dv, do)
-        sp, _, _ = _vector_pointer(context, builder, signature.args[2], sv, so)
-        d = builder.load(dp, align=size)
-        s = builder.load(sp, align=size)
-        splat = builder.insert_element(llir.Constant(vec, None), a, llir.Constant(llir.IntType(32), 0))
-        splat = builder.shuffle_vector(splat, llir.Constant(vec, None),
-                                       llir.Constant(llir.VectorType(llir.IntType(32), LANES), [0] * LANES))
-        name = f"llvm.fma.v{LANES}f{64 if size == 8 else 32}"
-        fma = builder.module.globals.get(name) or llir.Function(
-            builder.module, llir.FunctionType(vec, [vec, vec, vec]), name)
-        builder.store(builder.call(fma, [s, splat, d]), dp, align=size)
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-@intrinsic
 def nonzero16(typingctx, array, offset):
     """Bit mask (uint64, bit j for element offset+j) of the nonzero elements among 16."""
     sig = types.uint64(array, types.intp)
