@@ -42,6 +42,17 @@ MODES = ("auto", "event", "dense")
 if numba is not None:
     _jit = numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
 
+    @numba.njit(nogil=True, boundscheck=False, error_model="numpy", inline="always")
+    def _fired(x, start, left):  # pragma: no cover - compiled
+        """Bit mask of the nonzero inputs among x[start:start+16] (fewer when ``left`` < 16)."""
+        if left >= 16:
+            return nonzero16(x, start)
+        mask = uint64(0)
+        for j in range(left):
+            if x[uint64(start + j)] != 0:
+                mask |= uint64(1) << uint64(j)
+        return mask
+
     @_jit
     def _conv_events(x, wt, bias, out, ymap, xmap, xrun, tile, C, H, W, O, OP, KH, KW, OH, OW,
                      runs):  # pragma: no cover - compiled
@@ -50,7 +61,6 @@ if numba is not None:
         hw = H * W
         n_samples = x.size // (C * hw)
         plane = OH * OW
-        full = hw - hw % 16
         nnz = 0
         for n in range(n_samples):
             for p in range(plane):
@@ -60,13 +70,7 @@ if numba is not None:
                 base = (n * C + c) * hw
                 q0 = 0
                 while q0 < hw:
-                    if q0 < full:
-                        mask = nonzero16(x, base + q0)
-                    else:
-                        mask = uint64(0)
-                        for j in range(hw - q0):
-                            if x[uint64(base + q0 + j)] != 0:
-                                mask |= uint64(1) << uint64(j)
+                    mask = _fired(x, base + q0, hw - q0)
                     while mask:
                         q = q0 + lowest_bit(mask)
                         mask &= mask - uint64(1)
@@ -105,7 +109,6 @@ if numba is not None:
     def _gemm_events(x, wt, bias, out, K, M, MP, tile):  # pragma: no cover - compiled
         """x [N*K] -> out [N*M] (flat); wt [K*MP]; returns the number of nonzero inputs."""
         n_rows = x.size // K
-        full = K - K % 16
         nnz = 0
         for n in range(n_rows):
             for m in range(MP):
@@ -113,13 +116,7 @@ if numba is not None:
             base = n * K
             q0 = 0
             while q0 < K:
-                if q0 < full:
-                    mask = nonzero16(x, base + q0)
-                else:
-                    mask = uint64(0)
-                    for j in range(K - q0):
-                        if x[uint64(base + q0 + j)] != 0:
-                            mask |= uint64(1) << uint64(j)
+                mask = _fired(x, base + q0, K - q0)
                 while mask:
                     k = q0 + lowest_bit(mask)
                     mask &= mask - uint64(1)
