@@ -31,6 +31,21 @@ A max-pool fed (directly or through linear ops) by spiking neurons is its own op
     exactly the max of the accumulated inputs. Its ONNX function is MaxPool itself: the rate
     limit is the max of the input rates. A plain ``MaxPool`` in the IR is a per-step max.
 
+A dense synapse with one integer delay per connection (learned by DCLS, or fixed) is its own op::
+
+    y = DelayDense(x, weights, delays, bias)    domain "snnconvert"
+        x        [N, in] at each step
+        weights  initializer [out, in] (float)
+        delays   initializer [out, in] (int64, 0 <= d <= max_delay): steps synapse (j, i) holds a value
+        bias     initializer [out]
+        attribute max_delay  D, the largest delay the synapse can hold (its ring buffer keeps the
+                             last D + 1 input steps)
+
+    At step t:  y_t[j] = bias[j] + sum_i weights[j, i] * x_{t - delays[j, i]}[i],  x_t = 0 for t < 1.
+
+    Delay 0 is the plain zero-delay dense synapse of every other op. Its ONNX function is the
+    rate limit, Gemm(x, weights^T) + bias: delays shift spikes in time but not their rates.
+
 ``snnconvert.ir_reference`` executes this semantics in numpy; every target is tested against it.
 Graph-level metadata lives in ``metadata_props`` under ``snnconvert.*`` keys; two of them say
 how the network meets time at its two ends (:class:`Encoding`, :class:`Readout`):
@@ -72,6 +87,7 @@ DOMAIN = "snnconvert"
 DOMAIN_VERSION = 1
 NEURON_OP = "IF"
 SPIKING_MAX_POOL = "SpikingMaxPool"
+DELAY_DENSE = "DelayDense"
 RESET_MODES = ("subtract", "zero")
 FORMAT_VERSION = "2"
 MAX_POOL_ATTRIBUTES = {"kernel_shape": onnx.AttributeProto.INTS, "strides": onnx.AttributeProto.INTS,
@@ -299,12 +315,23 @@ def _spiking_max_pool_function(opset: int) -> onnx.FunctionProto:
                                 attributes=list(MAX_POOL_ATTRIBUTES))
 
 
+def _delay_dense_function(opset: int) -> onnx.FunctionProto:
+    """ONNX function giving DelayDense its rate-limit meaning: Gemm(x, weights^T, bias) (the
+    delays move spikes in time, not their rates)."""
+    body = helper.make_node("Gemm", ["x", "weights", "bias"], ["y"], transB=1)
+    return helper.make_function(DOMAIN, DELAY_DENSE, ["x", "weights", "delays", "bias"], ["y"], [body],
+                                opset_imports=[helper.make_opsetid("", opset)],
+                                attributes=["max_delay"])
+
+
 def ensure_domain(model: onnx.ModelProto) -> None:
-    """Declare the snnconvert domain and its functions (IF, SpikingMaxPool) on ``model`` (idempotent)."""
+    """Declare the snnconvert domain and its functions (IF, SpikingMaxPool, DelayDense) on
+    ``model`` (idempotent)."""
     if not any(o.domain == DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
-    for name, make in ((NEURON_OP, _neuron_function), (SPIKING_MAX_POOL, _spiking_max_pool_function)):
+    for name, make in ((NEURON_OP, _neuron_function), (SPIKING_MAX_POOL, _spiking_max_pool_function),
+                       (DELAY_DENSE, _delay_dense_function)):
         if not any(f.domain == DOMAIN and f.name == name for f in model.functions):
             model.functions.append(make(opset))
 
@@ -332,6 +359,33 @@ def spiking_max_pools(model: onnx.ModelProto) -> list[str]:
     if done:
         ensure_domain(model)
     return done
+
+
+def is_delay_dense(node: onnx.NodeProto) -> bool:
+    return node.domain == DOMAIN and node.op_type == DELAY_DENSE
+
+
+def make_delay_dense(name: str, x: str, y: str, weights: np.ndarray, delays: np.ndarray,
+                     bias: np.ndarray | None = None, max_delay: int | None = None
+                     ) -> tuple[onnx.NodeProto, list[onnx.TensorProto]]:
+    """Build a DelayDense node and its initializers ``<name>.weights``/``.delays``/``.bias``;
+    ``max_delay`` defaults to the largest delay."""
+    weights = np.asarray(weights, np.float32)
+    delays = np.asarray(delays)
+    if delays.shape != weights.shape or weights.ndim != 2:
+        raise ValueError(f"weights and delays must both be [out, in], got {weights.shape} and {delays.shape}")
+    if np.any(delays != np.round(delays)) or np.any(delays < 0):
+        raise ValueError("delays must be non-negative integers")
+    delays = delays.astype(np.int64)
+    top = int(delays.max(initial=0))
+    max_delay = top if max_delay is None else int(max_delay)
+    if max_delay < top:
+        raise ValueError(f"max_delay {max_delay} is below the largest delay {top}")
+    bias = np.zeros(weights.shape[0], np.float32) if bias is None else np.asarray(bias, np.float32)
+    names = [f"{name}.weights", f"{name}.delays", f"{name}.bias"]
+    inits = [numpy_helper.from_array(a, n) for a, n in zip((weights, delays, bias.reshape(-1)), names)]
+    node = helper.make_node(DELAY_DENSE, [x, *names], [y], name=name, domain=DOMAIN, max_delay=max_delay)
+    return node, inits
 
 
 def make_neuron(name: str, x: str, y: str, threshold: np.ndarray, v_init: np.ndarray,

@@ -3,6 +3,7 @@
 Everything the IR adds to ONNX is written here once, plainly, with no speed tricks (no time
 chunks, no fused kernels, no onnxruntime, no readout shortcut): the IF/LIF neuron (both
 resets, leak, per-channel or per-neuron θ, initial potential v0), the spiking max-pool, the
+delay synapse (a list of past inputs, each synapse reading its own step), the
 input encodings (analog, frames, rate) and the readouts (membrane, last, window, spikes).
 The synaptic ops between neurons are the op registry's kernels, run in float64 on each step.
 Every target is tested against this (``tests/test_conformance.py``): spike counts equal.
@@ -110,6 +111,8 @@ def simulate(model: onnx.ModelProto, x: np.ndarray, timesteps: int) -> Reference
                 y = theta * s
             elif ir.is_spiking_max_pool(node):
                 y = _spiking_max_pool(lookup(node), attrs, args[0], state, node.name)
+            elif ir.is_delay_dense(node):
+                y = _delay_dense(args, state, node.name)
             else:
                 entry = lookup(node)
                 if entry is None or not entry.has_kernel:
@@ -139,3 +142,17 @@ def _spiking_max_pool(entry, attrs: dict, x: np.ndarray, state: dict, name: str)
     top = _kernel(entry, attrs, [acc])
     state[name] = (acc, top)
     return top - prev
+
+
+def _delay_dense(args: list, state: dict, name: str) -> np.ndarray:
+    """y_t[n, j] = bias[j] + sum_i w[j, i] * x_{t - d[j, i]}[n, i], x_t = 0 before the first step."""
+    x, w, d, b = (np.asarray(a) for a in args)
+    past = [x] + state.get(name, [])             # past[k] = x_{t-k}
+    state[name] = past[:int(d.max(initial=0))]
+    zero = np.zeros_like(x)
+    y = np.tile(np.asarray(b, np.float64), (x.shape[0], 1))
+    for j in range(w.shape[0]):
+        for i in range(w.shape[1]):
+            k = int(d[j, i])
+            y[:, j] += float(w[j, i]) * (past[k] if k < len(past) else zero)[:, i]
+    return y

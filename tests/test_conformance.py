@@ -126,6 +126,8 @@ def _case(op: str):
 # removes them; their matrix row checks coverage, not targets.
 FOLDED = {"Shape": "constant expression", "Size": "constant expression"}
 FINAL_ONLY = ("Softmax", "LogSoftmax")
+# IR ops no ANN op converts to: built as IR and checked by their own test below
+BUILT_AS_IR = (ir.DELAY_DENSE,)
 # the op as it stands in the case's ANN after load_model (the IR ops come from conversion)
 AS_LOADED = {ir.NEURON_OP: "Relu", ir.SPIKING_MAX_POOL: "MaxPool", "GlobalMaxPool": "MaxPool",
              "Upsample": "Resize"}
@@ -165,7 +167,7 @@ def _case_ops() -> list[str]:
 
 def _refused_ops() -> list[str]:
     return sorted(key[1] for key in REGISTRY if _case(key[1]) is None and key[1] not in FOLDED
-                  and key[1] not in FINAL_ONLY)
+                  and key[1] not in FINAL_ONLY and key[1] not in BUILT_AS_IR)
 
 
 def _nir_key(name: str) -> str:
@@ -281,8 +283,29 @@ def test_softmax_is_dropped_at_the_end_and_refused_inside(op):
 
 
 def test_the_matrix_covers_every_registered_op():
-    covered = {op.split(":")[0] for op in _case_ops()} | set(_refused_ops()) | set(FOLDED) | set(FINAL_ONLY)
+    covered = {op.split(":")[0] for op in _case_ops()} | set(_refused_ops()) | set(FOLDED) | set(FINAL_ONLY) \
+        | set(BUILT_AS_IR)
     assert covered == {key[1] for key in REGISTRY}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_delay_synapse_on_every_target(target):
+    """DelayDense (per-synapse delays) on spike frames: each target holding it reproduces the
+    reference spike for spike; one that does not refuses it by name."""
+    from test_delays import delay_ir, spikes
+
+    backend = "lava" if target.startswith("lava") else target
+    if backend == "lava":
+        pytest.importorskip("snnconvert.targets.lava")
+    if backend == "nir":
+        pytest.importorskip("nir")
+    snn, x = delay_ir(reset="zero", v0=0.0), spikes()
+    node = snn.graph.node[0]
+    if not get_target(backend).supports(node, GraphView(snn)).ok:
+        with pytest.raises(TargetError, match="node 'fc1'"):
+            get_target(backend).network(snn) if backend == "lava" else get_target(backend).export(snn)
+        return
+    _check(ir.DELAY_DENSE, target, snn, x)
 
 
 def _neuron_ir(reset: str, leak: float, v0: str, seed: int = 4) -> onnx.ModelProto:

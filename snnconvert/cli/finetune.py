@@ -46,6 +46,13 @@ def default_output(model: Path) -> Path:
 @click.option("--train-leak", is_flag=True, help="Learn each layer's LIF leak (in [0, 0.999]).")
 @click.option("--sharpen-epochs", default=0, show_default=True, type=click.IntRange(min=0),
               help="pipe-S pre-stage: epochs of sharpened-ReLU ANN training before the SNN epochs.")
+@click.option("--delays", "max_delay", default=0, show_default=True, type=click.IntRange(min=0),
+              help="DCLS: learn one delay (0..D steps) per connection of every dense layer, written "
+                   "into the IR as DelayDense synapses (0 = off).")
+@click.option("--freeze-delays", is_flag=True,
+              help="With --delays: keep the initial random delays fixed (train weights only).")
+@click.option("--delay-init", type=click.Choice(["uniform", "zero"]), default="uniform", show_default=True,
+              help="With --delays: initial delays drawn uniformly in 0..D (DCLS) or all 0.")
 @click.option("--limit", default=None, type=click.IntRange(min=1), help="Use the first N training samples.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -62,7 +69,7 @@ def command(model: Path, data_path: str, val_path: str | None, preprocess: str |
             workers: int | None, timesteps: int | None, epochs: int, lr: float,
             batch_size: int, weight_decay: float, device: str, surrogate: str, method: str,
             train_thresholds: bool, leak: float | None, train_leak: bool, sharpen_epochs: int,
-            limit: int | None,
+            max_delay: int, freeze_delays: bool, delay_init: str, limit: int | None,
             seed: int, output: Path | None, checkpoint: Path | None, resume: Path | None,
             checkpoint_every: int | None, precision: str) -> None:
     """Fine-tune a converted network MODEL (.snn.onnx) on labelled data.
@@ -85,7 +92,8 @@ def command(model: Path, data_path: str, val_path: str | None, preprocess: str |
     cfg = FinetuneConfig(timesteps=timesteps, epochs=epochs, lr=lr, batch_size=batch_size,
                          weight_decay=weight_decay, device=device, surrogate=surrogate, method=method,
                          train_thresholds=train_thresholds, leak=leak, train_leak=train_leak,
-                         sharpen_epochs=sharpen_epochs,
+                         sharpen_epochs=sharpen_epochs, delays=max_delay,
+                         train_delays=not freeze_delays, delay_init=delay_init,
                          seed=seed, precision=precision)
     tuned, history = finetune(snn, train, None, val, None, config=cfg, checkpoint=checkpoint,
                               resume=resume, checkpoint_every=checkpoint_every, progress=True)

@@ -30,6 +30,12 @@ class FinetuneConfig:
     leak          set every neuron's LIF leak before training (None keeps the IR's);
     train_leak    learn each layer's leak (in [0, 0.999]) with the other parameters.
     timesteps     T of training and validation; on time-varying data [N, T, ...] at most its T.
+    delays        D > 0: DCLS, every dense synapse becomes a delay synapse (delays 0..D steps)
+                  whose per-connection delays are learned (see finetune.delays); 0 = off.
+    train_delays  False keeps the delays drawn at the start fixed (the random-delay ablation).
+    delay_init    "uniform" (DCLS: positions drawn in [0, D]) or "zero" (start from the
+                  network as it is).
+    delay_lr_scale  the positions' learning rate over ``lr`` (DCLS: 100).
     """
 
     timesteps: int = 4
@@ -54,6 +60,10 @@ class FinetuneConfig:
     eval_batch_size: int = 256
     seed: int = 0
     precision: str = "fp32"
+    delays: int = 0
+    train_delays: bool = True
+    delay_init: str = "uniform"
+    delay_lr_scale: float = 100.0
 
     def validate(self) -> None:
         if self.timesteps < 1:
@@ -78,6 +88,16 @@ class FinetuneConfig:
             raise OptionError(f"logit_scale must be positive, got {self.logit_scale}")
         if self.precision not in PRECISIONS:
             raise OptionError(f"unknown precision '{self.precision}'", hint=f"Use one of: {', '.join(PRECISIONS)}.")
+        if self.delays < 0:
+            raise OptionError(f"the maximum delay must be >= 0 steps, got {self.delays}")
+        if self.delays and (self.method != "bptt" or self.sharpen_epochs):
+            raise OptionError("learning delays (DCLS) needs --method bptt without --sharpen-epochs",
+                              hint="The ANN-branch methods run one step, where delays do nothing.")
+        if self.delay_init not in ("uniform", "zero"):
+            raise OptionError(f"unknown delay initialisation '{self.delay_init}'",
+                              hint="Use uniform or zero.")
+        if not self.delay_lr_scale > 0:
+            raise OptionError(f"delay_lr_scale must be positive, got {self.delay_lr_scale}")
         if self.snn_chunk < 1:
             raise OptionError(f"snn_chunk must be at least 1, got {self.snn_chunk}")
 

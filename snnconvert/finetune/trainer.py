@@ -20,7 +20,9 @@ from ..datasets import ArraySource, Data, as_source, batches, head, head_labelle
 from ..datasets import check as check_source
 from ..errors import DataError, OptionError
 from ..runtime import SpikingNetwork
+from ..passes.add_delays import add_delays
 from . import checkpoint as ckpt
+from . import delays as dcls
 from . import methods
 from .config import FinetuneConfig
 from .validate import check_arrays, check_labels, check_model
@@ -121,7 +123,16 @@ class Trainer:
     def __init__(self, model: onnx.ModelProto, cfg: FinetuneConfig, workers: int | None = None) -> None:
         cfg.validate()
         self.cfg, self.workers = cfg, workers
-        self.net = build_network(check_model(model), cfg)
+        model = check_model(model)
+        if cfg.delays:
+            model, added = add_delays(model, cfg.delays, cfg.delay_init, cfg.seed)
+            if not added:
+                raise OptionError("--delays found no dense layer (Gemm/MatMul on flat activations) "
+                                  "to give delays to", hint="Delays are learned on dense layers.")
+        if cfg.method != "bptt" and any(ir.is_delay_dense(n) for n in model.graph.node):
+            raise OptionError(f"this network has delay synapses; method '{cfg.method}' runs one step, "
+                              "where delays do nothing", hint="Use --method bptt.")
+        self.net = build_network(model, cfg)
         self.device = next(iter(self.net.params.values())).device
         self.table = methods.neuron_table(self.net)
         thresholds = {p.threshold for p in self.table.values()}
@@ -134,6 +145,11 @@ class Trainer:
         groups = [{"params": [p], "lr": cfg.lr * scale_for(p)}
                   for p in self.net.params.values() if p.requires_grad]
         groups += [{"params": [p], "lr": cfg.lr} for p in self.net.leaks.values() if p.requires_grad]
+        self.delay_tops = dcls.max_delays(self.net)
+        for param in self.net.delay_positions.values():
+            param.requires_grad_(bool(cfg.delays) and cfg.train_delays)
+        groups += [{"params": [p], "lr": cfg.lr * cfg.delay_lr_scale, "weight_decay": 0.0}
+                   for p in dcls.learnable(self.net)]
         self.opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         total = max(1, cfg.sharpen_epochs + cfg.epochs)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=total)
@@ -177,6 +193,7 @@ class Trainer:
         return {"epoch": self.epoch, "step": self.step, "partial": self.partial.tolist(),
                 "logit_scale": self.logit_scale, "params": self.net.params.state_dict(),
                 "leaks": self.net.leaks.state_dict(),
+                "delay_positions": self.net.delay_positions.state_dict(),
                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                 "history": self.history.to_dict(), "config": self.cfg.to_dict(),
                 "processes": distributed.world_size()}
@@ -196,6 +213,8 @@ class Trainer:
             self.net.params.load_state_dict(state["params"])
             if "leaks" in state:
                 self.net.leaks.load_state_dict(state["leaks"])
+            if "delay_positions" in state:
+                self.net.delay_positions.load_state_dict(state["delay_positions"])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.history = History.from_dict(state["history"])
@@ -269,7 +288,11 @@ class Trainer:
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, correct
         seen = 0
         self.net.train()
+        positions = dcls.learnable(self.net)
         for xb, yb in parts:
+            if positions:
+                done = epoch - cfg.sharpen_epochs + (self.step / len(sizes) if sizes else 0.0)
+                self.net.delay_sigma = dcls.sigma_at(done / max(cfg.epochs, 1), cfg.delays)
             if yb is None:
                 raise DataError("training data: a batch has no labels", hint="Fine-tuning needs labels.")
             n_local = len(xb)
@@ -290,6 +313,8 @@ class Trainer:
                 methods.adjust_thresholds(self.net, self._sync_noisy(noisy, n_local, n_global),
                                           self.table, cfg.ata_tolerance, cfg.ata_step)
             methods.keep_thresholds_positive(self.net, self.floors)
+            if positions:
+                dcls.clamp_positions(self.net, self.delay_tops)
             if n_local:
                 sums += torch.stack([ce.detach().double(), (out.argmax(1) == yb).sum().double()])
                 seen += n_local
@@ -301,6 +326,7 @@ class Trainer:
             if on_step is not None:
                 on_step(self, sums, seen)
         bar.close()
+        self.net.delay_sigma = None  # validation and export see the integer (rounded) delays
         loss_sum, correct, seen = self.epoch_totals(sums, seen)
         self.step, self.partial = 0, np.zeros(3)
         self.sched.step()
@@ -313,6 +339,8 @@ class Trainer:
         ir.set_meta(model, "finetune", {"method": self.cfg.method, "epochs": self.epoch,
                                         "surrogate": self.cfg.surrogate,
                                         "sharpen_epochs": self.cfg.sharpen_epochs,
+                                        "delays": self.cfg.delays,
+                                        "train_delays": self.cfg.train_delays,
                                         "val_accuracy": last.val_accuracy if last else None})
         return model
 

@@ -142,6 +142,15 @@ class SpikingNetwork(nn.Module):
                                                requires_grad=False)
             for node, attrs, _ in self._nodes if ir.is_neuron(node)})
         """Per-layer LIF leak, trainable when its requires_grad is set (clamped to [0, 0.999])."""
+        self.delay_positions = nn.ParameterDict({
+            param_key(node.name): nn.Parameter(self._consts[node.input[2]].to(torch.float32),
+                                               requires_grad=False)
+            for node, _, _ in self._nodes if ir.is_delay_dense(node)})
+        """Continuous delay of every synapse of each DelayDense node (DCLS positions, in steps),
+        started at its integer delays; used only while :attr:`delay_sigma` is set."""
+        self.delay_sigma: float | None = None
+        """While set, DelayDense nodes run the Gaussian kernel of :attr:`delay_positions` at this
+        width (DCLS training) instead of their integer delays."""
         self._uniforms: torch.Tensor | None = None
         self.record = False
         self.spike_counts: dict[str, torch.Tensor] = {}
@@ -330,9 +339,24 @@ class SpikingNetwork(nn.Module):
             return self._ort.run(node, args)
         if entry.stateful:
             xs = args[0].reshape(steps, batch, *args[0].shape[1:])
-            y, state[node.name] = entry.step(attrs, xs, state.get(node.name))
+            rest, options = self._step_arguments(node.name, attrs, args[1:])
+            y, state[node.name] = entry.step(attrs, xs, state.get(node.name), *rest, **options)
             return y.reshape(steps * batch, *y.shape[2:])
         return entry.kernel(attrs, *args)
+
+    def _step_arguments(self, name: str, attrs: dict, rest: list) -> tuple[list, dict]:
+        """A stateful op's step arguments after its input: a delay synapse runs the Gaussian
+        kernel of its positions while :attr:`delay_sigma` is set, else its positions rounded
+        (its integer delays unless positions were trained)."""
+        key = param_key(name)
+        if key not in self.delay_positions:
+            return rest, {}
+        positions = self.delay_positions[key]
+        if self.delay_sigma is not None:
+            return rest, {"positions": positions, "sigma": self.delay_sigma}
+        top = float(attrs.get("max_delay", 0))
+        rounded = positions.detach().clamp(0.0, top).round().long()
+        return [rest[0], rounded, *rest[2:]], {}
 
     def _neuron(self, node, attrs, args, steps, batch, state):
         current, theta, v0 = args[0], args[1], args[2]
@@ -551,6 +575,10 @@ class SpikingNetwork(nn.Module):
                 t.CopyFrom(numpy_helper.from_array(value.astype(numpy_helper.to_array(t).dtype), t.name))
         for node in out.graph.node:
             key = param_key(node.name)
+            if ir.is_delay_dense(node) and key in self.delay_positions:
+                top = int(graph_attrs(node).get("max_delay", 0))
+                delays = self.delay_positions[key].detach().clamp(0, top).round().cpu().numpy()
+                ir.set_initializer(out, node.input[2], delays.astype(np.int64))
             if ir.is_neuron(node) and key in self.leaks:
                 leak = float(self.leaks[key].detach().clamp(0.0, 0.999))
                 if leak != float(graph_attrs(node).get("leak", 0.0)):

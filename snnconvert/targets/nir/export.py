@@ -240,6 +240,34 @@ class _Exporter:
         layer = nir.Linear(weight=w) if b is None else nir.Affine(weight=w, bias=b.astype(np.float32))
         self._fresh(node, [self.b.add(node.name or node.output[0], layer, x.nodes)])
 
+    def op_DelayDense(self, node):
+        """Per-synapse delays: NIR's Delay delays each element of its input by its own amount,
+        so the synapses are grouped by delay: for each delay d used, Delay(d) on the input
+        channels then the Linear holding the synapses of delay d (the d = 0 group feeds the
+        input straight in); the groups sum by fan-in at the next node. One IR step is dt = 1."""
+        import nir
+
+        x = self.get(node, node.input[0])
+        in_shape = self.shape(node.input[0])
+        if len(in_shape) != 1:
+            self.fail(node, "a delay synapse on a multi-axis tensor is not supported",
+                      hint="Flatten its input first.")
+        w, d, b = (self.const(n) for n in node.input[1:4])
+        p = np.broadcast_to(np.asarray(x.pending, np.float64).reshape(-1), in_shape)
+        w = np.asarray(w, np.float64) / p[None, :]
+        used = sorted({int(v) for v in np.unique(d[w != 0])}) or [0]
+        keys = []
+        for k, delay in enumerate(used):
+            part = np.where(d == delay, w, 0.0).astype(np.float32)
+            src = x.nodes
+            if delay:
+                src = [self.b.add(f"{node.name}_delay{delay}",
+                                  nir.Delay(delay=np.full(in_shape, float(delay), np.float32)), x.nodes)]
+            layer = nir.Affine(weight=part, bias=np.asarray(b, np.float32).reshape(-1)) if k == 0 \
+                else nir.Linear(weight=part)
+            keys.append(self.b.add(f"{node.name}_d{delay}", layer, src))
+        self._fresh(node, keys)
+
     def op_Gemm(self, node):
         a = graph_attrs(node)
         if a.get("transA", 0):

@@ -1,6 +1,7 @@
 """A small torch simulator of NIR graph semantics, to check exported graphs without a third-party
-simulator: dt = 1, layer-synchronous and zero-delay like the IR runtime, fan-in summed,
-neurons fire on ``v > v_threshold`` and reset to ``v_reset``, all state starts at 0."""
+simulator: dt = 1, layer-synchronous and zero-delay like the IR runtime (but for Delay nodes:
+y_t = x_{t - delay}), fan-in summed, neurons fire on ``v > v_threshold`` and reset to
+``v_reset``, all state starts at 0."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,7 +13,7 @@ from ...results import SimResult
 
 
 def _t(a) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(a, np.float32))
+    return torch.as_tensor(np.array(a, np.float32))
 
 
 def _pair(v) -> tuple[int, int]:
@@ -63,7 +64,7 @@ class NirSimulator:
         return order
 
     def _params(self, n) -> dict[str, torch.Tensor]:
-        names = ("weight", "bias", "r", "v_threshold", "v_reset", "tau", "v_leak", "scale")
+        names = ("weight", "bias", "r", "v_threshold", "v_reset", "tau", "v_leak", "scale", "delay")
         return {a: _t(getattr(n, a)) for a in names if getattr(n, a, None) is not None
                 and not isinstance(getattr(n, a), str)}
 
@@ -102,6 +103,13 @@ class NirSimulator:
             state.setdefault(("count", key), torch.zeros_like(s))
             state[("count", key)] = state[("count", key)] + s
             return s
+        if isinstance(n, nir.Delay):  # y_t = x_{t - delay}, per element; 0 before the first step
+            d = p["delay"].round().long().expand_as(x)
+            top = int(d.max()) if d.numel() else 0
+            past = [x] + state.get(("past", key), [])           # past[k] = x_{t-k}
+            state[("past", key)] = past[:top]
+            stacked = torch.stack(past + [torch.zeros_like(x)] * (top + 1 - len(past)))
+            return stacked.gather(0, d.unsqueeze(0)).squeeze(0)
         if isinstance(n, (nir.Input, nir.Output)):
             return x
         raise TargetError(f"NIR node '{key}' of type {type(n).__name__} is not supported by the "

@@ -40,6 +40,13 @@ def _dense(node, a, g):
     return holds("NIR Affine/Linear")
 
 
+def _delay_dense(node, a, g):
+    rank = spatial_rank(node, g)
+    if rank is not None and rank != 0:
+        return refuse("a delay synapse on a multi-axis tensor is not supported.", "flatten its input first.")
+    return holds("NIR Delay (one per delay value) + Linear per delay group, summed by fan-in")
+
+
 def _add(node, a, g):
     data = g.data_inputs(node)
     if len(data) == 2:
@@ -92,7 +99,8 @@ def _passthrough(node, a, g):
 
 TABLE = {
     "Relu": _neuron, "Clip": _neuron, ir.NEURON_OP: _neuron,
-    "Conv": _conv, "ConvTranspose": _conv, "Gemm": _dense, "MatMul": _dense, "Add": _add, "Mul": _scale, "Div": _scale,
+    "Conv": _conv, "ConvTranspose": _conv, "Gemm": _dense, "MatMul": _dense,
+    ir.DELAY_DENSE: _delay_dense, "Add": _add, "Mul": _scale, "Div": _scale,
     "AveragePool": _avg_pool, "GlobalAveragePool": _avg_pool,
     "MaxPool": _max_pool, ir.SPIKING_MAX_POOL: _max_pool,
     "Flatten": _flatten, "Reshape": _flatten, "Identity": _passthrough, "Dropout": _passthrough,
