@@ -292,7 +292,7 @@ def test_the_matrix_covers_every_registered_op():
 def test_delay_synapse_on_every_target(target):
     """DelayDense (per-synapse delays) on spike frames: each target holding it reproduces the
     reference spike for spike; one that does not refuses it by name."""
-    from test_delays import delay_ir, spikes
+    from test_delays import C, delay_ir, spikes
 
     backend = "lava" if target.startswith("lava") else target
     if backend == "lava":
@@ -304,7 +304,10 @@ def test_delay_synapse_on_every_target(target):
     if not get_target(backend).supports(node, GraphView(snn)).ok:
         with pytest.raises(TargetError, match="node 'fc1'"):
             get_target(backend).network(snn) if backend == "lava" else get_target(backend).export(snn)
-        return
+        # delays between neuron layers, on analog input (what this target injects)
+        snn = delay_ir(reset="zero", v0=0.0, encoding="analog", input_delays=False)
+        x = _rng(5).uniform(0, 1, (N, C)).astype(np.float32)
+        assert all(get_target(backend).supports(n, GraphView(snn)).ok for n in snn.graph.node)
     _check(ir.DELAY_DENSE, target, snn, x)
 
 

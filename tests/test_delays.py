@@ -29,17 +29,26 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def delay_ir(seed: int = 0, leak: float = 0.2, reset: str = "subtract", v0: float = 0.5,
-             encoding: str = "frames") -> onnx.ModelProto:
-    """x [N, C] per step -> DelayDense (D=4) -> LIF -> DelayDense (D=3) -> readout."""
+             encoding: str = "frames", input_delays: bool = True) -> onnx.ModelProto:
+    """x [N, C] per step -> DelayDense (D=4) -> LIF -> DelayDense (D=3) -> readout; without
+    ``input_delays``: x -> Gemm -> IF -> DelayDense -> LIF -> DelayDense -> readout."""
     rng = np.random.default_rng(seed)
     w1 = rng.normal(0, 0.8, (H, C)).astype(np.float32)
     w2 = rng.normal(0, 0.8, (O, H)).astype(np.float32)
-    n1, i1 = ir.make_delay_dense("fc1", "x", "h", w1, rng.integers(0, 5, (H, C)),
+    head, extra, src, n_in = [], [], "x", C
+    if not input_delays:
+        w0 = rng.normal(0, 0.8, (H, C)).astype(np.float32)
+        n0, j0 = ir.make_neuron("n0", "h0", "s0", np.float32(1.0), np.float32(v0), reset=reset)
+        head = [helper.make_node("Gemm", ["x", "w0"], ["h0"], transB=1, name="fc0"), n0]
+        extra = [onnx.numpy_helper.from_array(w0, "w0")] + j0
+        src, n_in = "s0", H
+        w1 = rng.normal(0, 0.8, (H, n_in)).astype(np.float32)
+    n1, i1 = ir.make_delay_dense("fc1", src, "h", w1, rng.integers(0, 5, (H, n_in)),
                                  rng.normal(0, 0.1, H), max_delay=4)
     s1, j1 = ir.make_neuron("n1", "h", "s", np.float32(1.0), np.float32(v0), reset=reset, leak=leak)
     n2, i2 = ir.make_delay_dense("fc2", "s", "y", w2, rng.integers(0, 4, (O, H)), max_delay=3)
-    g = helper.make_graph([n1, s1, n2], "delays", [helper.make_tensor_value_info("x", 1, ["N", C])],
-                          [helper.make_tensor_value_info("y", 1, ["N", O])], i1 + j1 + i2)
+    g = helper.make_graph(head + [n1, s1, n2], "delays", [helper.make_tensor_value_info("x", 1, ["N", C])],
+                          [helper.make_tensor_value_info("y", 1, ["N", O])], extra + i1 + j1 + i2)
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     ir.ensure_domain(m)

@@ -53,6 +53,23 @@ def lava_conv_weight(op: Op, weight: np.ndarray, b: int) -> tuple[np.ndarray, in
     return np.tile(w, (b, 1, 1, 1)), op.groups * b
 
 
+def delay_dense(op: Op, weight: np.ndarray, b: int, weight_exp: int | None):
+    """Lava ``DelayDense`` for B samples side by side: block-diagonal weights and delays on the
+    flat (B * F,) view. Fixed point (``weight_exp`` given): ``weight`` holds the integer weights
+    with the exponent baked in; DelayDense takes the 8-bit mantissas and shifts by the exponent."""
+    from lava.proc.dense.process import DelayDense
+
+    eye = np.eye(b, dtype=np.int64)
+    delays = np.kron(eye, np.asarray(op.delays, np.int64))
+    if weight_exp is None:
+        return DelayDense(weights=np.kron(eye, np.asarray(weight, np.float64)), delays=delays,
+                          max_delay=max(op.max_delay, 1), num_message_bits=0)
+    mant = np.asarray(weight, np.int64) >> weight_exp
+    return DelayDense(weights=np.kron(eye, mant).astype(np.int32), delays=delays,
+                      max_delay=max(op.max_delay, 1), num_message_bits=0, weight_exp=weight_exp,
+                      num_weight_bits=8)
+
+
 @dataclass
 class Emitted:
     """Handles to the processes of one emitted graph."""
@@ -96,7 +113,7 @@ def emit(lg: LayerGraph, batch: int, timesteps: int, fixed: dict[str, FixedLayer
     from .procs.window_sum import WindowSum
 
     depth = lg.depth
-    interval = timesteps + depth
+    interval = timesteps + depth + lg.delay_steps
     em = Emitted(batch, interval)
     dyn = dynamic_bias or {}
     for name, p in lg.populations.items():
@@ -134,6 +151,13 @@ def emit(lg: LayerGraph, batch: int, timesteps: int, fixed: dict[str, FixedLayer
                     weight = fx.weights[k]
                 elif fx is not None:
                     weight = np.rint(weight).astype(np.int64)
+                if op.kind == "delay":
+                    syn = delay_dense(op, weight, batch, fx.weight_exp if fx is not None else None)
+                    port.reshape((batch * op.in_shape[0],)).connect(syn.s_in)
+                    em.synapses.append(syn)
+                    port = syn.a_out.reshape(lava_shape(op.out_shape, batch))
+                    first = False
+                    continue
                 w, groups = lava_conv_weight(op, weight, batch)
                 if op.kind == "dense":
                     conv = Conv(weight=w, input_shape=lava_shape(op.in_shape, batch), groups=groups,

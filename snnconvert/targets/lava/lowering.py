@@ -36,7 +36,7 @@ OUTPUT = "<output>"
 class Op:
     """One linear, bias-free op on a single sample (NCHW without batch, or flat)."""
 
-    kind: str                       # "conv" | "dense" | "flatten" | "transpose" | "gather"
+    kind: str                       # "conv" | "dense" | "delay" | "flatten" | "transpose" | "gather"
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
     weight: np.ndarray | None = None   # conv: (Cout, Cin/g, kH, kW); dense: (Fout, Fin)
@@ -46,10 +46,12 @@ class Op:
     groups: int = 1
     perm: tuple[int, ...] | None = None   # transpose: per-sample axis order
     index: np.ndarray | None = None       # gather: out[i] = in[index[i]] (flat)
+    delays: np.ndarray | None = None      # delay: integer delay per weight (Fout, Fin)
+    max_delay: int = 0                    # delay: D, the longest delay it holds
 
     @property
     def is_process(self) -> bool:
-        return self.kind in ("conv", "dense")
+        return self.kind in ("conv", "dense", "delay")
 
     @property
     def is_pointwise(self) -> bool:
@@ -104,6 +106,13 @@ class LayerGraph:
     def depth(self) -> int:
         return max(p.depth for p in self.populations.values())
 
+    @property
+    def delay_steps(self) -> int:
+        """Steps a sample's spikes can still be in flight in delay synapses after its window:
+        the longest delays of every delay synapse, added up (bounds any path through them)."""
+        return sum(o.max_delay for p in self.populations.values() for t in p.terms for o in t.ops
+                   if o.kind == "delay")
+
 
 # ---------------------------------------------------------------- op arithmetic (torch, f64)
 
@@ -116,7 +125,7 @@ def apply_op(op: Op, x: torch.Tensor) -> torch.Tensor:
     if op.kind == "gather":
         return x[:, torch.as_tensor(op.index)]
     w = torch.as_tensor(op.weight, dtype=x.dtype)
-    if op.kind == "dense":
+    if op.kind in ("dense", "delay"):  # a delay synapse's time-invariant part: its rate limit
         return x @ w.T
     return F.conv2d(x, w, stride=op.stride, padding=op.pad, dilation=op.dilation, groups=op.groups)
 
@@ -215,7 +224,7 @@ def scale_into(ops: list[Op], scale: np.ndarray) -> list[Op]:
         if op.kind == "gather":
             scale = scale[op.index]
             continue
-        if op.kind == "dense":
+        if op.kind in ("dense", "delay"):
             op.weight = op.weight * scale.reshape(1, -1)
             return ops
         per_c = scale.reshape(scale.shape[0], -1)
@@ -436,7 +445,7 @@ def _population(name, e: _Expr, thr, v0, attrs) -> Population:
 def _map_node(node, op, a, get, inits) -> _Expr:
     """Dispatch to ``_lower_<op type>``; the ops this target holds are declared in support.py."""
     handler = globals().get(f"_lower_{op}")
-    if handler is None or node.domain not in ("", "ai.onnx"):
+    if handler is None or node.domain not in ("", "ai.onnx", ir.DOMAIN):
         verdict = supports(node, GraphView(onnx.ModelProto()))
         reason, _, hint = verdict.detail.partition(" Hint: ")
         raise TargetError(reason.rstrip("."), node=node.name, op=op,
@@ -561,6 +570,28 @@ def _lower_MatMul(node, a, get, inits) -> _Expr:
     return _dense(node, a, get, inits, gemm=False)
 
 
+def _lower_DelayDense(node, a, get, inits) -> _Expr:
+    """A dense synapse with per-synapse delays: Lava's DelayDense, on the spikes of one neuron
+    population (its spikes are 0 before the first step, as the IR's delay line is)."""
+    e = get(node.input[0])
+    w, d, b = (inits.get(n) for n in node.input[1:4])
+    if w is None or d is None or b is None or len(e.shape) != 1:
+        raise TargetError("a delay synapse needs constant weights, delays and bias on flat spikes",
+                          node=node.name, op=node.op_type, hint="Flatten before it.")
+    if any(src == INPUT for src, _ in e.terms) or np.any(e.const != 0):
+        raise TargetError("a delay synapse fed by the graph input (or by a constant) has no Lava "
+                          "mapping yet: Lava injects the input as a host-side current",
+                          node=node.name, op=node.op_type,
+                          hint="Keep the first layer without delays, or use the torch or nir target.")
+    if any(o.is_process for _, ops in e.terms for o in ops):
+        raise TargetError("a delay synapse must take a neuron population's spikes directly",
+                          node=node.name, op=node.op_type)
+    top = int(a.get("max_delay", 0))
+    o = Op("delay", e.shape, (w.shape[0],), w.astype(np.float64), delays=np.asarray(d, np.int64),
+           max_delay=top)
+    return _apply_expr(e, o, np.asarray(b, np.float64).reshape(-1))
+
+
 def _lower_AveragePool(node, a, get, inits) -> _Expr:
     e = get(node.input[0])
     return _apply_expr(e, _pool_op(node, a, e.shape, whole_plane=False))
@@ -666,6 +697,10 @@ def _finalize_term(pop_src: Population, ops: list[Op]) -> list[Op]:
     ops = scale_into(ops if any(o.is_process for o in ops) else ops + [identity_op(ops[-1].out_shape if ops else pop_src.shape)],
                      pop_src.spike_value)
     ops = push_scales_forward(simplify(ops))
+    if any(o.kind == "delay" for o in ops) and sum(o.is_process for o in ops) > 1:
+        raise TargetError(f"a delay synapse on the spikes of '{pop_src.name}' is followed by another "
+                          "synapse before the next neurons; Lava's DelayDense must feed neurons",
+                          hint="Put a neuron layer after every delay synapse.")
     if any(o.kind in ("transpose", "gather") for o in ops):
         raise TargetError(f"a Transpose of the spikes of '{pop_src.name}' that does not feed a "
                           "Flatten and a dense layer cannot be mapped to Lava",

@@ -41,6 +41,17 @@ def _apply_int(op: Op, weight: np.ndarray, x: torch.Tensor) -> torch.Tensor:
     return _wrap24(torch.round(apply_op(q, x.double())).long())
 
 
+def delayed(op: Op, weight: np.ndarray, x: torch.Tensor, lines: dict, key) -> torch.Tensor:
+    """One step of a delay synapse: sum_i w[j, i] * x_{t - d[j, i]}[i], with the past inputs of
+    ``key`` kept in ``lines`` (zeros before the first step); exact on integers."""
+    past = [x] + lines.get(key, [])
+    lines[key] = past[:op.max_delay]
+    hist = torch.stack(past + [torch.zeros_like(x)] * (op.max_delay + 1 - len(past)))
+    w = torch.as_tensor(np.asarray(weight), dtype=x.dtype)
+    taps = torch.nn.functional.one_hot(torch.as_tensor(np.array(op.delays)), op.max_delay + 1).to(x.dtype)
+    return torch.einsum("jik,kni->nj", taps * w.unsqueeze(-1), hist)
+
+
 def simulate(lg: LayerGraph, x: np.ndarray, timesteps: int,
              fixed: dict[str, FixedLayer] | None = None) -> RefResult:
     """Run ``x`` [N, *input] for ``timesteps`` steps; float, or integer when ``fixed`` is given."""
@@ -60,19 +71,26 @@ def simulate(lg: LayerGraph, x: np.ndarray, timesteps: int,
             bias[name] = torch.as_tensor(mant << exp)
             v[name] = torch.as_tensor(np.broadcast_to(fixed[name].v_init, (n,) + p.shape).copy())
     acc = None
+    lines: dict = {}
     for _ in range(timesteps):
         for name, p in lg.populations.items():
             cur = None
             for k, t in enumerate(p.terms):
                 s = spikes[t.source]
                 if fixed is None:
-                    a = apply_chain(t.ops, s.double())
+                    a = s.double()
+                    for op in t.ops:
+                        a = delayed(op, op.weight, a, lines, (name, k)) if op.kind == "delay" \
+                            else apply_op(op, a)
                 else:
                     procs = [o for o in t.ops if o.is_process]
                     a = s.long()
                     for op in t.ops:
                         if op.kind == "flatten":
                             a = a.reshape(n, -1)
+                        elif op.kind == "delay":  # DelayDense sums integers without wrapping
+                            w = fixed[name].weights[k] if op is procs[-1] else np.rint(op.weight)
+                            a = delayed(op, w, a, lines, (name, k))
                         else:
                             w = fixed[name].weights[k] if op is procs[-1] else np.rint(op.weight)
                             a = _apply_int(op, w, a)

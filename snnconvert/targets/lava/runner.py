@@ -22,6 +22,20 @@ B x neurons in shared memory (ResNet-20 at batch 50: over 16 GB of /dev/shm); pr
 lock-step, so a message or two is ever in flight."""
 
 
+DELAY_MATRIX_ELEMENTS = 4_000_000
+"""Largest B^2 * out * in * (D + 1) of a DelayDense: Lava's model builds one weight matrix per
+delay value, every step, over the block-diagonal weights of the B samples side by side."""
+
+
+def delay_batch_limit(lg: LayerGraph) -> int:
+    """Samples side by side that keep every DelayDense's per-step matrices near the limit."""
+    sizes = [o.weight.size * (o.max_delay + 1) for p in lg.populations.values() for t in p.terms
+             for o in t.ops if o.kind == "delay"]
+    if not sizes:
+        return 1 << 30
+    return max(1, int((DELAY_MATRIX_ELEMENTS / max(sizes)) ** 0.5))
+
+
 def run_lava(lg: LayerGraph, x: np.ndarray, timesteps: int,
              fixed: dict[str, FixedLayer] | None = None, batch_size: int = 100,
              progress: bool = False, neuron_counts: bool = False) -> RefResult:
@@ -31,6 +45,7 @@ def run_lava(lg: LayerGraph, x: np.ndarray, timesteps: int,
     per element, because Lava's Var.get moves one element per message), else per sample [N].
     """
     n = x.shape[0]
+    batch_size = min(batch_size, delay_batch_limit(lg))
     chunks = -(-n // max(1, min(batch_size, n)))
     b = -(-n // chunks)  # even batches: the least padding for this number of runs
     xp = np.zeros((chunks * b,) + x.shape[1:], np.float64)

@@ -35,6 +35,21 @@ def _dense(node, a, g):
     return holds("Dense synapse process")
 
 
+def _delay_dense(node, a, g):
+    rank = spatial_rank(node, g)
+    if rank is not None and rank != 0:
+        return refuse("a delay synapse on a multi-axis tensor is not supported.", "flatten its input first.")
+    if node.input[0] in g.input_chain or node.input[0] in g.inputs:
+        return refuse("a delay synapse fed by the graph input has no Lava mapping yet (the input "
+                      "enters as a host-side current).",
+                      "keep the first layer without delays, or use the torch or nir target.")
+    top = int(a.get("max_delay", 0))
+    if top > 63:
+        return refuse(f"Loihi 2 delays hold 0..63 steps; this synapse's max_delay is {top}.",
+                      "learn delays with --delays 63 or fewer.")
+    return holds("Lava DelayDense synapse (per-synapse integer delays, float or fixed point)")
+
+
 def _add(node, a, g):
     data = g.data_inputs(node)
     if node.op_type == "Sub" and len(data) == 2 or node.op_type == "Sub" and data == [node.input[1]]:
@@ -139,7 +154,7 @@ def _batch_norm(node, a, g):
 TABLE = {
     "Relu": _neuron, "Clip": _neuron, ir.NEURON_OP: _neuron,
     "Conv": _conv, "ConvTranspose": _conv, "Gemm": _dense, "MatMul": _dense,
-    "Add": _add, "Sub": _add, "Mul": _scale, "Div": _scale, "BatchNormalization": _batch_norm,
+    ir.DELAY_DENSE: _delay_dense, "Add": _add, "Sub": _add, "Mul": _scale, "Div": _scale, "BatchNormalization": _batch_norm,
     "AveragePool": _avg_pool, "GlobalAveragePool": _avg_pool,
     "Transpose": _transpose, "Flatten": _flatten, "Reshape": _flatten,
     "Slice": _slice, "Pad": _pad, "Concat": _concat,
