@@ -1,5 +1,5 @@
 """``snnconvert finetune MODEL.snn.onnx --data TRAIN.npz``: train a converted network with
-surrogate gradients (or SNN2ANN) and write the tuned IR."""
+surrogate gradients (BPTT, SNN2ANN or Joint A-SNN) and write the tuned IR."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,7 +39,8 @@ def default_output(model: Path) -> Path:
 @click.option("--surrogate", type=click.Choice(SURROGATES), default="atan", show_default=True)
 @click.option("--method", type=click.Choice(METHODS), default="bptt", show_default=True,
               help="bptt: backprop through time; snn2ann: ANN branch fed the SNN's rates "
-                   "(memory independent of T).")
+                   "(memory independent of T); joint: Joint A-SNN, ANN and SNN branches sharing "
+                   "factorized weights, ANN->SNN distillation, the SNN branch written back.")
 @click.option("--train-thresholds/--freeze-thresholds", default=True, show_default=True)
 @click.option("--leak", default=None, type=click.FloatRange(0, 1, max_open=True),
               help="Set every neuron's LIF leak per step before training (default: keep).")

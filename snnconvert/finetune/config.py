@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from ..errors import OptionError
 from ..runtime.neurons import SURROGATES
 
-METHODS = ("bptt", "snn2ann")
+METHODS = ("bptt", "snn2ann", "joint")
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -16,7 +16,15 @@ class FinetuneConfig:
 
     method        "bptt": backprop through time with the surrogate gradient;
                   "snn2ann": no-grad SNN forward, gradient through an ANN branch fed the
-                  SNN's rates (memory independent of T), with adaptive threshold adjustment.
+                  SNN's rates (memory independent of T), with adaptive threshold adjustment;
+                  "joint": Joint A-SNN, an ANN and an SNN branch sharing the U, V factors of
+                  every weight (separate singular values and BatchNorms), with ANN->SNN
+                  distillation; the SNN branch is written back (see finetune/joint.py).
+    joint_alpha, joint_beta, joint_temperature  the joint loss's KD weight α, feature-loss
+                  weight β and KD temperature (the paper's code: 0.1, 1e-6, 3);
+    joint_branches  auxiliary classifier heads on intermediate neuron layers (the paper: 3);
+                  fresh heads are trained at 10x lr;
+    joint_norms   re-introduce a BatchNorm per branch after each synapse feeding a neuron.
     sharpen_epochs  pipe-S pre-stage: epochs of ANN-twin training with the sharpened
                   clipped ReLU before SNN fine-tuning (0 = off); ``sharpen_to`` is the final
                   sharpness s (activation ramps from lo=s to hi=1-s, in units of θ).
@@ -64,6 +72,11 @@ class FinetuneConfig:
     train_delays: bool = True
     delay_init: str = "uniform"
     delay_lr_scale: float = 100.0
+    joint_alpha: float = 0.1
+    joint_beta: float = 1e-6
+    joint_temperature: float = 3.0
+    joint_branches: int = 3
+    joint_norms: bool = True
 
     def validate(self) -> None:
         if self.timesteps < 1:
@@ -98,6 +111,13 @@ class FinetuneConfig:
                               hint="Use uniform or zero.")
         if not self.delay_lr_scale > 0:
             raise OptionError(f"delay_lr_scale must be positive, got {self.delay_lr_scale}")
+        if not 0.0 <= self.joint_alpha <= 1.0:
+            raise OptionError(f"joint_alpha must be in [0, 1], got {self.joint_alpha}")
+        if self.joint_beta < 0 or self.joint_temperature <= 0 or self.joint_branches < 0:
+            raise OptionError("joint_beta and joint_branches must be >= 0 and joint_temperature > 0")
+        if self.method == "joint" and self.sharpen_epochs:
+            raise OptionError("the pipe-S sharpening pre-stage (sharpen_epochs) applies to bptt and snn2ann",
+                              hint="Use sharpen_epochs=0 with method 'joint'.")
         if self.snn_chunk < 1:
             raise OptionError(f"snn_chunk must be at least 1, got {self.snn_chunk}")
 

@@ -1,4 +1,4 @@
-"""The fine-tuning loop: BPTT or SNN2ANN on a converted network, optional pipe-S pre-stage,
+"""The fine-tuning loop: BPTT, SNN2ANN or Joint A-SNN on a converted network, optional pipe-S pre-stage,
 per-epoch checkpoints and resume; the result is written back into the IR."""
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from ..runtime import SpikingNetwork
 from ..passes.add_delays import add_delays
 from . import checkpoint as ckpt
 from . import delays as dcls
+from . import joint as joint_mod
 from . import methods
 from .config import FinetuneConfig
 from .validate import check_arrays, check_labels, check_model
@@ -142,8 +143,21 @@ class Trainer:
             param.requires_grad_(cfg.train_leak)
         self.floors = {k: 1e-3 * self.net.params[k].detach().abs().mean().clamp(min=1e-8)
                        for k in thresholds}
+        self.joint: joint_mod.JointModel | None = None
+        extra: list[dict] = []
+        if cfg.method == "joint":
+            if distributed.world_size() > 1:
+                raise OptionError("method 'joint' runs in one process", hint="Run it without torchrun.")
+            joint_mod.check_supported(self.net)
+            sample = torch.zeros((1, *self._sample_shape()), device=self.device)
+            self.joint = joint_mod.JointModel(
+                self.net, self.table, sample, cfg.timesteps, cfg.joint_branches, cfg.joint_alpha,
+                cfg.joint_beta, cfg.joint_temperature, cfg.seed, cfg.joint_norms).to(self.device)
+            heads = {id(p) for p in self.joint.heads.parameters()}
+            extra = [{"params": [p], "lr": cfg.lr * (10 if id(p) in heads else scale_for(p))}
+                     for p in self.joint.parameters()]
         groups = [{"params": [p], "lr": cfg.lr * scale_for(p)}
-                  for p in self.net.params.values() if p.requires_grad]
+                  for p in self.net.params.values() if p.requires_grad] + extra
         groups += [{"params": [p], "lr": cfg.lr} for p in self.net.leaks.values() if p.requires_grad]
         self.delay_tops = dcls.max_delays(self.net)
         for param in self.net.delay_positions.values():
@@ -171,6 +185,10 @@ class Trainer:
                 find_unused_parameters=unused)
 
     # ------------------------------------------------------------ state
+    def _sample_shape(self) -> list[int]:
+        """One sample's input shape (free dimensions taken as 1)."""
+        return [d if isinstance(d, int) and d > 0 else 1 for d in input_shape(self.net._model)]
+
     def n_outputs(self, x: Data) -> int:
         with torch.no_grad():
             return int(self.net(torch.from_numpy(head(x, 1)).to(self.device), 1).shape[1])
@@ -196,7 +214,8 @@ class Trainer:
                 "delay_positions": self.net.delay_positions.state_dict(),
                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                 "history": self.history.to_dict(), "config": self.cfg.to_dict(),
-                "processes": distributed.world_size()}
+                "processes": distributed.world_size(),
+                "joint": self.joint.state_dict() if self.joint is not None else None}
 
     def restore(self, state: dict) -> None:
         mine = set(self.net.params.keys())
@@ -215,6 +234,12 @@ class Trainer:
                 self.net.leaks.load_state_dict(state["leaks"])
             if "delay_positions" in state:
                 self.net.delay_positions.load_state_dict(state["delay_positions"])
+            if (self.joint is None) != (state.get("joint") is None):
+                raise DataError("the checkpoint was written with another --method "
+                                f"({state['config']['method']})",
+                                hint="Resume with the --method the run started with.")
+            if self.joint is not None:
+                self.joint.load_state_dict(state["joint"])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.history = History.from_dict(state["history"])
@@ -289,6 +314,8 @@ class Trainer:
         seen = 0
         self.net.train()
         positions = dcls.learnable(self.net)
+        if self.joint is not None:
+            self.joint.train()
         for xb, yb in parts:
             if positions:
                 done = epoch - cfg.sharpen_epochs + (self.step / len(sizes) if sizes else 0.0)
@@ -301,9 +328,14 @@ class Trainer:
                 xb, yb = torch.zeros((1, *xb.shape[1:])), torch.zeros(1, dtype=torch.int64)
             xb = xb.to(self.device, non_blocking=True)
             yb = yb.to(self.device, non_blocking=True)
-            with _autocast(self.device, cfg.precision):
-                out, noisy = self.logits(phase, xb, epoch)
-            ce = F.cross_entropy(out.float() * self.logit_scale, yb, reduction="sum")
+            if phase == "joint":
+                with _autocast(self.device, cfg.precision):
+                    terms, out = self.joint.loss_terms(xb, yb, self.logit_scale)
+                ce, noisy = self.joint.combine(terms) * n_local, {}
+            else:
+                with _autocast(self.device, cfg.precision):
+                    out, noisy = self.logits(phase, xb, epoch)
+                ce = F.cross_entropy(out.float() * self.logit_scale, yb, reduction="sum")
             # DDP averages gradients over ranks: scale so the result is the global-batch mean.
             loss = ce * (world / n_global) if n_local else ce * 0.0
             self.opt.zero_grad(set_to_none=True)
@@ -327,12 +359,16 @@ class Trainer:
                 on_step(self, sums, seen)
         bar.close()
         self.net.delay_sigma = None  # validation and export see the integer (rounded) delays
+        if self.joint is not None:
+            self.joint.write_back()
         loss_sum, correct, seen = self.epoch_totals(sums, seen)
         self.step, self.partial = 0, np.zeros(3)
         self.sched.step()
         return loss_sum / max(seen, 1), correct / max(seen, 1)
 
     def export(self) -> onnx.ModelProto:
+        if self.joint is not None:
+            self.joint.write_back()
         model = self.net.export()
         ir.set_meta(model, "timesteps", str(self.cfg.timesteps))
         last = self.history.epochs[-1] if self.history.epochs else None

@@ -41,6 +41,10 @@ NeuronHook = Callable[[str, torch.Tensor, int, Callable[[torch.Tensor], torch.Te
 """(neuron name, input current, number of leading axes (1: [B, ...] constant, 2: [T, B, ...]),
 fire(current) -> spikes [T, B, ...]) -> the spikes to propagate."""
 
+ValueHook = Callable[[onnx.NodeProto, torch.Tensor, int], torch.Tensor]
+"""(node, its output, steps stacked in the output's batch axis: 1 for a time-invariant value)
+-> the value to propagate instead (training-time layers inserted after a node)."""
+
 
 CPU_CHUNK_ELEMENTS = 5_000_000
 """Target size (elements) of the largest activation of one CPU time chunk. Measured on this
@@ -155,6 +159,10 @@ class SpikingNetwork(nn.Module):
         self.record = False
         self.spike_counts: dict[str, torch.Tensor] = {}
         self.neuron_hook: NeuronHook | None = None
+        self.value_hook: ValueHook | None = None
+        self.substitutes: dict[str, torch.Tensor] = {}
+        """Initializer name -> a tensor used in place of its parameter (weights computed by a
+        training-time reparametrization, differentiable in what they are computed from)."""
 
     def _readout_tail(self, graph: onnx.GraphProto) -> set[str]:
         """Names of the affine nodes between the last neurons and the output.
@@ -268,6 +276,8 @@ class SpikingNetwork(nn.Module):
             return None
         if name in env:
             return env[name]
+        if name in self.substitutes:
+            return self.substitutes[name]
         key = param_key(name)
         if key in self.params:
             return self.params[key]
@@ -302,12 +312,16 @@ class SpikingNetwork(nn.Module):
                     y = self._varying_op(node, attrs, args, steps, batch, state)
                 else:
                     y = self._entries[node.name].kernel(attrs, *args)
+                    if self.value_hook is not None:
+                        y = self.value_hook(node, y, 1)
                     cache[out_name] = y
             except SnnConvertError as exc:
                 if exc.node is None:  # a kernel's refusal: name the node it came from
                     raise type(exc)(exc.message, node=node.name, op=node.op_type,
                                     hint=exc.hint) from None
                 raise
+            if kind == VARYING and self.value_hook is not None:
+                y = self.value_hook(node, y, steps)
             if kind == VARYING and not tail:
                 self._step_elements = max(self._step_elements, y.numel() // (steps * batch))
             env[out_name] = y
