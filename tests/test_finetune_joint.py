@@ -69,9 +69,10 @@ def _joint(**options) -> Trainer:
     return Trainer(_tiny(), FinetuneConfig(method="joint", timesteps=T, batch_size=32, **options))
 
 
-def test_branches_start_as_the_converted_snn_and_its_rate_limit_ann() -> None:
+@pytest.mark.parametrize("norm", ["frozen", "batch"])
+def test_branches_start_as_the_converted_snn_and_its_rate_limit_ann(norm: str) -> None:
     model = _tiny()
-    trainer = _joint()
+    trainer = _joint(joint_norm=norm)
     joint, net = trainer.joint, trainer.net
     assert [(s.node, s.norm) for s in joint.synapses] == [("conv1", True), ("fc1", True), ("fc2", False)]
     assert joint.aux == ["if1"] and joint.taps == ["if1", "if2"]
@@ -164,8 +165,9 @@ def test_each_loss_term_reaches_the_right_parameters(term: str) -> None:
         assert none("joint.heads.if1.ann.weight", "joint.heads.if1.snn.weight", "joint.factors.fc2.s_snn")
 
 
-def test_write_back_reproduces_the_snn_branch_spikes_and_logits() -> None:
-    trainer = _joint(lr=2e-2)
+@pytest.mark.parametrize("norm", ["frozen", "batch", "none"])
+def test_write_back_reproduces_the_snn_branch_spikes_and_logits(norm: str) -> None:
+    trainer = _joint(lr=2e-2, joint_norm=norm)
     x, y = _data(96)
     for _ in range(3):
         trainer.run_epoch(x.numpy(), y.numpy())
@@ -179,6 +181,7 @@ def test_write_back_reproduces_the_snn_branch_spikes_and_logits() -> None:
         branch_counts = {k: v.clone() for k, v in net.spike_counts.items()}
     finally:
         net.record = False
+    assert len(joint.norms) == (0 if norm == "none" else 2)
     tuned = trainer.export()
     assert not np.allclose(ir.get_initializer(tuned, "w2"), ir.get_initializer(_tiny(), "w2"), atol=1e-3)
     deployed = SpikingNetwork(tuned)
@@ -190,20 +193,20 @@ def test_write_back_reproduces_the_snn_branch_spikes_and_logits() -> None:
 
 
 def test_joint_loss_decreases_over_a_few_steps() -> None:
-    trainer = _joint(lr=3e-2)
+    trainer = _joint(lr=1e-2)
     x, _ = _data(64, seed=4)
     y = torch.bucketize(x[:, 0, :3].mean((1, 2)) - x[:, 1, 3:].mean((1, 2)), torch.tensor([-0.05, 0.05]))
     joint = trainer.joint
     losses = []
-    for _ in range(12):
+    for _ in range(30):
         terms, _ = joint.loss_terms(x, y)
         loss = joint.combine(terms)
         trainer.opt.zero_grad()
         loss.backward()
         trainer.opt.step()
         losses.append(float(loss.detach()))
-    assert losses[-1] < 0.85 * losses[0], losses
-    assert sum(b < a for a, b in zip(losses, losses[1:])) >= 9, losses
+    assert losses[-1] < 0.9 * losses[0], losses
+    assert sum(b < a for a, b in zip(losses, losses[1:])) >= 25, losses
 
 
 def test_joint_finetune_on_digits_and_cli(tmp_path) -> None:
@@ -217,12 +220,14 @@ def test_joint_finetune_on_digits_and_cli(tmp_path) -> None:
             return float(F.cross_entropy(SpikingNetwork(model)(torch.from_numpy(x), T), torch.from_numpy(y)))
 
     tuned, history = finetune(snn, x, y, digits["x_test"][:200], digits["y_test"][:200], method="joint",
-                              timesteps=T, epochs=2, lr=2e-3, batch_size=64)
+                              timesteps=T, epochs=2, lr=1e-3, batch_size=64)
     assert loss(tuned) < 0.8 * loss(snn)
     assert history.epochs[-1].val_accuracy >= history.initial_val_accuracy - 0.01
     assert json.loads(ir.get_meta(tuned, "finetune"))["method"] == "joint"
     with pytest.raises(OptionError, match="sharpen"):
         finetune(snn, x, y, method="joint", sharpen_epochs=1)
+    with pytest.raises(OptionError, match="unknown joint_norm 'group'"):
+        finetune(snn, x, y, method="joint", joint_norm="group")
     model, data, out = tmp_path / "d.snn.onnx", tmp_path / "train.npz", tmp_path / "t.snn.onnx"
     ir.save(snn, model)
     np.savez(data, x=x[:128], y=y[:128])

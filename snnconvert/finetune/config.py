@@ -24,7 +24,9 @@ class FinetuneConfig:
                   weight β and KD temperature (the paper's code: 0.1, 1e-6, 3);
     joint_branches  auxiliary classifier heads on intermediate neuron layers (the paper: 3);
                   fresh heads are trained at 10x lr;
-    joint_norms   re-introduce a BatchNorm per branch after each synapse feeding a neuron.
+    joint_norm    the BatchNorm re-introduced per branch after each synapse feeding a neuron:
+                  "frozen" (statistics of the first batch, γ and β trained), "batch" (the
+                  paper's: batch statistics in training, running ones deployed) or "none".
     sharpen_epochs  pipe-S pre-stage: epochs of ANN-twin training with the sharpened
                   clipped ReLU before SNN fine-tuning (0 = off); ``sharpen_to`` is the final
                   sharpness s (activation ramps from lo=s to hi=1-s, in units of θ).
@@ -76,7 +78,7 @@ class FinetuneConfig:
     joint_beta: float = 1e-6
     joint_temperature: float = 3.0
     joint_branches: int = 3
-    joint_norms: bool = True
+    joint_norm: str = "frozen"
 
     def validate(self) -> None:
         if self.timesteps < 1:
@@ -115,6 +117,8 @@ class FinetuneConfig:
             raise OptionError(f"joint_alpha must be in [0, 1], got {self.joint_alpha}")
         if self.joint_beta < 0 or self.joint_temperature <= 0 or self.joint_branches < 0:
             raise OptionError("joint_beta and joint_branches must be >= 0 and joint_temperature > 0")
+        if self.joint_norm not in ("frozen", "batch", "none"):
+            raise OptionError(f"unknown joint_norm '{self.joint_norm}'", hint="Use frozen, batch or none.")
         if self.method == "joint" and self.sharpen_epochs:
             raise OptionError("the pipe-S sharpening pre-stage (sharpen_epochs) applies to bptt and snn2ann",
                               hint="Use sharpen_epochs=0 with method 'joint'.")

@@ -118,13 +118,19 @@ class Factorized(nn.Module):
         return m
 
 
-class BranchNorm(nn.Module):
-    """BatchNorm over every axis but ``axis`` (batch statistics in training, running ones in
-    eval), set by :meth:`calibrate` to the identity on a first batch."""
+NORMS = ("frozen", "batch", "none")
 
-    def __init__(self, channels: int, axis: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
+
+class BranchNorm(nn.Module):
+    """BatchNorm over every axis but ``axis``, set by :meth:`calibrate` to the identity on a first
+    batch. ``frozen``: the statistics stay those of that batch, in training too (γ, β train), so
+    training sees exactly the deployed affine map; otherwise batch statistics in training and
+    running ones in eval (the paper's BN)."""
+
+    def __init__(self, channels: int, axis: int, frozen: bool = True, eps: float = 1e-5,
+                 momentum: float = 0.1) -> None:
         super().__init__()
-        self.axis, self.eps, self.momentum = axis, eps, momentum
+        self.axis, self.frozen, self.eps, self.momentum = axis, frozen, eps, momentum
         self.gamma = nn.Parameter(torch.ones(channels))
         self.beta = nn.Parameter(torch.zeros(channels))
         self.register_buffer("running_mean", torch.zeros(channels))
@@ -153,7 +159,7 @@ class BranchNorm(nn.Module):
         return g, self.beta - self.running_mean * g
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        if self.training:
+        if self.training and not self.frozen:
             mean, var = self._stats(z)
             with torch.no_grad():
                 n = z.numel() / z.shape[self.axis]
@@ -185,7 +191,7 @@ class JointModel(nn.Module):
 
     def __init__(self, net: SpikingNetwork, table: dict[str, NeuronParams], sample: torch.Tensor,
                  timesteps: int, branches: int = 3, alpha: float = 0.1, beta: float = 1e-6,
-                 temperature: float = 3.0, seed: int = 0, norms: bool = True) -> None:
+                 temperature: float = 3.0, seed: int = 0, norm: str = "frozen") -> None:
         super().__init__()
         object.__setattr__(self, "net", net)  # not a submodule: its parameters are the trainer's
         self.table, self.timesteps = table, timesteps
@@ -202,10 +208,10 @@ class JointModel(nn.Module):
                 b = net.params[param_key(syn.bias)]
                 self.biases[param_key(syn.node)] = nn.Parameter(b.detach().clone())
                 b.requires_grad_(False)
-            if syn.norm and norms:
+            if syn.norm and norm != "none":
                 channels = w.shape[syn.out_axis]
                 self.norms[param_key(syn.node)] = nn.ModuleDict(
-                    {b: BranchNorm(channels, 1) for b in BRANCHES})
+                    {b: BranchNorm(channels, 1, frozen=norm == "frozen") for b in BRANCHES})
         self.by_node = {s.node: s for s in self.synapses}
         neurons = [n for n in net.neuron_names]
         candidates = neurons[:-1]

@@ -152,7 +152,7 @@ class Trainer:
             sample = torch.zeros((1, *self._sample_shape()), device=self.device)
             self.joint = joint_mod.JointModel(
                 self.net, self.table, sample, cfg.timesteps, cfg.joint_branches, cfg.joint_alpha,
-                cfg.joint_beta, cfg.joint_temperature, cfg.seed, cfg.joint_norms).to(self.device)
+                cfg.joint_beta, cfg.joint_temperature, cfg.seed, cfg.joint_norm).to(self.device)
             heads = {id(p) for p in self.joint.heads.parameters()}
             extra = [{"params": [p], "lr": cfg.lr * (10 if id(p) in heads else scale_for(p))}
                      for p in self.joint.parameters()]
