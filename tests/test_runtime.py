@@ -125,3 +125,41 @@ def test_cpu_kernels_give_the_torch_results(digits):
         assert fast.layer_rates[t] == pytest.approx(plain.layer_rates[t], rel=1e-3)
     for name, c in plain_net.spike_counts.items():
         assert torch.allclose(fast_net.spike_counts[name], c, atol=2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("constant", [False, True])
+@pytest.mark.parametrize("k,reset,leak", [(2, "subtract", 0.0), (3, "zero", 0.0), (2, "subtract", 0.1)])
+def test_fused_neuron_and_pool_are_bit_identical_to_neurons_then_torch_pool(k, reset, leak, constant, dtype):
+    from snnconvert.runtime import fused, neurons
+
+    gen = torch.Generator().manual_seed(k)
+    v = (torch.rand(3, 4, 7, 8, generator=gen) * 0.5).to(dtype)  # 7 x 8: the last row/column fall off
+    th = (torch.rand(4, 1, 1, generator=gen) + 0.5).to(dtype)
+    cur = torch.randn(3, 4, 7, 8, generator=gen) if constant else torch.randn(9, 3, 4, 7, 8, generator=gen)
+    cur = cur.to(dtype)
+    spikes, v_ref = neurons.if_neuron_fast(cur, 9, v, th, reset, leak)
+    pooled_ref = torch.nn.functional.avg_pool2d(spikes.flatten(0, 1), k, k).unflatten(0, (9, 3))
+    counts = torch.zeros(v.shape)
+    pooled, v_end, counts, per_step = fused.if_neuron_pool_fused(cur, 9, v.clone(), th, k, reset, leak, counts)
+    assert torch.equal(pooled, pooled_ref) and torch.equal(v_end, v_ref)
+    fired = spikes > 0
+    assert torch.equal(counts, fired.sum(0).float()) and counts.sum() > 0
+    assert torch.equal(per_step, fired.flatten(1).sum(1))
+
+
+def test_event_mode_runs_neurons_and_their_pool_as_one_kernel(digits):
+    import snnconvert as sc
+
+    snn = sc.convert("tests/fixtures/digits_cnn.onnx", digits["x_train"][:100], timesteps=8)
+    x = digits["x_test"][:64]
+    event, dense = SpikingNetwork(snn, synapses="event"), SpikingNetwork(snn, synapses="dense")
+    assert len(event._pooled) == 1  # Relu -> AveragePool
+    pools = []
+    original = event._neuron
+    event._neuron = lambda node, *a: pools.append(a[-1]) or original(node, *a)
+    a, b = event.simulate(x, [4, 8], record=True), dense.simulate(x, [4, 8], record=True)
+    assert sum(p is not None for p in pools) == 2  # two time chunks of the pooled layer
+    assert np.mean(a.predictions(8) == b.predictions(8)) >= 0.98
+    for t in (4, 8):
+        assert a.layer_rates[t] == pytest.approx(b.layer_rates[t], rel=1e-2)

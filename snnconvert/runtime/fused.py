@@ -96,3 +96,97 @@ def if_neuron_fused(current: torch.Tensor, steps: int, v: torch.Tensor, threshol
     if stats:
         result += (counts, torch.from_numpy(per_step))
     return result
+
+
+if numba is not None:
+    @numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
+    def _if_pool_steps(current, constant, v, theta, out, decay, leaky, subtract, counts, per_step,
+                       stats, batch, channels, height, width, k, zero, plane):  # pragma: no cover
+        """IF/LIF steps of one channel plane at a time, then its k x k, stride-k average pool.
+
+        Flat arrays: current [steps or 1, n] (n = batch*channels*height*width), v [n], theta
+        [n // batch] (one sample's), out [steps, batch*channels*(height//k)*(width//k)], plane
+        scratch [height*width]. The neuron arithmetic is :func:`_if_steps`'s; each window is
+        summed in row-major order from zero and divided by k*k, as torch's pooling kernel does."""
+        steps = out.shape[0]
+        oh, ow = height // k, width // k
+        hw = height * width
+        per_sample = channels * hw
+        div = zero + k * k
+        for b in range(batch):
+            for c in range(channels):
+                base = b * per_sample + c * hw
+                tbase = c * hw
+                obase = (b * channels + c) * oh * ow
+                for t in range(steps):
+                    row = 0 if constant else t
+                    fired_now = 0
+                    for i in range(hw):
+                        kk = _u(base + i)
+                        vi = v[kk] * decay if leaky else v[kk]
+                        vi = vi + current[_u(row), kk]
+                        th = theta[_u(tbase + i)]
+                        fired = vi >= th
+                        spike = th if fired else zero
+                        plane[i] = spike
+                        if subtract:
+                            v[kk] = vi - spike
+                        else:
+                            v[kk] = zero if fired else vi
+                        fired_now += fired
+                        if stats:
+                            counts[kk] += fired
+                    if stats:
+                        per_step[t] += fired_now
+                    if k == 2:  # the common case, written out so that it vectorizes
+                        for y in range(oh):
+                            r0 = 2 * y * width
+                            r1 = r0 + width
+                            o = obase + y * ow
+                            for x in range(ow):
+                                out[_u(t), _u(o + x)] = ((((zero + plane[_u(r0 + 2 * x)])
+                                                           + plane[_u(r0 + 2 * x + 1)])
+                                                          + plane[_u(r1 + 2 * x)])
+                                                         + plane[_u(r1 + 2 * x + 1)]) / div
+                        continue
+                    for y in range(oh):
+                        for x in range(ow):
+                            s = zero
+                            for dy in range(k):
+                                r = (y * k + dy) * width + x * k
+                                for dx in range(k):
+                                    s += plane[_u(r + dx)]
+                            out[_u(t), _u(obase + y * ow + x)] = s / div
+
+
+def if_neuron_pool_fused(current: torch.Tensor, steps: int, v: torch.Tensor, threshold: torch.Tensor,
+                         kernel: int, reset: str = "subtract", leak: float = 0.0,
+                         counts: torch.Tensor | None = None) -> tuple | None:
+    """IF/LIF neurons [B, C, H, W] followed by a k x k, stride-k, unpadded average pool, without
+    the spike tensor in between: (pooled spikes [steps, B, C, H//k, W//k], v at the end, spike
+    counts per neuron, spikes per step). The neuron state ``v`` is updated in place and ``counts``
+    (v's shape) accumulates. Same numbers as :func:`if_neuron_fused` then the pool, bit for bit;
+    float32 or float64. None where the thresholds differ between samples (not fused then)."""
+    th = threshold.detach()
+    if th.dim() == v.dim():
+        if th.shape[0] != 1:
+            return None
+        th = th[0]
+    dtype = v.dtype
+    b, c, h, w = v.shape
+    theta = torch.broadcast_to(th.to(dtype), v.shape[1:]).contiguous().numpy().reshape(-1)
+    constant = current.dim() == v.dim()
+    cur = current.detach().to(dtype).contiguous().numpy().reshape(1 if constant else steps, -1)
+    if not (v.is_contiguous() and v.dtype in (torch.float32, torch.float64)):
+        raise ValueError("v must be a contiguous float32 or float64 tensor")
+    v_np = v.detach().numpy().reshape(-1)
+    np_dtype = v_np.dtype.type
+    out = np.empty((steps, b * c * (h // kernel) * (w // kernel)), v_np.dtype)
+    if counts is None:
+        counts = torch.zeros(v.shape, dtype=torch.float32)
+    per_step = np.zeros(steps, np.int64)
+    _if_pool_steps(cur, constant, v_np, theta, out, np_dtype(1.0 - leak), bool(leak),
+                   reset == "subtract", counts.numpy().reshape(-1), per_step, True, b, c, h, w,
+                   kernel, np_dtype(0.0), np.empty(h * w, v_np.dtype))
+    return (torch.from_numpy(out).view(steps, b, c, h // kernel, w // kernel), v, counts,
+            torch.from_numpy(per_step))

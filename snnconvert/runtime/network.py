@@ -135,6 +135,7 @@ class SpikingNetwork(nn.Module):
         self._event_nodes = {node.name for node, _, k in self._nodes if k == VARYING
                              and self._entries[node.name].event_driven
                              and all(kinds.get(i) == CONST for i in node.input[1:] if i)}
+        self._pooled = self._pool_pairs(graph)
         self._tail = self._readout_tail(graph)
         self._free_after = self._liveness(graph)
         self._plans = {INVARIANT: (self._nodes, self._kinds, self._tail, self._free_after)}
@@ -163,6 +164,33 @@ class SpikingNetwork(nn.Module):
         self.substitutes: dict[str, torch.Tensor] = {}
         """Initializer name -> a tensor used in place of its parameter (weights computed by a
         training-time reparametrization, differentiable in what they are computed from)."""
+
+    def _pool_pairs(self, graph: onnx.GraphProto) -> dict[str, tuple[onnx.NodeProto, int]]:
+        """Neuron name -> (its only consumer, a k x k, stride-k, unpadded AveragePool; k): pairs
+        that the event-driven modes run as one kernel (:func:`.fused.if_neuron_pool_fused`),
+        so the spike tensor between them is never written."""
+        users: dict[str, list[onnx.NodeProto]] = {}
+        for node, _, _ in self._nodes:
+            for i in node.input:
+                users.setdefault(i, []).append(node)
+        outputs = {o.name for o in graph.output}
+        pairs = {}
+        for node, _, _ in self._nodes:
+            consumers = users.get(node.output[0], [])
+            if not ir.is_neuron(node) or node.output[0] in outputs or len(consumers) != 1:
+                continue
+            pool = consumers[0]
+            if pool.op_type != "AveragePool" or pool.output[0] in outputs:
+                continue
+            attrs = graph_attrs(pool)
+            k = list(attrs.get("kernel_shape", []))
+            if (len(k) == 2 and k[0] == k[1] and list(attrs.get("strides", [1, 1])) == k
+                    and not any(attrs.get("pads", [])) and attrs.get("auto_pad", "NOTSET") in (
+                        "NOTSET", "VALID", b"NOTSET", b"VALID")
+                    and not attrs.get("ceil_mode", 0)
+                    and list(attrs.get("dilations", [1, 1])) == [1, 1]):
+                pairs[node.name] = (pool, int(k[0]))
+        return pairs
 
     def _readout_tail(self, graph: onnx.GraphProto) -> set[str]:
         """Names of the affine nodes between the last neurons and the output.
@@ -298,18 +326,23 @@ class SpikingNetwork(nn.Module):
         batch = x.shape[0] if batch is None else batch
         env: dict[str, torch.Tensor] = {self.input_name: x}
         env.update(cache)
+        pooled: set[str] = set()  # outputs of pools already computed with their neurons
         for index, (node, attrs, kind) in enumerate(self._nodes):
             if (node.name in self._tail) != tail:
                 continue
             out_name = node.output[0]
-            if kind != VARYING and out_name in cache:
+            if kind != VARYING and out_name in cache or out_name in pooled:
                 continue
             args = [self._value(n, env) for n in node.input]
             try:
                 if ir.is_neuron(node):
-                    y = self._neuron(node, attrs, args, steps, batch, state)
+                    pool = self._fused_pool(node, args) if not tail else None
+                    y = self._neuron(node, attrs, args, steps, batch, state, pool)
+                    if pool is not None:
+                        out_name = pool[0].output[0]
+                        pooled.add(out_name)
                 elif kind == VARYING:
-                    y = self._varying_op(node, attrs, args, steps, batch, state)
+                    y = self._varying_op(node, attrs, args, steps, batch, state, events=not tail)
                 else:
                     y = self._entries[node.name].kernel(attrs, *args)
                     if self.value_hook is not None:
@@ -339,9 +372,11 @@ class SpikingNetwork(nn.Module):
             out.append(a)
         return out
 
-    def _varying_op(self, node, attrs, args, steps, batch, state):
+    def _varying_op(self, node, attrs, args, steps, batch, state, events=True):
+        """A non-neuron op on a chunk; ``events=False`` (the readout tail, which runs on
+        time-averaged, dense inputs) never uses the event kernels."""
         args = self._promote(node, args, steps, batch)
-        if node.name in self._event_nodes and not torch.is_grad_enabled():
+        if events and node.name in self._event_nodes and not torch.is_grad_enabled():
             return self.synapses.run(node, attrs, args,
                                      lambda: self._dense_op(node, attrs, args, steps, batch, state))
         return self._dense_op(node, attrs, args, steps, batch, state)
@@ -372,7 +407,24 @@ class SpikingNetwork(nn.Module):
         rounded = positions.detach().clamp(0.0, top).round().long()
         return [rest[0], rounded, *rest[2:]], {}
 
-    def _neuron(self, node, attrs, args, steps, batch, state):
+    def _fused_pool(self, node, args) -> tuple[onnx.NodeProto, int] | None:
+        """The pool that this neuron runs with (event-driven inference on CPU), else None."""
+        pair = self._pooled.get(node.name)
+        if (pair is None or self.synapses.mode == "dense" or self.neuron_hook is not None
+                or torch.is_grad_enabled() or not fused.available() or pair[0].name in self._tail):
+            return None
+        current = args[0]
+        if current.device.type != "cpu" or current.dim() != 4 or current.dtype not in (
+                torch.float32, torch.float64) or args[1].dtype != current.dtype:
+            return None
+        th = args[1]
+        if th.dim() == 4 and th.shape[0] != 1:
+            return None
+        return pair
+
+    def _neuron(self, node, attrs, args, steps, batch, state, pool=None):
+        """Run a neuron node over the chunk: its spikes [steps * batch, ...], or with ``pool``
+        (a pool and its k, see :meth:`_pool_pairs`) the pooled spikes."""
         current, theta, v0 = args[0], args[1], args[2]
         invariant = self._kinds[node.input[0]] != VARYING
         per_sample = current.shape[1:]
@@ -402,6 +454,16 @@ class SpikingNetwork(nn.Module):
                 return (*nrn.if_neuron_fast(cur, steps, v, theta, reset, leak), None)
             return (*nrn.if_neuron(cur, steps, v, theta, reset, leak, self.surrogate, self.alpha), None)
 
+        if pool is not None:
+            v = prev["v"] if prev else (torch.zeros((batch, *per_sample), dtype=current.dtype) + v0
+                                        ).contiguous()
+            counts = self.spike_counts.get(node.name)
+            out, v_end, counts, per_step = fused.if_neuron_pool_fused(
+                current, steps, v, theta, pool[1], reset, leak, counts)
+            state[node.name] = {"t": start + steps, "v": v_end}
+            if self.record:
+                self._add_record(node.name, counts, per_step)
+            return out.reshape(steps * batch, *out.shape[2:])
         counted = None
         if self.neuron_hook is not None:
             spikes = self.neuron_hook(node.name, current, 1 if invariant else 2, lambda c: fire(c)[0])
@@ -469,17 +531,21 @@ class SpikingNetwork(nn.Module):
             steps = min(self._chunk_steps(x, timesteps), timesteps - done)
             env = self._run_chunk(x if encode is None else encode(done, steps), steps, state, cache,
                                   batch=batch)
+            # the readout is needed at the checkpoints in this chunk and at the last step only:
+            # other chunks just add to the running sums
             points = [t for t in wanted if done < t <= done + steps]
-            if not points or points[-1] != done + steps:
-                points.append(done + steps)
+            if done + steps == timesteps and (not points or points[-1] != timesteps):
+                points.append(timesteps)
             means: dict[str, torch.Tensor] = {}
             for name in self._tail_inputs(env):
                 value = env[name].reshape(steps, batch, *env[name].shape[1:])
                 if readout.kind == "spikes":
                     value = value / theta
                 if readout.kind == "last":
+                    if not points:
+                        continue
                     picked = value[[t - done - 1 for t in points]]
-                elif len(points) == 1 and readout.kind != "window":
+                elif points in ([], [done + steps]) and readout.kind != "window":
                     total = value.sum(0) + sums.get(name, 0)
                     picked = total.unsqueeze(0)
                     sums[name] = total
@@ -490,11 +556,18 @@ class SpikingNetwork(nn.Module):
                     if readout.kind == "window":
                         history.setdefault(name, []).append(running)
                         picked = picked - self._window_start(history[name], points, readout.window)
+                if not points:
+                    continue
                 if readout.kind in ("membrane", "window"):
                     scale = torch.tensor([min(t, readout.window) if readout.kind == "window" else t
                                           for t in points], dtype=value.dtype, device=value.device)
                     picked = picked / scale.view(-1, *([1] * (picked.dim() - 1)))
                 means[name] = picked.reshape(len(points) * batch, *picked.shape[2:])
+            if not points:
+                done += steps
+                if on_cpu:
+                    self._heap.check()
+                continue
             if self._kinds[self.output_name] != VARYING:
                 out = env[self.output_name]
                 out = out.unsqueeze(0).expand(len(points), *out.shape)
