@@ -551,10 +551,13 @@ class SpikingNetwork(nn.Module):
                     sums[name] = total
                 else:
                     running = value.cumsum(0) + sums.get(name, 0)
-                    picked = running[[t - done - 1 for t in points]]
                     sums[name] = running[-1]
                     if readout.kind == "window":
                         history.setdefault(name, []).append(running)
+                    if not points:
+                        continue
+                    picked = running[[t - done - 1 for t in points]]
+                    if readout.kind == "window":
                         picked = picked - self._window_start(history[name], points, readout.window)
                 if not points:
                     continue
