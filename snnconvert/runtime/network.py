@@ -411,6 +411,7 @@ class SpikingNetwork(nn.Module):
         """The pool that this neuron runs with (event-driven inference on CPU), else None."""
         pair = self._pooled.get(node.name)
         if (pair is None or self.synapses.mode == "dense" or self.neuron_hook is not None
+                or self.value_hook is not None
                 or torch.is_grad_enabled() or not fused.available() or pair[0].name in self._tail):
             return None
         current = args[0]
