@@ -108,3 +108,22 @@ def to_frames(events: np.ndarray, sensor_size: SensorSize, *, n_time_bins: int |
     if np.dtype(dtype) == np.uint8:
         return np.minimum(counts, 255).astype(np.uint8)
     return counts.astype(dtype)
+
+
+def accumulate_frames(x: np.ndarray, steps: int | None = None, *, block: int = 1024) -> np.ndarray:
+    """The static input an ANN is trained on for a network that will run on the frames ``x``
+    ``[N, T, ...]`` (axis 1 = time): the mean frame over the first ``steps`` steps (default all),
+    float32 ``[N, ...]``. This is the rate a converted network integrates from ``x`` one frame per
+    step (the IR's ``frames`` encoding), so the ANN's activations are the SNN's rate limit
+    (a sum over time would need the first layer scaled by 1/T). Reads ``x`` (e.g. a memory map)
+    ``block`` samples at a time."""
+    if x.ndim < 3:
+        raise OptionError(f"frames must be [N, T, ...] with a time axis, got shape {list(x.shape)}")
+    total = x.shape[1]
+    steps = total if steps is None else int(steps)
+    if not 1 <= steps <= total:
+        raise OptionError(f"steps must be in 1..{total} (the frames' T), got {steps}")
+    out = np.empty((x.shape[0], *x.shape[2:]), np.float32)
+    for i in range(0, len(x), block):
+        out[i:i + block] = x[i:i + block, :steps].mean(1, dtype=np.float32)
+    return out
