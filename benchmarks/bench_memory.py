@@ -1,4 +1,5 @@
-"""Peak resident memory of `snnconvert eval` at T=64, default batch, for N and 2N images.
+"""Peak resident memory of `snnconvert convert` (the calibration for T alone) and of
+`snnconvert eval` (calibration, then evaluation) at T=64, default batch, for N and 2N images.
 
     python benchmarks/bench_memory.py [--images 256] [--timesteps 64] [--json M.json]
         [--calibration none] [--models resnet20-cifar10,resnet56-sized]
@@ -49,10 +50,17 @@ def resnet56(path: Path) -> Path:
     return path
 
 
-def peak(model: Path, calib: Path, data: Path, timesteps: int, extra: list[str]) -> tuple[float, float]:
-    """(peak RSS in GB, CPU seconds) of one `snnconvert eval` process."""
-    cmd = [sys.executable, "-c", CHILD, "--threads", "1", "eval", str(model), "--calib", str(calib),
-           "--data", str(data), "--timesteps", str(timesteps), *extra]
+def peak(model: Path, calib: Path, data: Path | None, timesteps: int, extra: list[str]
+         ) -> tuple[float, float]:
+    """(peak RSS in GB, CPU seconds) of one `snnconvert eval` process (`convert` without data)."""
+    if data is None:
+        out = calib.parent / f"{model.stem}-T{timesteps}.snn.onnx"
+        out.unlink(missing_ok=True)
+        cmd = [sys.executable, "-c", CHILD, "--threads", "1", "convert", str(model), "--calib",
+               str(calib), "-T", str(timesteps), "-o", str(out), *extra]
+    else:
+        cmd = [sys.executable, "-c", CHILD, "--threads", "1", "eval", str(model), "--calib", str(calib),
+               "--data", str(data), "--timesteps", str(timesteps), *extra]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     line = next((ln for ln in done.stderr.splitlines() if ln.startswith("@@ ")), None)
     if done.returncode or line is None:
@@ -89,6 +97,11 @@ def main() -> None:
         for name in wanted:
             model = models[name]()
             results[name] = {}
+            if args.calibration != "none":
+                gb, cpu = peak(model, calib, None, args.timesteps, extra)
+                results[name]["convert"] = {"peak_gb": gb, "cpu_s": cpu}
+                print(f"{name:18s} convert (calibration for T={args.timesteps}): peak {gb:5.2f} GB, "
+                      f"{cpu:6.1f} CPU s", flush=True)
             for n in (args.images, 2 * args.images):
                 path = tmp / f"test{n}.npz"
                 np.savez(path, x=test["x"][:n], y=test["y"][:n])

@@ -43,7 +43,8 @@ def convert(source: str | os.PathLike | onnx.ModelProto, calib: Data | None = No
     ``calib``: inputs, or any data stream (see :mod:`snnconvert.datasets`); calibration
     statistics stream over it (sharded and reduced exactly under torch.distributed), passes that
     simulate read its first samples. ``calibration``: "fast" (default) fits every neuron layer for
-    ``timesteps`` (threshold search, bias and potential calibration); "none" keeps the
+    ``timesteps`` (threshold search, bias and potential calibration); "full" first refits each
+    layer's Conv/Gemm weights by ridge least squares on its actual spiking input; "none" keeps the
     percentile thresholds and ``v_init``. ``timesteps="auto"`` picks the smallest T whose
     agreement with the ANN on held-out calibration samples reaches ``agreement`` (see
     :func:`choose_timesteps`). Returns the spiking IR (an ONNX model). ``log`` receives

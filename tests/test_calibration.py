@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from helpers import model as make_model
 from helpers import vi
@@ -15,6 +15,7 @@ from snnconvert.passes import PassContext, default_pipeline
 from snnconvert.passes.calibrate_for_t import CalibrateForT, ann_activations
 from snnconvert.passes.calibrate_potential import CalibratePotential
 from snnconvert.passes.correct_bias import CorrectBias
+from snnconvert.passes.fit_weights import FitWeights
 from snnconvert.passes.search_thresholds import SearchThresholds
 from snnconvert.runtime import SpikingNetwork
 from snnconvert.runtime.counting import _stats_torch, layer_stats
@@ -197,3 +198,43 @@ def test_time_varying_encodings_skip_calibration_for_t(digits):
     assert "calibrate-for-T" not in ir.get_meta(snn, "passes")
     assert ("calibrate-for-T", "skipped: input encoding 'rate:deterministic' is time-varying "
             "(calibration for T fits analog input)") in log
+
+
+def test_chunked_calibration_gives_the_same_network(digits):
+    """Calibrating in chunks of samples (currents rebuilt from packed spikes, spilled to disk past
+    the memory budget) fits exactly the network of one chunk holding every sample."""
+    ann = frontend.load_model("tests/fixtures/digits_resnet.onnx")  # residual Adds: spikes read twice
+    calib = digits["x_train"][:150]
+    nets, spilled = {}, {}
+    for chunk, memory in ((150, 1 << 30), (7, 1 << 30), (16, 100_000)):
+        ctx = PassContext(calib=calib, timesteps=8)
+        pipe = default_pipeline(calibration="none")
+        pipe.passes.append(CalibrateForT(chunk=chunk, memory=memory))
+        nets[chunk] = {i.name: numpy_helper.to_array(i) for i in pipe(ann, ctx).graph.initializer}
+        spilled[chunk] = pipe.passes[-1].spilled
+    assert spilled[150] == spilled[7] == 0 and spilled[16] > 0
+    one = nets.pop(150)
+    for other in nets.values():
+        assert one.keys() == other.keys()
+        assert all(np.array_equal(one[k], other[k]) for k in one)
+
+
+def test_weight_refit_lowers_the_layer_error_it_targets(digits):
+    """`full`'s least-squares refit of the Conv/Gemm weights on the actual spiking input: measured
+    on held-out samples, the layers' squared error to the ANN falls, and the network agrees
+    with the ANN more often than after `fast`."""
+    ann = frontend.load_model("tests/fixtures/digits_resnet.onnx")  # Conv, residual Add, Gemm
+    calib, held_out = digits["x_train"][:400], digits["x_train"][1000:1250]
+    steps = 4
+    base, _ = calibrated(ann, calib, steps, [SearchThresholds()])
+    tuned, pass_ = calibrated(ann, calib, steps, [FitWeights(), SearchThresholds()])
+    fitted = [lay.history[0] for lay in pass_.layers.values() if lay.history[0][0] == "fit-weights"]
+    assert len(fitted) >= 4 and all(after <= before for _, before, after in fitted), fitted
+    before = layer_errors(base, held_out, steps)
+    after = layer_errors(tuned, held_out, steps, ann=base)
+    assert sum(after.values()) < 0.9 * sum(before.values()), (before, after)
+    agree = {}
+    for mode in ("fast", "full"):
+        snn = api.convert(ann, calib, timesteps=steps, calibration=mode)
+        agree[mode] = api.evaluate(snn, held_out, None, [steps], ann=ann).rows[0].agreement
+    assert agree["full"] > agree["fast"], agree

@@ -61,3 +61,34 @@ def test_eval_peak_memory_is_flat_when_the_samples_grow(tmp_path):
     # 1,536 more samples would add 192 MB if anything were kept per sample and neuron; the peak
     # of one process varies by about +-50 MB from run to run
     assert peaks[2048] - peaks[512] < 96 * 1024, peaks
+
+
+CALIBRATE = """
+import resource, sys
+import numpy as np, onnx
+from snnconvert import frontend
+from snnconvert.passes import PassContext, default_pipeline
+from snnconvert.passes.calibrate_for_t import CalibrateForT
+n = int(sys.argv[2])
+x = np.random.default_rng(1).random((n, 3, 32, 32), dtype=np.float32)
+pipe = default_pipeline(calibration="none")
+pipe.passes.append(CalibrateForT(samples=n, sample_steps=n * 8, memory=16 << 20, chunk=32))
+pipe(frontend.load_model(sys.argv[1]), PassContext(calib=x, timesteps=8))
+print("@@", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, pipe.passes[-1].spilled, file=sys.stderr)
+"""
+
+
+def test_calibration_peak_memory_is_flat_when_the_samples_double(tmp_path):
+    """Layer-by-layer calibration streams chunks of samples: its currents and ANN activations past
+    the memory budget go to disk, so twice the calibration samples need no more memory."""
+    _conv_net(tmp_path / "net.onnx")
+    peaks, spilled = {}, {}
+    for n in (96, 192):
+        done = subprocess.run([sys.executable, "-c", CALIBRATE, str(tmp_path / "net.onnx"), str(n)],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        line = next(ln for ln in done.stderr.splitlines() if ln.startswith("@@")).split()
+        peaks[n], spilled[n] = int(line[1]), int(line[2])
+    # one layer's current at T=8 is 1 MB per sample: 96 more samples would add 96 MB if held
+    assert spilled[192] > spilled[96] > 40 << 20, spilled
+    assert peaks[192] - peaks[96] < 32 * 1024, peaks

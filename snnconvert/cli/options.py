@@ -23,9 +23,11 @@ def conversion_options(f: Callable) -> Callable:
                      help="Initial membrane potential: 0, θ/2, or θ/2 + data-fitted bias correction "
                           "(the start that --calibration refines)."),
         click.option("--calibration", default="fast", show_default=True,
-                     type=click.Choice(["none", "fast"]),
+                     type=click.Choice(["none", "fast", "full"]),
                      help="Fit the network for its T on the calibration data: fast = layer by layer "
-                          "threshold search, bias and potential calibration; none = --norm "
+                          "threshold search, bias and potential calibration; full = fast after a "
+                          "least-squares refit of each layer's weights on its spiking input (label-"
+                          "free, slower); none = --norm "
                           "thresholds and --v-init only."),
         click.option("--agreement", default=99.0, show_default=True,
                      type=click.FloatRange(0, 100, min_open=True),

@@ -16,15 +16,21 @@ import numpy as np
 import onnx
 import torch
 
+from tqdm.auto import tqdm
+
 from .. import graph as g
 from .. import ir, onnxrt
 from ..datasets import head, is_empty
 from ..errors import DataError
+from ..runtime import SpikingNetwork
+from ..runtime.layerwise import Chunks, LayerwiseRun
+from ..runtime.spool import BUDGET as spool_budget, Spool
 from .base import Pass, PassContext
 from .calibrate_potential import CalibratePotential
 from .correct_bias import CorrectBias
 from .layer_state import LayerState
-from .optimize_init import apply_bias_correction, can_fold_bias, open_thresholds
+from .fit_weights import FitWeights, Synapse
+from .optimize_init import apply_bias_correction, bias_holder, can_fold_bias, open_thresholds
 from .search_thresholds import SearchThresholds
 
 LayerStep = Callable[[LayerState], None]
@@ -33,20 +39,41 @@ SAMPLES = 1024
 """At most this many calibration samples per simulation (per-neuron potentials need many)."""
 
 SAMPLE_STEPS = 8192
-"""Calibration samples × T simulated at once: bounds the memory of the one-shot simulation
-(ResNet-20's largest activation then holds 16·32·32·8192 floats, 0.5 GB; its calibration peaks
-at 7.2 GB resident at T=8, measured; the activations scale with samples × T)."""
+"""Calibration samples × T: bounds the calibration time (memory is bounded by chunks, see
+:mod:`snnconvert.runtime.layerwise`)."""
 
 
-def default_steps(potential: bool = True) -> list[LayerStep]:
-    """Threshold search, bias correction and (unless ``potential`` is False, which keeps v(0)
-    as set) potential calibration."""
-    return [SearchThresholds(), CorrectBias()] + ([CalibratePotential()] if potential else [])
+HELD_OUT = 256
+MIN_HELD_OUT = 100
+"""With at least this many calibration samples left over by the fit (high T, where samples × T
+is bounded), up to :data:`HELD_OUT` of them check the fitted network against the network as it
+came (agreement of the predictions with the ANN, and output error, at T): the calibration is
+dropped only where the network as it came is better on both (few samples per neuron at high T
+can overfit the per-neuron potentials)."""
+
+
+def default_steps(potential: bool = True, weights: bool = False) -> list[LayerStep]:
+    """(With ``weights``, the `full` calibration: weight refit first, then) threshold search, bias
+    correction and (unless ``potential`` is False, which keeps v(0) as set) potential calibration."""
+    return ([FitWeights()] if weights else []) + [SearchThresholds(), CorrectBias()] + (
+        [CalibratePotential()] if potential else [])
 
 
 def sample_count(timesteps: int, samples: int = SAMPLES, sample_steps: int = SAMPLE_STEPS) -> int:
     """Calibration samples one simulation at T uses (samples × T bounded by ``sample_steps``)."""
     return max(16, min(samples, sample_steps // timesteps))
+
+
+def spool_ann_activations(model: onnx.ModelProto, x: np.ndarray, chunk: int, spool: Spool,
+                          currents: bool = False) -> None:
+    """Every neuron's ANN activation (ReLU output, unclipped) on ``x`` into ``spool`` under
+    "ann:<neuron output>" (with ``currents``, its input too, under "ann:<neuron input>"), one
+    item per chunk of ``chunk`` samples."""
+    names = [n.output for n in ir.neurons(model)]
+    names += [n.input for n in ir.neurons(model) if currents and n.input not in names]
+    for i, batch in enumerate(onnxrt.iterate(open_thresholds(model), x, names, batch_size=chunk)):
+        for name, value in batch.items():
+            spool.put("ann:" + name, i, value.astype(np.float32, copy=False))
 
 
 def ann_activations(model: onnx.ModelProto, x: np.ndarray) -> dict[str, torch.Tensor]:
@@ -57,6 +84,46 @@ def ann_activations(model: onnx.ModelProto, x: np.ndarray) -> dict[str, torch.Te
         for o, v in batch.items():
             chunks.setdefault(by_output[o], []).append(v)
     return {name: torch.from_numpy(np.concatenate(parts)) for name, parts in chunks.items()}
+
+
+def output_agreement(snn: onnx.ModelProto, reference: onnx.ModelProto, x: np.ndarray, steps: int
+                     ) -> tuple[float, float]:
+    """(share of samples whose SNN prediction at T = ``steps`` equals the ANN's, mean squared
+    difference of the outputs), the ANN being ``reference`` with its neurons opened."""
+    ann = onnxrt.outputs(open_thresholds(reference), x)
+    out = SpikingNetwork(snn).simulate(x, steps, batch_size=128).readout[steps]
+    ann, out = ann.reshape(len(x), -1), out.reshape(len(x), -1)
+    return float(np.mean(out.argmax(1) == ann.argmax(1))), float(np.mean((out - ann) ** 2))
+
+
+def _synapse(model: onnx.ModelProto, net: SpikingNetwork, run: LayerwiseRun, spool: Spool,
+             n: ir.Neuron, channels: int) -> Synapse | None:
+    """The Conv/Gemm feeding neuron layer ``n`` whose weights `full` may refit, if any: its
+    output reaches only the neuron (directly or through a residual Add) and no other node reads
+    its weight or bias."""
+    holder = bias_holder(model.graph, n, channels)
+    if holder is None:
+        return None
+    users = g.consumers(model.graph)
+    params = [p for p in holder.input[1:3] if p]
+    if any(len(users.get(p, [])) != 1 or g.const_value(model.graph, p) is None for p in params) \
+            or not Synapse.supports(holder, g.const_value(model.graph, holder.input[1])):
+        return None
+    source = holder.input[0]
+    ann = Chunks(spool, "ann:" + n.input, len(run.bounds))
+
+    def rate(c: int) -> torch.Tensor:
+        value = run.evaluate(source, c)
+        return value.mean(0) if run.varying(source) else value
+
+    def write(w: np.ndarray, b: np.ndarray | None) -> None:
+        g.set_initializer(model.graph, holder.input[1], w)
+        if b is not None:
+            g.set_initializer(model.graph, holder.input[2], b)
+
+    return Synapse(holder, net.parameter(holder.input[1]),
+                   net.parameter(holder.input[2]) if len(holder.input) > 2 and holder.input[2] else None,
+                   rate, lambda c: ann[c], run.refresh, write)
 
 
 def _per_channel(value: np.ndarray, view: list[int]) -> torch.Tensor:
@@ -73,14 +140,22 @@ class CalibrateForT(Pass):
     name = "calibrate-for-T"
 
     def __init__(self, steps: Sequence[LayerStep] | None = None, samples: int = SAMPLES,
-                 sample_steps: int = SAMPLE_STEPS) -> None:
+                 sample_steps: int = SAMPLE_STEPS, chunk: int | None = None,
+                 memory: int = spool_budget, held_out: int = HELD_OUT) -> None:
+        """``chunk``: samples simulated together (default: about 1,024 samples × T); ``memory``:
+        bytes of layer currents and ANN activations held in memory (the rest goes to disk);
+        ``held_out``: at most this many calibration samples the fit does not use check the
+        result (0: no check)."""
         self.steps = list(default_steps() if steps is None else steps)
         self.samples, self.sample_steps = samples, sample_steps
+        self.chunk, self.memory, self.held_out = chunk, memory, held_out
+        self.check: dict[str, tuple[float, float]] = {}
+        """The last held-out check: (agreement, output error) calibrated and uncalibrated."""
+        self.spilled = 0
+        """Bytes the last run wrote to disk (layer currents and ANN activations past ``memory``)."""
         self.layers: dict[str, LayerState] = {}
 
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> onnx.ModelProto:
-        from ..runtime import SpikingNetwork
-
         if is_empty(ctx.calib):
             raise DataError("calibration for T needs calibration data",
                             hint="Pass --calib C.npz, or choose --calibration none.")
@@ -94,28 +169,37 @@ class CalibrateForT(Pass):
                      "static inputs")
             return model
         neurons = {n.name: n for n in ir.neurons(model)}
-        targets = ann_activations(model, x)
-        self.layers = {}
-
-        def hook(name: str, current: torch.Tensor, lead: int, fire) -> torch.Tensor:
-            n = neurons[name]
-            target = targets[name].to(torch.float32)
-            view = [target.shape[1]] + [1] * (target.dim() - 2)
-            layer = LayerState(name, current.to(torch.float32), target, steps,
-                               theta=_per_channel(n.threshold, view), v0=_per_channel(n.v_init, view),
-                               bias=torch.zeros(view), reset=n.reset, leak=n.leak,
-                               bias_foldable=can_fold_bias(model, n, view[0]))
-            for step in self.steps:
-                step(layer)
-            self.layers[name] = layer
-            spikes = layer.spikes()
-            layer.current = layer.current[:0]  # free the layer's currents; the fit is done
-            return spikes
-
-        net = SpikingNetwork(model, time_chunk=None)
-        net.neuron_hook = hook
-        with torch.no_grad():
-            net(torch.from_numpy(x), steps)
+        self.layers, self.check = {}, {}
+        original = onnx.ModelProto()
+        original.CopyFrom(model)
+        with Spool(self.memory) as spool:
+            net = SpikingNetwork(model)
+            run = LayerwiseRun(net, x, steps, spool, chunk=self.chunk)
+            weights = any(isinstance(s, FitWeights) for s in self.steps)
+            spool_ann_activations(model, x, run.chunk, spool, currents=weights)
+            with torch.no_grad():
+                for name, currents in tqdm(run.layers(), total=len(neurons), desc=f"calibrating T={steps}",
+                                           unit="layer", disable=not ctx.progress, leave=False):
+                    n = neurons[name]
+                    targets = Chunks(spool, "ann:" + n.output, len(run.bounds))
+                    first = targets[0]
+                    view = [first.shape[1]] + [1] * (first.dim() - 2)
+                    layer = LayerState(name, currents, targets, steps,
+                                       theta=_per_channel(n.threshold, view),
+                                       v0=_per_channel(n.v_init, view), bias=torch.zeros(view),
+                                       reset=n.reset, leak=n.leak,
+                                       bias_foldable=can_fold_bias(model, n, view[0]))
+                    if weights:
+                        layer.synapse = _synapse(model, net, run, spool, n, view[0])
+                    for step in self.steps:
+                        step(layer)
+                    run.fire(name, lambda cur, _: layer.spikes(cur), layer.theta)
+                    spool.drop("ann:" + n.output)
+                    spool.drop("ann:" + n.input)
+                    layer.synapse = None
+                    layer.current = layer.target = []
+                    self.layers[name] = layer
+            self.spilled = spool.spilled
         for name, layer in self.layers.items():
             n = neurons[name]
             ir.set_initializer(model, n.node.input[1], layer.theta.numpy().astype(np.float32))
@@ -129,4 +213,17 @@ class CalibrateForT(Pass):
         ctx.info(self.name, f"fitted {len(self.layers)} neuron layer(s) at T={steps} on {len(x)} "
                  f"sample(s) with {', '.join(s.name for s in self.steps)}: summed layer error "
                  f"{first:.4g} -> {last:.4g} ({time.perf_counter() - t0:.1f} s)")
+        hold = head(ctx.calib, len(x) + self.held_out)[len(x):] if self.held_out else x[:0]
+        if len(hold) >= MIN_HELD_OUT:
+            scores = {"calibrated": output_agreement(model, original, hold, steps),
+                      "uncalibrated": output_agreement(original, original, hold, steps)}
+            self.check = scores
+            (agree_c, err_c), (agree_u, err_u) = scores["calibrated"], scores["uncalibrated"]
+            verdict = "kept" if agree_c >= agree_u or err_c <= err_u else "dropped"
+            ctx.info(self.name, f"held-out check on {len(hold)} calibration sample(s) the fit did not "
+                     f"use: agreement with the ANN {100 * agree_c:.1f} % calibrated vs "
+                     f"{100 * agree_u:.1f} % without, output error {err_c:.4g} vs {err_u:.4g}: "
+                     f"calibration {verdict}")
+            if verdict == "dropped":
+                return original
         return model

@@ -23,7 +23,7 @@ class CalibratePotential:
     def __call__(self, layer: LayerState) -> None:
         shape = layer.sample_shape
         theta = torch.broadcast_to(layer.theta, shape)
-        goal = layer.target.mean(0).reshape(-1)
+        goal = layer.target_mean().reshape(-1)
         best = torch.broadcast_to(layer.v0, shape).clone()
         err, rate = layer.stats(v0=[best], by="neuron")
         before, best_err = err[0], err[0]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .layer_state import LayerState, channel_mean
+from .layer_state import LayerState
 
 
 class CorrectBias:
@@ -28,7 +28,7 @@ class CorrectBias:
             return
         view = layer.channel_view()
         theta = layer.per_channel(layer.theta)
-        goal = channel_mean(layer.target)
+        goal = layer.target_mean(by="channel")
         best = layer.per_channel(layer.bias)
         err, rate = layer.stats(bias=[best])
         before, best_err = err[0], err[0]

@@ -8,6 +8,7 @@ and keeps, per channel or per neuron, only what lowers the error.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -21,8 +22,9 @@ from ..runtime.counting import layer_stats
 class LayerState:
     """Parameters and data of one neuron layer during calibration at ``steps`` time steps.
 
-    current  input current: [B, ...] when constant in time (analog input), else [T, B, ...]
-    target   the ANN activation (ReLU output) for the same B samples, [B, ...]
+    current  input current per chunk of samples: [b, ...] when constant in time (analog
+             input), else [T, b, ...] (a list, or chunks spooled outside memory)
+    target   the ANN activation (ReLU output) for the same samples, per chunk, [b, ...]
     theta    threshold, per channel ([C, 1, 1] / [C]), float32
     v0       initial potential, per channel or per neuron ([C, 1, 1] or [C, H, W])
     bias     current added at every step, per channel (same shape as theta); only fitted where
@@ -31,8 +33,8 @@ class LayerState:
     """
 
     name: str
-    current: torch.Tensor
-    target: torch.Tensor
+    current: Sequence[torch.Tensor]
+    target: Sequence[torch.Tensor]
     steps: int
     theta: torch.Tensor
     v0: torch.Tensor
@@ -42,9 +44,28 @@ class LayerState:
     bias_foldable: bool = True
     history: list[tuple[str, float, float]] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        first = self.target[0]
+        self.samples = sum(len(t) for t in self.target)
+        self._sample_shape = tuple(first.shape[1:])
+        self._means: dict[str, torch.Tensor] = {}
+
     @property
     def sample_shape(self) -> tuple[int, ...]:
-        return tuple(self.target.shape[1:])
+        return self._sample_shape
+
+    def target_mean(self, by: str = "neuron") -> torch.Tensor:
+        """Mean ANN activation over the samples, per neuron ([*sample_shape]) or per channel
+        ([C]); summed in float64 one sample after another, so chunking does not change it."""
+        if by not in self._means:
+            acc = torch.zeros(self.sample_shape if by == "neuron" else self.sample_shape[:1],
+                              dtype=torch.float64)
+            for chunk in self.target:
+                for one in chunk.to(torch.float64):
+                    acc += one if by == "neuron" else one.reshape(len(acc), -1).sum(1)
+            per = 1 if by == "neuron" else int(np.prod(self.sample_shape[1:]))
+            self._means[by] = (acc / (self.samples * per)).to(torch.float32)
+        return self._means[by]
 
     def channel_view(self) -> list[int]:
         """Shape of a per-channel tensor that broadcasts over one sample."""
@@ -59,10 +80,10 @@ class LayerState:
         shape = self.sample_shape
         per = int(np.prod(shape))
         if by == "neuron":
-            return torch.arange(per).reshape(shape), per, self.target.shape[0]
+            return torch.arange(per).reshape(shape), per, self.samples
         channels = shape[0]
         group = torch.arange(channels).reshape(self.channel_view()).expand(shape)
-        return group, channels, self.target.shape[0] * (per // channels)
+        return group, channels, self.samples * (per // channels)
 
     def stats(self, theta: list[torch.Tensor] | None = None, v0: list[torch.Tensor] | None = None,
               bias: list[torch.Tensor] | None = None, by: str = "channel"
@@ -73,15 +94,19 @@ class LayerState:
         stack = lambda ps, own: torch.stack([torch.broadcast_to(
             own if p is None else p, self.sample_shape) for p in (ps or [None] * k)])
         group, groups, members = self._groups(by)
-        err, total = layer_stats(self.current, self.steps, stack(v0, self.v0), stack(theta, self.theta),
-                                 stack(bias, self.bias), self.target, group, groups,
-                                 self.reset, self.leak)
+        v0s, thetas, biases = stack(v0, self.v0), stack(theta, self.theta), stack(bias, self.bias)
+        sums = None
+        for current, target in zip(self.current, self.target):
+            sums = layer_stats(current, self.steps, v0s, thetas, biases, target, group, groups,
+                               self.reset, self.leak, into=sums)
+        err, total = sums
         return (err / members).to(torch.float32), (total / members).to(torch.float32)
 
-    def spikes(self) -> torch.Tensor:
-        """Spikes scaled by θ, [T, B, ...], with the layer's parameters."""
-        cur = self.current + self.bias if bool(torch.any(self.bias != 0)) else self.current
-        v = torch.zeros((self.target.shape[0], *self.sample_shape), dtype=torch.float32) + self.v0
+    def spikes(self, current: torch.Tensor) -> torch.Tensor:
+        """Spikes scaled by θ, [T, b, ...], with the layer's parameters, for one chunk's current."""
+        cur = current + self.bias if bool(torch.any(self.bias != 0)) else current
+        batch = current.shape[0 if current.dim() == len(self.sample_shape) + 1 else 1]
+        v = torch.zeros((batch, *self.sample_shape), dtype=torch.float32) + self.v0
         if fused.available():
             return fused.if_neuron_fused(cur.contiguous(), self.steps, v, self.theta, self.reset,
                                          self.leak)[0]
@@ -96,6 +121,3 @@ class LayerState:
         self.history.append((step, float(before.mean()), float(after.mean())))
 
 
-def channel_mean(t: torch.Tensor) -> torch.Tensor:
-    """Mean over every axis but the channel axis (1) of a [B, C, ...] tensor: [C]."""
-    return t.transpose(0, 1).reshape(t.shape[1], -1).mean(1)

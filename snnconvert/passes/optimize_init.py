@@ -19,7 +19,7 @@ from ..errors import DataError
 from .base import Pass, PassContext
 
 
-def _bias_holder(graph: onnx.GraphProto, neuron: ir.Neuron, channels: int) -> onnx.NodeProto | None:
+def bias_holder(graph: onnx.GraphProto, neuron: ir.Neuron, channels: int) -> onnx.NodeProto | None:
     """The Conv/Gemm whose bias can carry a per-channel current added to the neuron's input:
     the producer of that input, or, through a residual Add/Sum (or the first input of a Sub),
     a Conv/Gemm feeding it; only where no other node reads the changed values."""
@@ -52,7 +52,7 @@ def _channels(graph: onnx.GraphProto, node: onnx.NodeProto) -> int | None:
 
 def can_fold_bias(model: onnx.ModelProto, neuron: ir.Neuron, channels: int) -> bool:
     """Whether a per-channel current for ``neuron`` folds into a Conv/Gemm bias."""
-    return _bias_holder(model.graph, neuron, channels) is not None
+    return bias_holder(model.graph, neuron, channels) is not None
 
 
 def apply_bias_correction(model: onnx.ModelProto, neuron: ir.Neuron, delta: np.ndarray) -> None:
@@ -60,7 +60,7 @@ def apply_bias_correction(model: onnx.ModelProto, neuron: ir.Neuron, delta: np.n
     a Conv/Gemm bias where :func:`can_fold_bias`, else an Add of a constant before the neuron."""
     graph = model.graph
     flat = delta.reshape(-1)
-    holder = _bias_holder(graph, neuron, flat.size)
+    holder = bias_holder(graph, neuron, flat.size)
     if holder is not None:
         beta = g.attr(holder, "beta", 1.0) if holder.op_type == "Gemm" else 1.0
         if len(holder.input) > 2 and holder.input[2]:

@@ -22,7 +22,7 @@ from .optimize_init import OptimizeInit
 from .replace_neurons import ReplaceNeurons
 
 V_INIT_MODES = ("zero", "half", "optimized")
-CALIBRATION_MODES = ("none", "fast")
+CALIBRATION_MODES = ("none", "fast", "full")
 
 
 class Pipeline:
@@ -85,5 +85,6 @@ def default_pipeline(norm: str = "percentile:99.99", per_channel: bool = True,
         passes.append(OptimizeInit(samples=optimize_samples))
     if calibration != "none":
         # v(0) = 0 asked for (hard-reset targets such as NIR hold no initial potential): keep it
-        passes.append(CalibrateForT(default_steps(potential=v_init != "zero")))
+        passes.append(CalibrateForT(default_steps(potential=v_init != "zero",
+                                                  weights=calibration == "full")))
     return Pipeline(passes)

@@ -66,8 +66,11 @@ if numba is not None:
 
 def layer_stats(current: torch.Tensor, steps: int, v0: torch.Tensor, theta: torch.Tensor,
                 bias: torch.Tensor, target: torch.Tensor, group: torch.Tensor, groups: int,
-                reset: str = "subtract", leak: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per candidate k and group g: (sum of squared rate errors, sum of rates), each [K, groups].
+                reset: str = "subtract", leak: float = 0.0,
+                into: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per candidate k and group g: (sum of squared rate errors, sum of rates), each [K, groups],
+    float64; with ``into`` (the result of a call on the samples before), added to it, so that
+    chunks of samples in order give exactly the sums of one call on all of them.
 
     ``current``: [T, B, *S] or constant [B, *S]; ``target`` [B, *S] (the rate to reach);
     ``v0``, ``theta``, ``bias``: [K, *S'] broadcastable to [K, *S]; ``group``: [*S] int, the
@@ -79,12 +82,15 @@ def layer_stats(current: torch.Tensor, steps: int, v0: torch.Tensor, theta: torc
     full = lambda t: torch.broadcast_to(t.detach().to(torch.float32), (k_count, *sample))
     v0, theta, bias = full(v0), full(theta), full(bias)
     if numba is None:
-        return _stats_torch(current, steps, v0, theta, bias, target, group, groups, reset, leak)
+        err, total = _stats_torch(current, steps, v0, theta, bias, target, group, groups, reset, leak)
+        return (err, total) if into is None else (into[0] + err, into[1] + total)
     constant = current.dim() == target.dim()
     cur = current.detach().to(torch.float32).contiguous().numpy().reshape(1 if constant else steps, -1)
     flat = lambda t: t.contiguous().numpy().reshape(k_count, -1)
-    err = np.zeros((k_count, groups), np.float64)
-    total = np.zeros((k_count, groups), np.float64)
+    if into is None:
+        err, total = np.zeros((k_count, groups), np.float64), np.zeros((k_count, groups), np.float64)
+    else:
+        err, total = into[0].numpy(), into[1].numpy()
     _stats(cur, flat(v0), flat(theta), flat(bias), target.detach().to(torch.float32).contiguous()
            .numpy().reshape(-1), group.to(torch.int64).contiguous().numpy().reshape(-1), steps,
            np.float32(1.0 - leak), bool(leak), reset == "subtract", err, total)

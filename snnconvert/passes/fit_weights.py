@@ -1,0 +1,128 @@
+"""Layer step of `--calibration full`: the synaptic weights refitted by ridge least squares on rates.
+
+The SNN layer's input is not the ANN's: the layers before it spike with quantization and
+clipping errors, so W applied to their rates misses the ANN pre-activation even where every
+neuron is right on average. Label-free and in closed form, the step solves, for the Conv/Gemm
+feeding the neuron layer, W' = argmin Σ ‖W'·r̄ + o − a‖² + λ‖W' − W‖², where r̄ is the time-mean
+of the Conv/Gemm's actual spiking input (as the fitted layers before it fire), o the mean of
+the rest of the neuron's current (a residual branch) and a the ANN pre-activation; λ is
+``ridge`` times the mean diagonal of the normal matrix. One pass over the calibration chunks
+accumulates the normal equations (features: C_in·k·k, plus 1 for the bias). An output channel
+keeps its new weights only where they lower that channel's measured layer error.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+
+from .. import graph as g
+from .layer_state import LayerState
+
+
+@dataclass
+class Synapse:
+    """The Conv/Gemm feeding a neuron layer under calibration, and how to read and change it."""
+
+    node: onnx.NodeProto
+    weight: torch.Tensor              # the network's parameter (changed in place)
+    bias: torch.Tensor | None
+    rate: Callable[[int], torch.Tensor]          # chunk -> time-mean of the node's input
+    ann_current: Callable[[int], torch.Tensor]   # chunk -> ANN pre-activation of the neuron
+    refresh: Callable[[], None]                  # rebuild the layer's current after a change
+    write: Callable[[np.ndarray, np.ndarray | None], None]  # into the model's initializers
+
+    def features(self, r: torch.Tensor) -> torch.Tensor:
+        """[rows, features] design matrix of the input rates (rows: sample × output position)."""
+        if self.node.op_type == "Gemm":
+            x = r.reshape(len(r), -1)
+        else:
+            a = g.attrs(self.node)
+            k = self.weight.shape[2:]
+            pads = list(a.get("pads", [0] * 2 * len(k)))
+            x = F.unfold(r, k, dilation=list(a.get("dilations", [1] * len(k))),
+                         padding=pads[:len(k)], stride=list(a.get("strides", [1] * len(k))))
+            x = x.transpose(1, 2).reshape(-1, x.shape[1])
+        if self.bias is not None:
+            x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+        return x
+
+    def matrix(self) -> torch.Tensor:
+        """Current weights (and bias) as a [features, out] matrix matching :meth:`features`."""
+        w = self.weight.detach()
+        if self.node.op_type == "Gemm":
+            w = w.T if g.attrs(self.node).get("transB", 0) else w
+        else:
+            w = w.reshape(len(w), -1).T
+        if self.bias is not None:
+            w = torch.cat([w, torch.broadcast_to(self.bias.detach(), (w.shape[1],))[None]], 0)
+        return w
+
+    def set_matrix(self, m: torch.Tensor) -> None:
+        w, b = (m[:-1], m[-1]) if self.bias is not None else (m, None)
+        if self.node.op_type == "Gemm":
+            w = w.T if g.attrs(self.node).get("transB", 0) else w
+        else:
+            w = w.T.reshape(self.weight.shape)
+        with torch.no_grad():
+            self.weight.copy_(w.reshape(self.weight.shape).to(self.weight.dtype))
+            if b is not None:
+                self.bias.copy_(b.reshape(self.bias.shape).to(self.bias.dtype))
+        self.write(self.weight.detach().numpy().copy(),
+                   None if self.bias is None else self.bias.detach().numpy().copy())
+
+    @staticmethod
+    def supports(node: onnx.NodeProto, weight: np.ndarray) -> bool:
+        a = g.attrs(node)
+        if node.op_type == "Gemm":
+            return a.get("alpha", 1.0) == 1.0 and a.get("beta", 1.0) == 1.0 and not a.get("transA", 0) \
+                and weight.ndim == 2
+        if node.op_type != "Conv" or weight.ndim != 4 or a.get("group", 1) != 1:
+            return False
+        pads = list(a.get("pads", [0, 0, 0, 0]))
+        auto = a.get("auto_pad", b"NOTSET")
+        return pads[:2] == pads[2:] and auto in (b"NOTSET", "NOTSET")
+
+
+class FitWeights:
+    """Ridge least squares of the feeding Conv/Gemm on the layer's actual input rates."""
+
+    name = "fit-weights"
+
+    def __init__(self, ridge: float = 1e-2) -> None:
+        self.ridge = ridge
+
+    def __call__(self, layer: LayerState) -> None:
+        syn: Synapse | None = getattr(layer, "synapse", None)
+        if syn is None or layer.current[0].dim() == len(layer.sample_shape) + 1:
+            return  # no refittable synapse, or an analog input the ANN's own (nothing to fix)
+        old = syn.matrix().to(torch.float64)
+        gram = torch.zeros(len(old), len(old), dtype=torch.float64)
+        cross = torch.zeros_like(old)
+        for c in range(len(layer.current)):
+            r = syn.rate(c)
+            x = syn.features(r).to(torch.float64)
+            out = layer.current[c].mean(0)                      # [b, C, ...]
+            goal = syn.ann_current(c) - out + (x @ old).reshape(
+                out.shape[0], -1, out.shape[1]).transpose(1, 2).reshape(out.shape)
+            y = goal.reshape(out.shape[0], out.shape[1], -1).transpose(1, 2).reshape(-1, out.shape[1])
+            gram += x.T @ x
+            cross += x.T @ y.to(torch.float64)
+        lam = self.ridge * float(gram.diagonal().mean()) + 1e-12
+        new = torch.linalg.solve(gram + lam * torch.eye(len(gram), dtype=torch.float64),
+                                 cross + lam * old)
+        before, _ = layer.stats()
+        syn.set_matrix(new.to(torch.float32))
+        syn.refresh()
+        after, _ = layer.stats()
+        worse = (after[0] >= before[0])
+        if bool(worse.any()):
+            keep = torch.where(worse[None, :], old, new)
+            syn.set_matrix(keep.to(torch.float32))
+            syn.refresh()
+            after = torch.minimum(after, before)
+        layer.update(self.name, before[0], after[0])
