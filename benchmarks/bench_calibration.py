@@ -2,12 +2,14 @@
 calibration seconds and peak memory, one thread.
 
 Settings: zero (v(0)=0, 99.99 % per-channel bound), half (θ/2, the previous default), optimized
-(previous `--v-init optimized`, fitted per T), default (`--calibration fast`, fitted per T). Each
+(previous `--v-init optimized`, fitted per T), default (`--calibration fast`, fitted per T), full
+(`--calibration full`: least-squares weight refit, then the default's steps). Each
 setting runs in its own process, so the peak resident memory it reports (after calibration, and
 over the whole run with evaluation) is its own.
 
     .venv/bin/python benchmarks/bench_calibration.py sinabs-mnist-cnn --timesteps 4,8,16,32
-    .venv/bin/python benchmarks/bench_calibration.py resnet20-cifar10 --timesteps 4,8,16,32 --json r.json
+    .venv/bin/python benchmarks/bench_calibration.py resnet20-cifar10 --timesteps 4,8,16,32 \
+        --limit 1000 --calib-limit 500 --json r.json
 """
 from __future__ import annotations
 
@@ -30,15 +32,17 @@ SETTINGS = {
     "half": dict(calibration="none", v_init="half"),
     "optimized": dict(calibration="none", v_init="optimized"),
     "default": dict(calibration="fast"),
+    "full": dict(calibration="full"),
 }
-PER_T = {"optimized", "default"}
+PER_T = {"optimized", "default", "full"}
 
 
 def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_setting(name: str, model: str, ts: list[int], limit: int | None, batch: int, out) -> None:
+def run_setting(name: str, model: str, ts: list[int], limit: int | None, calib_limit: int | None,
+                batch: int, out) -> None:
     """Convert (once, or once per T) and evaluate; put the row on ``out``."""
     import torch
 
@@ -48,7 +52,7 @@ def run_setting(name: str, model: str, ts: list[int], limit: int | None, batch: 
     from snnconvert.frontend import load_model
     from snnconvert.runtime import SpikingNetwork
 
-    calib = np.load(DATA / f"{model}_calib.npz")["x"]
+    calib = np.load(DATA / f"{model}_calib.npz")["x"][:calib_limit]
     test = np.load(DATA / f"{model}_test.npz")
     x, y = test["x"][:limit], test["y"][:limit]
     path = model_path(model)
@@ -74,7 +78,8 @@ def main() -> None:
     ap.add_argument("model", choices=sorted(MODELS))
     ap.add_argument("--timesteps", default="4,8,16,32")
     ap.add_argument("--settings", default=",".join(SETTINGS))
-    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--limit", type=int, default=None, help="test samples (first N)")
+    ap.add_argument("--calib-limit", type=int, default=None, help="calibration samples (first N)")
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -83,7 +88,8 @@ def main() -> None:
     rows = []
     for name in args.settings.split(","):
         queue = ctx.Queue()
-        proc = ctx.Process(target=run_setting, args=(name, args.model, ts, args.limit, args.batch_size, queue))
+        proc = ctx.Process(target=run_setting, args=(name, args.model, ts, args.limit, args.calib_limit,
+                                                        args.batch_size, queue))
         proc.start()
         row = queue.get()
         proc.join()

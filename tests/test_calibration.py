@@ -238,3 +238,23 @@ def test_weight_refit_lowers_the_layer_error_it_targets(digits):
         snn = api.convert(ann, calib, timesteps=steps, calibration=mode)
         agree[mode] = api.evaluate(snn, held_out, None, [steps], ann=ann).rows[0].agreement
     assert agree["full"] > agree["fast"], agree
+
+
+def test_held_out_check_keeps_the_better_network(digits, monkeypatch):
+    """At high T the fit reads fewer samples than given: the rest check it against the network as
+    it came, and calibration is dropped only where that network is better on both measures."""
+    from snnconvert.passes import calibrate_for_t
+
+    ann = frontend.load_model(DIGITS_CNN)
+    calib = digits["x_train"][:600]  # T=32 fits 256, 256 more check
+    snn, pass_ = calibrated(ann, calib, 32, None)
+    (agree_c, err_c), (agree_u, err_u) = pass_.check["calibrated"], pass_.check["uncalibrated"]
+    assert err_c < err_u and agree_c >= agree_u - 0.01, pass_.check
+    base, _ = calibrated(ann, calib, 32, [])
+    thresholds = lambda m: [n.threshold.tolist() for n in ir.neurons(m)]
+    assert thresholds(snn) != thresholds(base)
+    # a network as it came that wins on both measures is kept as it came
+    scores = iter([(0.5, 1.0), (0.9, 0.5)])
+    monkeypatch.setattr(calibrate_for_t, "output_agreement", lambda *a: next(scores))
+    dropped, pass_ = calibrated(ann, calib, 32, None)
+    assert thresholds(dropped) == thresholds(base)

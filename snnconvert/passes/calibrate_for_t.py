@@ -1,11 +1,12 @@
 """Layer-by-layer calibration for the chosen T, label-free, driven by the ANN's activations.
 
-One simulation of the network at T = ctx.timesteps on a subset of the calibration data: when
-the simulation reaches a neuron layer, its input current is the one the already calibrated
-layers before it actually produce; the layer steps (threshold search, bias correction,
-potential calibration, ...) fit that layer against the ANN's activation on the same samples,
-and its calibrated spikes flow on. The fitted θ, v(0) and bias are then written into the IR
-(the bias folded into the preceding Conv/Gemm where possible).
+The network runs at T = ctx.timesteps on a subset of the calibration data, one neuron layer
+at a time over chunks of samples (:class:`~snnconvert.runtime.layerwise.LayerwiseRun`): a
+layer's input current is the one the already calibrated layers before it actually produce;
+the layer steps (weight refit for `full`, threshold search, bias correction, potential
+calibration) fit that layer against the ANN's activation on the same samples, and its
+calibrated spikes flow on. The fitted θ, v(0), bias (folded into the preceding Conv/Gemm where
+possible) and weights are then written into the IR. Memory does not grow with the samples.
 """
 from __future__ import annotations
 

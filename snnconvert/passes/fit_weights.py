@@ -5,7 +5,8 @@ clipping errors, so W applied to their rates misses the ANN pre-activation even 
 neuron is right on average. Label-free and in closed form, the step solves, for the Conv/Gemm
 feeding the neuron layer, W' = argmin Σ ‖W'·r̄ + o − a‖² + λ‖W' − W‖², where r̄ is the time-mean
 of the Conv/Gemm's actual spiking input (as the fitted layers before it fire), o the mean of
-the rest of the neuron's current (a residual branch) and a the ANN pre-activation; λ is
+the rest of the neuron's current (a residual branch) and a the ANN pre-activation (also where
+it is negative: measured on ResNet-20 at T=8, fitting only where the ANN fires did worse); λ is
 ``ridge`` times the mean diagonal of the normal matrix. One pass over the calibration chunks
 accumulates the normal equations (features: C_in·k·k, plus 1 for the bias). An output channel
 keeps its new weights only where they lower that channel's measured layer error.
@@ -106,8 +107,9 @@ class FitWeights:
         for c in range(len(layer.current)):
             r = syn.rate(c)
             x = syn.features(r).to(torch.float64)
-            out = layer.current[c].mean(0)                      # [b, C, ...]
-            goal = syn.ann_current(c) - out + (x @ old).reshape(
+            out = layer.current[c].mean(0) if layer.current[c].dim() > len(layer.sample_shape) + 1 \
+                else layer.current[c]                           # mean current [b, C, ...]
+            goal = syn.ann_current(c).to(out.dtype) - out + (x @ old).reshape(
                 out.shape[0], -1, out.shape[1]).transpose(1, 2).reshape(out.shape)
             y = goal.reshape(out.shape[0], out.shape[1], -1).transpose(1, 2).reshape(-1, out.shape[1])
             gram += x.T @ x
