@@ -1,8 +1,9 @@
 """Time-varying input (issue 12): spike-frame input, fine-tuning on frames, rate encoding, and
 the real N-MNIST recording through a converted network.
 
-    .venv/bin/python benchmarks/bench_time_input.py [--parts frames,finetune,rate,nmnist]
+    .venv/bin/python benchmarks/bench_time_input.py [--parts frames,finetune,rate,nmnist,lava]
                                                     [--test-n 10000] [--out out/time_input]
+                                                    [--lava-n 100] [--json R.json]
 
 frames   : /work/shared/models/sinabs-mnist-cnn converted with defaults (calib: the prepared
            sinabs-mnist-cnn_calib.npz, T=32); x = Bernoulli spike frames [N, 32, 1, 28, 28] (uint8,
@@ -16,6 +17,12 @@ rate     : accuracy vs T with analog input beside ``rate:bernoulli`` and ``rate:
 nmnist   : the real N-MNIST recording (/work/shared/data/nmnist-sample) read, binned into 32
            frames over its span, its centre 28x28 cropped, polarities summed, run through the
            converted sinabs network; event counts and shapes asserted.
+lava     : the same converted network on --target lava with Bernoulli spike frames [100, 32, 1, 28, 28]
+           of the first 100 test images (the frames part's first 100) and with the IR's rate:bernoulli:0
+           encoding of those images: per sample, Lava float spike counts of every layer identical
+           to the torch runtime in float64, Lava fixed point (quantized on spike frames of 256
+           calibration images) bit-exact with the integer reference (read-out and every count);
+           with --json, {"lava_float_equal": fraction, "lava_fixed_bitexact": fraction, ...}.
 Needs /work/shared (models, MNIST, the recording) and benchmarks/data (prepare_data.py).
 Single thread.
 """
@@ -142,21 +149,94 @@ def part_nmnist(out: Path) -> None:
           f"argmax {int(logits.argmax())}, spikes per layer {spikes}")
 
 
+def _lava_equivalence(model, x: np.ndarray, calib: np.ndarray, batch: int) -> dict:
+    """Per-sample equivalence of Lava float with torch float64, Lava fixed with the integer
+    reference, and the seconds (wall, CPU of this process) each took."""
+    from snnconvert.targets import lava
+
+    tnet = SpikingNetwork(model, cpu_kernels="torch").double()
+    tnet.record = True
+    t0, c0 = time.perf_counter(), time.process_time()
+    with torch.no_grad():
+        torch_out = tnet(torch.as_tensor(x, dtype=torch.float64), T).numpy()
+    times = {"torch64": (time.perf_counter() - t0, time.process_time() - c0)}
+    net = lava.network(lava.quantize(model, calib, T))
+    t0, c0 = time.perf_counter(), time.process_time()
+    lf = net.run(x, T, fixed_point=False, batch_size=batch, neuron_counts=True)
+    times["lava_float"] = (time.perf_counter() - t0, time.process_time() - c0)
+    layers = [k for k in lf.counts if k in tnet.spike_counts]  # relays exist only in Lava
+    same = np.ones(len(x), bool)
+    for k in layers:
+        same &= (lf.counts[k] == tnet.spike_counts[k].numpy()).reshape(len(x), -1).all(1)
+    t0, c0 = time.perf_counter(), time.process_time()
+    lq = net.run(x, T, fixed_point=True, batch_size=batch, neuron_counts=True)
+    times["lava_fixed"] = (time.perf_counter() - t0, time.process_time() - c0)
+    rq = net.reference(x, T, fixed_point=True)
+    exact = (lq.readout == rq.readout).all(1)
+    for k in lq.counts:
+        exact &= (lq.counts[k] == rq.counts[k]).reshape(len(x), -1).all(1)
+    return {"float_equal": float(same.mean()), "fixed_bitexact": float(exact.mean()),
+            "float_prediction_agreement": float((lf.readout.argmax(1) == torch_out.argmax(1)).mean()),
+            "fixed_prediction_agreement": float((lq.readout.argmax(1) == torch_out.argmax(1)).mean()),
+            "spikes": {k: int(lf.counts[k].sum()) for k in layers},
+            "seconds_wall_cpu": {k: [round(w, 1), round(c, 1)] for k, (w, c) in times.items()}}
+
+
+def part_lava(out: Path, n: int, batch: int) -> dict:
+    from datasets import mnist
+
+    x, y = mnist("test", n)
+    x = (x.astype(np.float32) / 255.0).reshape(len(x), 1, 28, 28)
+    calib = np.load(DATA / "sinabs-mnist-cnn_calib.npz")["x"][:256].astype(np.float32)  # in [0, 1]
+    model = ir.load(converted(out))
+    frames = bernoulli_frames(x, T, seed=1).astype(np.float32)
+    result = {"n": n, "timesteps": T}
+    for name, (m, data, cal) in {
+            "frames": (model, frames, bernoulli_frames(calib, T, seed=3).astype(np.float32)),
+            "rate": (_with_encoding(model, "rate:bernoulli:0"), x, calib)}.items():
+        r = _lava_equivalence(m, data, cal, batch)
+        print(f"lava, {name} input ({n} images, T={T}): {r}", flush=True)
+        for k, v in r.items():
+            result[f"{name}_{k}"] = v
+    result["lava_float_equal"] = result["frames_float_equal"]
+    result["lava_fixed_bitexact"] = result["frames_fixed_bitexact"]
+    return result
+
+
+def _with_encoding(model, encoding: str):
+    import onnx
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    ir.set_meta(out, "encoding", encoding)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", default="frames,finetune,rate,nmnist")
     ap.add_argument("--test-n", type=int, default=10000)
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "time_input")
+    ap.add_argument("--lava-n", type=int, default=100)
+    ap.add_argument("--lava-batch", type=int, default=50)
+    ap.add_argument("--json", type=Path, default=None, help="write the lava part's figures here")
     args = ap.parse_args()
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
+    results: dict = {}
     for part in args.parts.split(","):
         t0 = time.perf_counter()
         {"frames": lambda: part_frames(args.out, args.test_n),
          "finetune": lambda: part_finetune(args.out, args.test_n),
          "rate": lambda: part_rate(args.out),
-         "nmnist": lambda: part_nmnist(args.out)}[part]()
+         "nmnist": lambda: part_nmnist(args.out),
+         "lava": lambda: results.update(lava=part_lava(args.out, args.lava_n, args.lava_batch))}[part]()
         print(f"[{part}: {time.perf_counter() - t0:.0f} s]\n", flush=True)
+    if args.json is not None and "lava" in results:
+        import json
+
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results["lava"], indent=1))
 
 
 if __name__ == "__main__":

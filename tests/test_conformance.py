@@ -370,3 +370,39 @@ def test_registry_shape_rules_agree_with_onnxruntime(op, data):
     snn = _convert(op, data[0])
     ours, theirs = tensor_shapes(snn), onnxrt.tensor_shapes(snn)
     assert ours == {k: theirs[k] for k in ours} and set(ours) == set(theirs)
+
+
+TIME_INPUTS = [("frames", "membrane"), ("rate:bernoulli:5", "last"), ("rate:deterministic", "window:4")]
+
+
+def _with_io(m: onnx.ModelProto, encoding: str, readout: str) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(m)
+    ir.set_meta(out, "encoding", encoding)
+    ir.set_meta(out, "readout", readout)
+    return out
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("encoding,readout", TIME_INPUTS)
+@pytest.mark.parametrize("reset,leak,v0", [("subtract", 0.2, "random"), ("zero", 0.25, "zero")])
+def test_time_varying_input_on_every_target(reset, leak, v0, encoding, readout, target, data):
+    """Spike frames [N, T, ...] and both rate encoders (the runtime's one encoder, same seed) into
+    LIF layers, with the last-step and window readouts: torch float64 and Lava float spike for
+    spike against the reference, Lava fixed point bit-exact with its integer reference; NIR runs
+    frames losslessly and refuses what it has no encoder or readout for, by name."""
+    calib, x = data
+    snn = _with_io(_neuron_ir(reset, leak, v0), encoding, readout)
+    if encoding == "frames":
+        x = (_rng(7).uniform(0, 1, (N, T) + x.shape[1:]) < x[:, None]).astype(np.float32)
+    if target.startswith("lava"):
+        pytest.importorskip("snnconvert.targets.lava")
+    if target == "nir":
+        pytest.importorskip("nir")
+        if encoding != "frames" or readout != "membrane":
+            with pytest.raises(TargetError, match=f"the nir target .*'{encoding if encoding != 'frames' else readout}'"):
+                get_target("nir").export(snn)
+            return
+        if reset == "subtract":
+            return  # lossy on NIR (test_neuron_semantics_on_every_target)
+    _check("IF", target, snn, x)

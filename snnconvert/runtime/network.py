@@ -31,6 +31,7 @@ from ..results import SimResult
 from ..ops import lookup
 from . import fused
 from . import neurons as nrn
+from .encoding import StepInput, step_encoder
 from .event_kernels import EventSynapses
 from .memory import HeapGuard
 from .ort_kernels import OrtKernels
@@ -265,38 +266,17 @@ class SpikingNetwork(nn.Module):
             return x.clamp(0.0, 1.0)
         return x
 
-    def _encoder(self, x: torch.Tensor, timesteps: int) -> Callable[[int, int], torch.Tensor] | None:
-        """step inputs (start, steps) -> [steps * B, *input] for per-step input; None for analog."""
+    def _encoder(self, x: torch.Tensor, timesteps: int) -> StepInput | None:
+        """step inputs (start, steps) -> [steps * B, *input] for per-step input; None for analog
+        (:func:`snnconvert.runtime.encoding.step_encoder`, the one encoder every target uses)."""
         if self.neuron_hook is not None:  # an ANN pass: the input is taken as it is given
             return None
         data_t = self.data_steps(x.shape)
         if data_t is not None:
             ir.check_steps(timesteps, data_t, "the input")
-            return lambda start, steps: x[:, start:start + steps].transpose(0, 1).reshape(
-                steps * x.shape[0], *x.shape[2:])
-        if self.encoding.kind != "rate":
-            return None
-        p = x.clamp(0.0, 1.0)
-        if self.encoding.mode == "deterministic":
-            acc = torch.full_like(p, 0.5)
-
-            def deterministic(start: int, steps: int) -> torch.Tensor:
-                nonlocal acc
-                out = []
-                for _ in range(steps):
-                    acc = acc + p
-                    s = (acc >= 1.0).to(p.dtype)
-                    acc = acc - s
-                    out.append(s)
-                return torch.cat(out)
-            return deterministic
-        u = self._uniforms
-        if u is None or len(u) < timesteps or u.shape[1:] != p.shape[1:] or u.device != p.device:
-            u = torch.from_numpy(ir.rate_uniforms(tuple(p.shape[1:]), timesteps,
-                                                  self.encoding.seed)).to(p.device)
-            self._uniforms = u
-        return lambda start, steps: (u[start:start + steps, None] < p[None]).to(p.dtype).reshape(
-            steps * p.shape[0], *p.shape[1:])
+        step, self._uniforms = step_encoder(self.encoding, x, timesteps, data_t is not None,
+                                            self._uniforms)
+        return step
 
     # ---------------------------------------------------------------- values
     def _value(self, name: str, env: dict) -> torch.Tensor | None:

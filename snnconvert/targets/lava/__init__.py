@@ -4,6 +4,11 @@
 IR (with ``lava_fx.*`` integer initializers when fixed point); ``load(path)`` rebuilds it as a
 :class:`LavaNetwork`; ``evaluate(source, x, timesteps, fixed_point=False, batch_size=100)``
 simulates it in Lava and returns a :class:`~snnconvert.targets.SimResult`.
+
+Input: analog (one current per sample), or one input per step: frames/spike trains x [N, T, ...]
+and rate codes (drawn by the torch runtime's encoder), injected as per-step bias banks of the
+populations the graph input feeds (:mod:`.inputs`). Readouts: membrane, last, window:K; what is
+run and refused is declared in :mod:`.support` (``ENCODINGS``, ``READOUTS``).
 """
 from __future__ import annotations
 
@@ -27,10 +32,15 @@ from .fixed import PREFIX as FIXED_PREFIX  # noqa: E402
 from .fixed import FixedLayer, load_layers  # noqa: E402
 from .lowering import LayerGraph, lower  # noqa: E402
 from .quantize import quantize  # noqa: E402
-from .support import supports  # noqa: E402
+from .inputs import step_input  # noqa: E402
+from .inputs import readout_steps as _readout_steps  # noqa: E402
+from .support import check_io, supports  # noqa: E402
 from ..support import refuse_unsupported  # noqa: E402
 from .reference import RefResult, simulate  # noqa: E402
 from .runner import run_lava  # noqa: E402
+
+TIME_VARYING_INPUT = True
+"""Frames x [N, T, ...] run one input per step (as do rate codes of static input)."""
 
 IR_FILE = "model.snn.onnx"
 META_FILE = "lava.json"
@@ -47,13 +57,19 @@ class LavaNetwork:
     def run(self, x: np.ndarray, timesteps: int, fixed_point: bool | None = None,
             batch_size: int = 100, progress: bool = False, neuron_counts: bool = False
             ) -> RefResult:
-        """Simulate in Lava (read-out; spike counts per sample, or per neuron if asked)."""
-        return run_lava(self.graph, np.asarray(x), timesteps, self._fixed(fixed_point),
-                        batch_size, progress, neuron_counts)
+        """Simulate in Lava (read-out; spike counts per sample, or per neuron if asked).
+        ``x``: [N, *input] (encoded as the IR says) or [N, T, *input] (one input per step)."""
+        return run_lava(self.graph, step_input(self.model, x, timesteps), timesteps,
+                        self._fixed(fixed_point), batch_size, progress, neuron_counts,
+                        self._readout_steps(timesteps))
 
     def reference(self, x: np.ndarray, timesteps: int, fixed_point: bool | None = None) -> RefResult:
         """The same simulation with the zero-delay numpy/torch reference (fast)."""
-        return simulate(self.graph, np.asarray(x), timesteps, self._fixed(fixed_point))
+        return simulate(self.graph, step_input(self.model, x, timesteps), timesteps,
+                        self._fixed(fixed_point), self._readout_steps(timesteps))
+
+    def _readout_steps(self, timesteps: int) -> tuple[int, int]:
+        return _readout_steps(ir.readout(self.model), timesteps)
 
     def _fixed(self, fixed_point: bool | None) -> dict[str, FixedLayer] | None:
         if fixed_point is None:
@@ -83,7 +99,7 @@ def network(model: onnx.ModelProto) -> LavaNetwork:
     refuses fixed-point data derived from other float parameters."""
     _refuse_stale(model)
     refuse_unsupported(model, supports, "lava")
-    ir.check_constant_input(model, "lava")
+    check_io(ir.encoding(model), ir.readout(model))
     lg = lower(model)
     try:
         fx = load_layers(model, lg)
@@ -139,9 +155,6 @@ def evaluate(source, x: np.ndarray, timesteps, fixed_point: bool = False, batch_
         net = network(prepare(source, fixed_point, calib if calib is not None else np.asarray(x)[:256]))
     else:
         net = load(source)
-    if np.ndim(x) == ir.input_rank(net.model) + 1:
-        raise TargetError("the lava target injects a constant input current; this data has a "
-                          f"time axis ({list(np.shape(x))})", hint="Run time-varying input on --target torch.")
     ts = [timesteps] if isinstance(timesteps, int) else list(timesteps)
     res = SimResult(readout={})
     for t in ts:
@@ -153,7 +166,8 @@ def evaluate(source, x: np.ndarray, timesteps, fixed_point: bool = False, batch_
     return res
 
 
-__all__ = ["LavaNetwork", "compile", "evaluate", "load", "network", "prepare", "quantize", "supports"]
+__all__ = ["LavaNetwork", "TIME_VARYING_INPUT", "check_io", "compile", "evaluate", "load", "network",
+           "prepare", "quantize", "step_input", "supports"]
 
 
 def read_ir(path: str | Path) -> onnx.ModelProto:

@@ -84,14 +84,16 @@ class Emitted:
 def population_bias(p: Population, fixed: FixedLayer | None, dynamic: np.ndarray | None, b: int):
     """Per-bank, per-sample bias [K, B, *shape] (float), or (mantissa, exponent) in fixed point.
 
-    ``dynamic`` is the input-driven current [K, B, *shape] of K batches (K = 1 without it).
+    ``dynamic`` is the input-driven current [K, B, *shape] of K banks (K = 1 without it): one
+    per batch, or one per step of each batch (see :func:`emit`).
     """
     total = np.broadcast_to(p.bias, (1, b) + p.shape)
     if dynamic is not None:
         total = total + dynamic
     if fixed is None:
         return total, np.zeros((1, b) + p.shape, np.int32)
-    return fixed.quantize_bias(total)
+    mant, exp = fixed.quantize_bias(total)
+    return mant.astype(np.int32), exp.astype(np.int32)
 
 
 def _banked_lava(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -100,12 +102,15 @@ def _banked_lava(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def emit(lg: LayerGraph, batch: int, timesteps: int, fixed: dict[str, FixedLayer] | None = None,
-         dynamic_bias: dict[str, np.ndarray] | None = None, pack_counts: bool = False) -> Emitted:
+         dynamic_bias: dict[str, np.ndarray] | None = None, pack_counts: bool = False,
+         bank_steps: int = 1, readout_steps: tuple[int, int] | None = None) -> Emitted:
     """Build the Lava processes for ``batch`` samples (nothing runs yet).
 
-    ``dynamic_bias`` maps populations to input-driven currents [K, B, *shape]: K batches run
-    one after the other, batch k in the k-th reset window (its currents preloaded as bias banks).
-    ``pack_counts`` makes the neurons keep packed per-neuron counts for a fast read-back.
+    ``dynamic_bias`` maps populations to input-driven currents [K * S, B, *shape]: K batches run
+    one after the other, batch k in the k-th reset window (its currents preloaded as bias banks),
+    with S = ``bank_steps`` banks per batch, one per step, for per-step input (1: a constant
+    input). ``pack_counts`` makes the neurons keep packed per-neuron counts for a fast read-back.
+    ``readout_steps`` (first step, count) is what the read-out sums (all T steps by default).
     """
     from lava.proc.conv.process import Conv
 
@@ -121,8 +126,9 @@ def emit(lg: LayerGraph, batch: int, timesteps: int, fixed: dict[str, FixedLayer
         shape = lava_shape(p.shape, batch)
         offset = (p.depth + 1) % interval
         if p.is_output:
-            dst = WindowSum(shape=shape, interval=interval, offset=offset, window=timesteps,
-                            name="readout")
+            first, count = readout_steps or (0, timesteps)
+            dst = WindowSum(shape=shape, interval=interval, offset=offset, window=first + count,
+                            first=first, name="readout")
             em.sink = dst
         else:
             bias, bias_exp = population_bias(p, fx, dyn.get(name), batch)
@@ -135,7 +141,8 @@ def emit(lg: LayerGraph, batch: int, timesteps: int, fixed: dict[str, FixedLayer
                      bias_exp=_banked_lava(bias_exp, p.shape), dv=dv,
                      reset_zero=p.reset == "zero", reset_interval=interval,
                      reset_offset=offset, count_window=timesteps, batch=batch,
-                     batch_axis=0 if len(p.shape) == 1 else 2, pack_counts=pack_counts, name=name)
+                     batch_axis=0 if len(p.shape) == 1 else 2, pack_counts=pack_counts,
+                     bank_steps=bank_steps if name in dyn else 1, name=name)
             em.neurons[name] = dst
         for k, term in enumerate(p.terms):
             port = em.neurons[term.source].s_out

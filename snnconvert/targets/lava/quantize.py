@@ -3,7 +3,7 @@
 For every neuron population of the Lava lowering (and the read-out) this picks 8-bit even
 weight mantissas with a weight exponent, a threshold mantissa (<= 2^14), v_init and a
 13-bit bias mantissa + exponent (scheme: :mod:`.fixed`). Scales come from calibration data:
-the host-injected input current (99.99th percentile) and the read-out current (99.9th
+the host-injected input current (99.99th percentile over samples and, for per-step input, steps) and the read-out current (99.9th
 percentile, float simulation at the IR's T). The integers are written as initializers
 ``lava_fx.<neuron node>.{gain,exp_dv,vth_mant,v_init,w<k>}`` (``readout`` for the output) and
 stamped (``ir.stamp_derived``) with a digest of the float parameters they came from, so a
@@ -17,7 +17,7 @@ import onnx
 
 from ... import ir
 from ...errors import DataError, TargetError
-from . import fixed, lowering, reference
+from . import fixed, inputs, lowering, reference
 
 CALIB_MAX = 256
 
@@ -38,11 +38,16 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray | None, timesteps: int | 
             if not lowering.fixed_compatible(term.ops):
                 raise TargetError("a synapse chain has two weighted ops; fixed point needs one",
                                   node=p.name, op=ir.NEURON_OP)
-    x = np.asarray(calib[:CALIB_MAX], np.float64)
-    dyn = reference.dynamic_bias(lg, x)
+    calib = np.asarray(calib[:CALIB_MAX])
+    data_t = ir.data_steps(out, calib.shape, "the calibration data")
+    if data_t is not None:  # time-varying calibration data: as many of its steps as T asks for
+        t = min(t, data_t)
+    x = inputs.step_input(out, calib, t)
+    dyn = inputs.input_currents(lg, x)
     bias_range = {k: float(np.percentile(np.abs(v), 99.99)) for k, v in dyn.items()}
     sim = reference.simulate(lg, x, t)
-    out_cur = sim.readout - lg.output.bias - dyn.get(lg.output.name, 0.0)
+    out_cur = sim.readout - lg.output.bias - inputs.output_current_mean(
+        dyn.get(lg.output.name), inputs.per_step(lg, x), 0, t)
     p999 = float(np.percentile(np.abs(out_cur), 99.9))
     fixed.store(out, fixed.quantize(lg, t, bias_range, p999))
     ir.stamp_derived(out, fixed.PREFIX)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .fixed import V_LIMIT, FixedLayer
+from .inputs import input_currents, output_current_mean, per_step
 from .lowering import LayerGraph, Op, apply_chain, apply_op
 
 
@@ -19,16 +20,6 @@ from .lowering import LayerGraph, Op, apply_chain, apply_op
 class RefResult:
     readout: np.ndarray               # [N, n_out]
     counts: dict[str, np.ndarray]     # population -> [N, *shape] spikes over T steps
-
-
-def dynamic_bias(lg: LayerGraph, x: np.ndarray) -> dict[str, np.ndarray]:
-    """Host-side prefix: the input-driven current of every population fed by the input."""
-    xt = torch.as_tensor(np.asarray(x, np.float64))
-    out = {}
-    for name, p in lg.populations.items():
-        if p.input_ops:
-            out[name] = sum(apply_chain(ops, xt).numpy() for ops in p.input_ops)
-    return out
 
 
 def _wrap24(x: torch.Tensor) -> torch.Tensor:
@@ -53,26 +44,39 @@ def delayed(op: Op, weight: np.ndarray, x: torch.Tensor, lines: dict, key) -> to
 
 
 def simulate(lg: LayerGraph, x: np.ndarray, timesteps: int,
-             fixed: dict[str, FixedLayer] | None = None) -> RefResult:
-    """Run ``x`` [N, *input] for ``timesteps`` steps; float, or integer when ``fixed`` is given."""
+             fixed: dict[str, FixedLayer] | None = None,
+             readout_steps: tuple[int, int] | None = None) -> RefResult:
+    """Run ``x`` for ``timesteps`` steps; float, or integer when ``fixed`` is given.
+
+    ``x``: [N, *input], a constant input, or [N, T, *input], one input per step (see
+    :func:`.inputs.step_input`). ``readout_steps`` (first step, count): the steps whose output
+    the read-out averages (all T by default)."""
     n = x.shape[0]
-    dyn = dynamic_bias(lg, x)
+    steps = per_step(lg, x)
+    dyn = input_currents(lg, x)
+    first, count = readout_steps or (0, timesteps)
     spikes: dict[str, torch.Tensor] = {}
     v: dict[str, torch.Tensor] = {}
-    bias: dict[str, torch.Tensor] = {}
+    bias: dict[str, list[torch.Tensor]] = {}   # one per step (one for all steps: constant input)
     counts = {p.name: torch.zeros((n,) + p.shape, dtype=torch.int64) for p in lg.neurons}
     for name, p in lg.populations.items():
-        b = np.broadcast_to(p.bias, (n,) + p.shape) + dyn.get(name, 0.0)
-        if fixed is None:
-            bias[name] = torch.as_tensor(np.array(b, np.float64))
-            v[name] = torch.as_tensor(np.broadcast_to(p.v_init, (n,) + p.shape).copy())
-        else:
-            mant, exp = fixed[name].quantize_bias(b)
-            bias[name] = torch.as_tensor(mant << exp)
-            v[name] = torch.as_tensor(np.broadcast_to(fixed[name].v_init, (n,) + p.shape).copy())
+        if p.is_output:
+            continue
+        d = dyn.get(name)
+        per = [d[:, t] for t in range(timesteps)] if steps and d is not None else [0.0 if d is None else d]
+        bias[name] = []
+        for cur in per:
+            b = np.broadcast_to(p.bias, (n,) + p.shape) + cur
+            if fixed is None:
+                bias[name].append(torch.as_tensor(np.array(b, np.float64)))
+            else:
+                mant, exp = fixed[name].quantize_bias(b)
+                bias[name].append(torch.as_tensor(mant << exp))
+        start = p.v_init if fixed is None else fixed[name].v_init
+        v[name] = torch.as_tensor(np.broadcast_to(start, (n,) + p.shape).copy())
     acc = None
     lines: dict = {}
-    for _ in range(timesteps):
+    for step in range(timesteps):
         for name, p in lg.populations.items():
             cur = None
             for k, t in enumerate(p.terms):
@@ -98,15 +102,15 @@ def simulate(lg: LayerGraph, x: np.ndarray, timesteps: int,
             if cur is None:
                 cur = torch.zeros((n,) + p.shape, dtype=torch.float64 if fixed is None else torch.int64)
             if p.is_output:
-                acc = cur if acc is None else acc + cur
+                if first <= step < first + count:
+                    acc = cur if acc is None else acc + cur
                 continue
-            spikes[name], v[name] = _step(p, fixed.get(name) if fixed else None, v[name], cur, bias[name])
+            b = bias[name][min(step, len(bias[name]) - 1)]
+            spikes[name], v[name] = _step(p, fixed.get(name) if fixed else None, v[name], cur, b)
             counts[name] += spikes[name]
-    if fixed is None:
-        readout = acc.numpy() / timesteps + lg.output.bias
-    else:
-        readout = acc.numpy() / (timesteps * fixed[lg.output.name].gain) + lg.output.bias
-    readout = readout + dyn.get(lg.output.name, 0.0)
+    gain = 1.0 if fixed is None else fixed[lg.output.name].gain
+    readout = acc.numpy() / (count * gain) + lg.output.bias
+    readout = readout + output_current_mean(dyn.get(lg.output.name), steps, first, count)
     return RefResult(readout, {k: c.numpy() for k, c in counts.items()})
 
 

@@ -1,8 +1,9 @@
 """Run a layer graph on Lava's CPU simulator: B samples side by side, K batches one after another.
 
 The graph is built and compiled once per segment of K batches; every batch's input-driven
-current is preloaded as a bias bank, so nothing is written into the running graph (Lava's
-Var.set moves one element per message). Pipelined resets (interval T+D) wipe neuron state and
+current is preloaded as a bias bank (one per step for per-step input: frames, spike trains, rate
+codes; see :mod:`.inputs`), so nothing is written into the running graph (Lava's Var.set moves
+one element per message). Pipelined resets (interval T+D) wipe neuron state and
 stale synapse buffers and switch banks, so every window of T+D steps equals an independent
 zero-delay simulation of its batch.
 """
@@ -13,7 +14,8 @@ import numpy as np
 from .emit import emit, from_lava, lava_shape, run_config
 from .fixed import FixedLayer
 from .lowering import LayerGraph
-from .reference import RefResult, dynamic_bias
+from .inputs import input_currents, output_current_mean, per_step
+from .reference import RefResult
 
 BANK_BYTES = 256 << 20  # preloaded input currents per compiled graph
 CHANNEL_SLOTS = 4
@@ -38,11 +40,15 @@ def delay_batch_limit(lg: LayerGraph) -> int:
 
 def run_lava(lg: LayerGraph, x: np.ndarray, timesteps: int,
              fixed: dict[str, FixedLayer] | None = None, batch_size: int = 100,
-             progress: bool = False, neuron_counts: bool = False) -> RefResult:
-    """Simulate ``x`` [N, *input] in Lava; returns read-out and spike counts.
+             progress: bool = False, neuron_counts: bool = False,
+             readout_steps: tuple[int, int] | None = None) -> RefResult:
+    """Simulate ``x`` in Lava; returns read-out and spike counts.
 
-    Counts are per neuron [N, *shape] when ``neuron_counts`` (read back packed, several counts
-    per element, because Lava's Var.get moves one element per message), else per sample [N].
+    ``x`` is the graph input of the run (:func:`.inputs.step_input`): [N, *input], constant, or
+    [N, T, *input], one input per step. ``readout_steps`` (first step, count): the steps whose
+    output the read-out averages (all T by default). Counts are per neuron [N, *shape] when
+    ``neuron_counts`` (read back packed, several counts per element, because Lava's Var.get
+    moves one element per message), else per sample [N].
     """
     n = x.shape[0]
     batch_size = min(batch_size, delay_batch_limit(lg))
@@ -50,7 +56,8 @@ def run_lava(lg: LayerGraph, x: np.ndarray, timesteps: int,
     b = -(-n // chunks)  # even batches: the least padding for this number of runs
     xp = np.zeros((chunks * b,) + x.shape[1:], np.float64)
     xp[:n] = x
-    per_batch = sum(8 * b * int(np.prod(p.shape)) for p in lg.populations.values() if p.input_ops)
+    banks = timesteps if per_step(lg, x) else 1
+    per_batch = sum(8 * b * banks * int(np.prod(p.shape)) for p in lg.populations.values() if p.input_ops)
     k = max(1, min(chunks, BANK_BYTES // max(per_batch, 1)))
     bar = None
     if progress:
@@ -60,7 +67,7 @@ def run_lava(lg: LayerGraph, x: np.ndarray, timesteps: int,
     for start in range(0, chunks, k):
         stop = min(chunks, start + k)
         parts.append(_run_segment(lg, xp[start * b:stop * b], b, timesteps, fixed, neuron_counts,
-                                  bar, n - start * b))
+                                  bar, n - start * b, readout_steps or (0, timesteps)))
     if bar is not None:
         bar.close()
     readout = np.concatenate([p.readout for p in parts])[:n]
@@ -69,27 +76,44 @@ def run_lava(lg: LayerGraph, x: np.ndarray, timesteps: int,
     return RefResult(readout, counts)
 
 
+def _banks(current: np.ndarray, k: int, b: int, steps: int) -> np.ndarray:
+    """[k*b, (steps,) *shape] -> [k*steps, b, *shape]: bank (batch c, step t) at c*steps + t."""
+    if steps == 1:
+        return current.reshape((k, b) + current.shape[1:])
+    c = current.reshape((k, b, steps) + current.shape[2:])
+    return np.swapaxes(c, 1, 2).reshape((k * steps, b) + current.shape[2:])
+
+
 def _run_segment(lg: LayerGraph, x: np.ndarray, b: int, timesteps: int,
                  fixed: dict[str, FixedLayer] | None, neuron_counts: bool, bar,
-                 remaining: int) -> RefResult:
+                 remaining: int, readout_steps: tuple[int, int]) -> RefResult:
     """One compiled graph running the len(x) // b batches of ``x`` back to back."""
     from lava.magma.core.run_conditions import RunSteps
 
     from .procs.if_neuron import unpack_counts
 
     k = x.shape[0] // b
-    dyn = {name: d.reshape((k, b) + d.shape[1:]) for name, d in dynamic_bias(lg, x).items()}
-    em = emit(lg, b, timesteps, fixed, dyn, pack_counts=neuron_counts)
-    cfg = run_config(fixed is not None)
+    steps = per_step(lg, x)
+    banks = timesteps if steps else 1
+    currents = input_currents(lg, x)
     out_pop = lg.output
+    first, count = readout_steps
+    out_dyn = currents.pop(out_pop.name, None)
+    if out_dyn is not None:
+        out_dyn = output_current_mean(out_dyn, steps, first, count).reshape((k, b) + out_pop.shape)
+    dyn = {name: _banks(d, k, b, banks) for name, d in currents.items()}
+    del currents
+    em = emit(lg, b, timesteps, fixed, dyn, pack_counts=neuron_counts, bank_steps=banks,
+              readout_steps=readout_steps)
+    del dyn
+    cfg = run_config(fixed is not None)
     gain = fixed[out_pop.name].gain if fixed else 1.0
-    out_dyn = dyn.get(out_pop.name)
     readouts, counts = [], {name: [] for name in em.neurons}
     for c in range(k):
         em.sink.run(condition=RunSteps(num_steps=em.interval), run_cfg=cfg,
                     compile_config={"pypy_channel_size": CHANNEL_SLOTS})
         total = from_lava(np.asarray(em.sink.total.get(), np.float64), out_pop.shape, b)
-        r = total / (timesteps * gain) + out_pop.bias
+        r = total / (count * gain) + out_pop.bias
         readouts.append(r + out_dyn[c] if out_dyn is not None else r)
         for name, proc in em.neurons.items():
             if neuron_counts:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ... import ir
+from ...errors import TargetError
 from ...ops import refuse
 from ..support import constant_input, conv2d_problem, declared, holds, spatial_rank, symmetric
 
@@ -168,3 +169,37 @@ REFUSED["Resize"] = REFUSED["Upsample"] = (
     "use the torch target, or upsample the input before the network.")
 
 supports = declared(TABLE, "lava", REFUSED)
+
+
+# ------------------------------------------------------------- how the network meets time
+ENCODINGS = {
+    "analog": "the input-driven current of the first layers, one bias bank per sample",
+    "frames": "one input per step (spike or graded frames [N, T, ...]): a bias bank per step",
+    "rate": "spike trains drawn by the torch runtime's encoder (same seed, same spikes), "
+            "then as frames",
+}
+"""Input encodings (:class:`ir.Encoding` kinds) the Lava target runs, and how."""
+
+READOUTS = {
+    "membrane": "the read-out sink sums the output current over the T steps",
+    "last": "the read-out sink keeps the output current of the last step",
+    "window": "the read-out sink sums the output current over the last K steps",
+}
+"""Readouts (:class:`ir.Readout` kinds) the Lava target runs identically to the IR."""
+
+REFUSED_READOUTS = {
+    "spikes": ("the lava target reads the output layer's current through a read-out sink; the "
+               "spike-count readout of output neurons is not emitted",
+               "Run it on --target torch, or convert with --readout membrane, last or window:K."),
+}
+
+
+def check_io(enc: ir.Encoding, out: ir.Readout) -> None:
+    """Refuse (TargetError, before any calibration) an encoding or readout Lava does not run."""
+    if enc.kind not in ENCODINGS:
+        raise TargetError(f"the lava target has no input encoding '{enc}'",
+                          hint="Convert with --encoding analog, frames or rate.")
+    if out.kind in REFUSED_READOUTS or out.kind not in READOUTS:
+        reason, hint = REFUSED_READOUTS.get(out.kind, (f"the lava target has no readout '{out}'",
+                                                       "Convert with --readout membrane."))
+        raise TargetError(f"{reason} (this network's readout is '{out}')", hint=hint)

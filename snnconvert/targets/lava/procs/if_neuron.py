@@ -5,7 +5,9 @@ v = v*(1-dv) + a_in + bias; s = v >= vth; v -= s*vth ("subtract") or v[s] = 0 ("
 Spikes are sent as 0/1. ``spike_count`` counts spikes in the ``count_window`` steps that
 follow each reset (all steps when ``reset_interval`` is 0).
 ``bias`` and ``bias_exp`` may carry a leading bank axis (each its own number of banks): the k-th
-reset window uses bank k (the last bank after that). A multi-batch evaluation preloads every batch's input current this way:
+reset window uses bank k (the last bank after that); with ``bank_steps`` S > 1 the banks come
+S per window, one per step (phase p of window k uses bank k*S + min(p, S-1)): per-step input
+currents (frames, spike trains, rate codes; see :mod:`..inputs`) enter this way. A multi-batch evaluation preloads every batch's input current this way:
 Lava's Var.set moves one element per message, so setting 10^6 biases between batches costs
 tens of seconds, while a bank switch at reset costs nothing. For the same reason, with
 ``pack_counts`` the per-neuron counts of each window are also packed, 53 // bits of them per
@@ -53,7 +55,7 @@ class IF(AbstractProcess):
 
     def __init__(self, *, shape, vth=1.0, bias=0, bias_exp=0, v_init=0, dv=0,
                  reset_zero=False, reset_interval=0, reset_offset=0, count_window=0,
-                 batch=1, batch_axis=0, pack_counts=False, name=None):
+                 batch=1, batch_axis=0, pack_counts=False, bank_steps=1, name=None):
         super().__init__(shape=shape, name=name)
         full = lambda x: np.broadcast_to(np.asarray(x), shape).copy()  # noqa: E731
         banked = lambda x: (np.asarray(x).copy() if np.ndim(x) == len(shape) + 1  # noqa: E731
@@ -66,6 +68,7 @@ class IF(AbstractProcess):
         bias, bias_exp = banked(bias), banked(bias_exp)
         self.bias = Var(shape=bias.shape, init=bias)
         self.bias_exp = Var(shape=bias_exp.shape, init=bias_exp)
+        self.bank_steps = Var(shape=(1,), init=max(1, int(bank_steps)))
         self.spike_count = Var(shape=shape, init=np.zeros(shape, np.int32))
         self.sample_count = Var(shape=(batch,), init=np.zeros(batch, np.int64))
         self.batch_axis = Var(shape=(1,), init=int(batch_axis))
@@ -91,10 +94,15 @@ class _IFBase(PyLoihiProcessModel):
                                          int(self.count_window[0]))
 
     def _bank(self, banks) -> np.ndarray:
-        """The bank of ``banks`` (bias or bias_exp) for the current reset window."""
+        """The bank of ``banks`` (bias or bias_exp) for the current reset window and step."""
+        if banks.shape[0] == 1:
+            return banks[0]
         interval = int(self.reset_interval[0])
-        k = max(0, self.time_step - int(self.reset_offset[0])) // interval if interval > 0 else 0
-        return banks[min(k, banks.shape[0] - 1)]
+        steps = int(self.bank_steps[0])
+        rel = self.time_step - int(self.reset_offset[0])
+        k, phase = (max(0, rel) // interval, max(0, rel) % interval) if interval > 0 else (0, rel)
+        windows = banks.shape[0] // steps
+        return banks[min(k, windows - 1) * steps + min(max(phase, 0), steps - 1)]
 
     _window_end = False
 
@@ -124,6 +132,7 @@ class PyIFFloat(_IFBase):
     vth: np.ndarray = LavaPyType(np.ndarray, float)
     bias: np.ndarray = LavaPyType(np.ndarray, float)
     bias_exp: np.ndarray = LavaPyType(np.ndarray, int)
+    bank_steps: np.ndarray = LavaPyType(np.ndarray, int)
     spike_count: np.ndarray = LavaPyType(np.ndarray, np.int32)
     sample_count: np.ndarray = LavaPyType(np.ndarray, np.int64)
     batch_axis: np.ndarray = LavaPyType(np.ndarray, int)
@@ -163,6 +172,7 @@ class PyIFFixed(_IFBase):
     vth: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=17)
     bias: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=13)
     bias_exp: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=3)
+    bank_steps: np.ndarray = LavaPyType(np.ndarray, int)
     spike_count: np.ndarray = LavaPyType(np.ndarray, np.int32)
     sample_count: np.ndarray = LavaPyType(np.ndarray, np.int64)
     batch_axis: np.ndarray = LavaPyType(np.ndarray, int)

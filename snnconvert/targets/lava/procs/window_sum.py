@@ -1,7 +1,8 @@
 """Read-out sink: sums its input over a window of steps that restarts periodically.
 
 At steps with ``(time_step - offset) % interval == 0`` the sum restarts; inputs are added
-while ``(time_step - offset) % interval < window``. Replaces a Monitor/RingBuffer: one
+while ``first <= (time_step - offset) % interval < window`` (``first`` > 0: the membrane at the
+last step, or over the last K steps of the window). Replaces a Monitor/RingBuffer: one
 ``total.get()`` per window instead of a T-by-N buffer.
 """
 import numpy as np
@@ -18,15 +19,16 @@ from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
 
 class WindowSum(AbstractProcess):
-    """Accumulates ``a_in`` over ``window`` steps after each restart."""
+    """Accumulates ``a_in`` over steps ``first`` .. ``window``-1 after each restart."""
 
-    def __init__(self, *, shape, interval, offset, window, name=None):
+    def __init__(self, *, shape, interval, offset, window, first=0, name=None):
         super().__init__(shape=shape, name=name)
         self.a_in = InPort(shape=shape)
         self.total = Var(shape=shape, init=np.zeros(shape))
         self.interval = Var(shape=(1,), init=int(interval))
         self.offset = Var(shape=(1,), init=int(offset))
         self.window = Var(shape=(1,), init=int(window))
+        self.first = Var(shape=(1,), init=int(first))
 
 
 class _WindowSumBase(PyLoihiProcessModel):
@@ -35,7 +37,7 @@ class _WindowSumBase(PyLoihiProcessModel):
         phase = (self.time_step - int(self.offset[0])) % int(self.interval[0])
         if phase == 0:
             self.total[:] = 0
-        if phase < int(self.window[0]):
+        if int(self.first[0]) <= phase < int(self.window[0]):
             self.total[:] += a
 
 
@@ -48,6 +50,7 @@ class PyWindowSumFloat(_WindowSumBase):
     interval: np.ndarray = LavaPyType(np.ndarray, int)
     offset: np.ndarray = LavaPyType(np.ndarray, int)
     window: np.ndarray = LavaPyType(np.ndarray, int)
+    first: np.ndarray = LavaPyType(np.ndarray, int)
 
 
 @implements(proc=WindowSum, protocol=LoihiProtocol)
@@ -59,3 +62,4 @@ class PyWindowSumFixed(_WindowSumBase):
     interval: np.ndarray = LavaPyType(np.ndarray, int)
     offset: np.ndarray = LavaPyType(np.ndarray, int)
     window: np.ndarray = LavaPyType(np.ndarray, int)
+    first: np.ndarray = LavaPyType(np.ndarray, int)

@@ -1,0 +1,82 @@
+"""What enters a Lava layer graph at each step: the IR's input encoding applied on the host, and
+the input-driven current of every population the graph input feeds.
+
+Analog input is one current per sample ([N, *shape]); frames, spike trains and rate codes give
+one current per step ([N, T, *shape]). The emitted neurons take these currents as bias banks
+(:class:`.procs.if_neuron.IF`: one bank per reset window, or one per step of each window), so
+the input-side synapses of the first layer run on the host in float64, exactly as the zero-delay
+reference and the torch runtime compute them. Rate codes come from the torch runtime's encoder
+(:mod:`snnconvert.runtime.encoding`), so Lava's first layer sees the very spike trains torch
+generates for the same seed. Any lowering that feeds populations from the graph input uses
+:func:`step_input` then :func:`input_currents`.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import torch
+
+from ... import ir
+from .lowering import LayerGraph, apply_chain
+
+
+def step_input(model: onnx.ModelProto, x: np.ndarray, timesteps: int) -> np.ndarray:
+    """The graph input of a ``timesteps``-step run, float64: ``x`` [N, *input] for analog input,
+    else one input per step [N, T, *input] (frames cut to T, rate codes drawn by the runtime's
+    encoder). Refuses (DataError) data that does not fit the IR's encoding or is too short."""
+    x = np.asarray(x)
+    data_t = ir.data_steps(model, x.shape)
+    if data_t is not None:
+        ir.check_steps(timesteps, data_t, "the input")
+        return np.ascontiguousarray(x[:, :timesteps], np.float64)
+    enc = ir.encoding(model)
+    if enc.kind != "rate":
+        return np.asarray(x, np.float64)
+    from ...runtime.encoding import encode  # not at import: Lava's compiler executes this module
+
+    # the torch runtime encodes float32 input; encode the same values (exact in float64)
+    xt = torch.as_tensor(np.asarray(x, np.float32)).double()
+    return encode(enc, xt, timesteps, time_varying=False).numpy()
+
+
+def per_step(lg: LayerGraph, x: np.ndarray) -> bool:
+    """Whether ``x`` holds one input per step ([N, T, *input]) for ``lg``."""
+    return np.ndim(x) == len(lg.input_shape) + 2
+
+
+def input_currents(lg: LayerGraph, x: np.ndarray) -> dict[str, np.ndarray]:
+    """The input-driven current of every population fed by the graph input: [N, *shape] for a
+    constant input, [N, T, *shape] for one input per step (``x`` from :func:`step_input`)."""
+    steps = per_step(lg, x)
+    xt = torch.as_tensor(np.asarray(x, np.float64))
+    if steps:
+        xt = xt.reshape(-1, *lg.input_shape)
+    out = {}
+    for name, p in lg.populations.items():
+        if p.input_ops:
+            cur = sum(apply_chain(ops, xt).numpy() for ops in p.input_ops)
+            out[name] = cur.reshape(x.shape[:2] + cur.shape[1:]) if steps else cur
+    return out
+
+
+def readout_steps(readout: ir.Readout, timesteps: int) -> tuple[int, int]:
+    """(first step, number of steps) of a T-step run that the readout averages the output over:
+    all T (membrane), the last (last), the last min(K, T) (window:K). Refuses (ValueError) a
+    readout that is not a mean of the output (spikes)."""
+    if readout.kind == "membrane":
+        return 0, timesteps
+    if readout.kind == "last":
+        return timesteps - 1, 1
+    if readout.kind == "window":
+        k = min(readout.window, timesteps)
+        return timesteps - k, k
+    raise ValueError(f"readout '{readout}' is not a mean of the output over steps")
+
+
+def output_current_mean(current: np.ndarray | None, steps: bool, first: int, count: int
+                        ) -> np.ndarray | float:
+    """The mean over the read-out steps of the input-driven current of the read-out itself
+    (``steps``: ``current`` is [N, T, F], one per step; else [N, F])."""
+    if current is None:
+        return 0.0
+    return current[:, first:first + count].mean(axis=1) if steps else current
