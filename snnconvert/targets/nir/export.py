@@ -241,10 +241,11 @@ class _Exporter:
         self._fresh(node, [self.b.add(node.name or node.output[0], layer, x.nodes)])
 
     def op_DelayDense(self, node):
-        """Per-synapse delays: NIR's Delay delays each element of its input by its own amount,
-        so the synapses are grouped by delay: for each delay d used, Delay(d) on the input
-        channels then the Linear holding the synapses of delay d (the d = 0 group feeds the
-        input straight in); the groups sum by fan-in at the next node. One IR step is dt = 1."""
+        """Per-synapse delays as a chain NIR can state: NIR's Delay delays each element of its
+        input by its own amount, so each input channel i is copied once per delay its synapses
+        use (a 0/1 Linear), the copies go through one Delay node (the delay of each copy), and
+        an Affine holds the weights of every synapse on the copy of its channel and delay. One
+        IR step is dt = 1."""
         import nir
 
         x = self.get(node, node.input[0])
@@ -253,20 +254,20 @@ class _Exporter:
             self.fail(node, "a delay synapse on a multi-axis tensor is not supported",
                       hint="Flatten its input first.")
         w, d, b = (self.const(n) for n in node.input[1:4])
-        p = np.broadcast_to(np.asarray(x.pending, np.float64).reshape(-1), in_shape)
+        p = np.broadcast_to(np.asarray(x.pending, np.float64), in_shape).reshape(-1)
         w = np.asarray(w, np.float64) / p[None, :]
-        used = sorted({int(v) for v in np.unique(d[w != 0])}) or [0]
-        keys = []
-        for k, delay in enumerate(used):
-            part = np.where(d == delay, w, 0.0).astype(np.float32)
-            src = x.nodes
-            if delay:
-                src = [self.b.add(f"{node.name}_delay{delay}",
-                                  nir.Delay(delay=np.full(in_shape, float(delay), np.float32)), x.nodes)]
-            layer = nir.Affine(weight=part, bias=np.asarray(b, np.float32).reshape(-1)) if k == 0 \
-                else nir.Linear(weight=part)
-            keys.append(self.b.add(f"{node.name}_d{delay}", layer, src))
-        self._fresh(node, keys)
+        copies = [(i, int(k)) for i in range(w.shape[1]) for k in np.unique(d[:, i])]
+        fan = np.zeros((len(copies), w.shape[1]), np.float32)
+        weight = np.zeros((w.shape[0], len(copies)), np.float32)
+        for c, (i, k) in enumerate(copies):
+            fan[c, i] = 1.0
+            weight[:, c] = np.where(d[:, i] == k, w[:, i], 0.0)
+        name = node.name or node.output[0]
+        fan_key = self.b.add(f"{name}_fanout", nir.Linear(weight=fan), x.nodes)
+        delay = nir.Delay(delay=np.array([float(k) for _, k in copies], np.float32))
+        delay_key = self.b.add(f"{name}_delay", delay, [fan_key])
+        layer = nir.Affine(weight=weight, bias=np.asarray(b, np.float32).reshape(-1))
+        self._fresh(node, [self.b.add(name, layer, [delay_key])])
 
     def op_Gemm(self, node):
         a = graph_attrs(node)
@@ -344,8 +345,13 @@ class _Exporter:
         ones = np.ones(shape, np.float32)
         if n.leak > 0:
             tau = np.float32(1.0 / n.leak) * ones
-            neuron = nir.LIF(tau=tau, r=tau.copy(), v_leak=0 * ones, v_threshold=thr,
-                             v_reset=0 * ones)
+            r = tau.copy()
+            # r = τ makes the input unscaled, as in the IR; fold it into the fresh weights when
+            # possible (r = 1), since importers such as Norse ignore r (the membrane keeps the
+            # units the threshold was set in: the factor is applied after it)
+            if x.adjustable and self.adjust(x, np.float64(tau.reshape(-1)[0]), shape):
+                r = ones.copy()
+            neuron = nir.LIF(tau=tau, r=r, v_leak=0 * ones, v_threshold=thr, v_reset=0 * ones)
         else:
             neuron = nir.IF(r=ones, v_threshold=thr, v_reset=0 * ones)
         key = self.b.add(node.name, neuron, x.nodes)

@@ -44,7 +44,7 @@ def _delay_dense(node, a, g):
     rank = spatial_rank(node, g)
     if rank is not None and rank != 0:
         return refuse("a delay synapse on a multi-axis tensor is not supported.", "flatten its input first.")
-    return holds("NIR Delay (one per delay value) + Linear per delay group, summed by fan-in")
+    return holds("NIR Linear (one copy of each input per delay it uses) -> Delay -> Affine")
 
 
 def _add(node, a, g):
