@@ -224,6 +224,18 @@ def test_dcls_training_learns_rounds_and_beats_frozen_random_delays(timing):
     assert ir.get_meta(learned, "finetune") and '"delays": 10' in ir.get_meta(learned, "finetune")
 
 
+def test_a_delay_network_trains_again_with_and_without_learning_delays(timing):
+    task, snn, (x, y), _ = timing
+    cfg = dict(timesteps=20, epochs=1, lr=3e-3, batch_size=64, logit_scale=10.0)
+    first, _ = finetune(snn, x[:128], y[:128], config=FinetuneConfig(**cfg, delays=8))
+    kept, _ = finetune(first, x[:128], y[:128], config=FinetuneConfig(**cfg))
+    again, _ = finetune(first, x[:128], y[:128], config=FinetuneConfig(**cfg, delays=8))
+    d = "/0/Gemm.delays"
+    assert np.array_equal(ir.get_initializer(kept, d), ir.get_initializer(first, d))
+    assert not np.array_equal(ir.get_initializer(kept, "/0/Gemm.weights"), ir.get_initializer(first, "/0/Gemm.weights"))
+    assert not np.array_equal(ir.get_initializer(again, d), ir.get_initializer(first, d))
+
+
 def test_delays_need_bptt():
     with pytest.raises(OptionError, match="needs --method bptt"):
         FinetuneConfig(delays=4, method="snn2ann").validate()

@@ -41,7 +41,8 @@ class FinetuneConfig:
     train_leak    learn each layer's leak (in [0, 0.999]) with the other parameters.
     timesteps     T of training and validation; on time-varying data [N, T, ...] at most its T.
     delays        D > 0: DCLS, every dense synapse becomes a delay synapse (delays 0..D steps)
-                  whose per-connection delays are learned (see finetune.delays); 0 = off.
+                  whose per-connection delays are learned (see finetune.delays), and so do
+                  those of delay synapses already in the network; 0: delays stay as they are.
     train_delays  False keeps the delays drawn at the start fixed (the random-delay ablation).
     delay_init    "uniform" (DCLS: positions drawn in [0, D]) or "zero" (start from the
                   network as it is).

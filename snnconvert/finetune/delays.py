@@ -3,16 +3,19 @@
 Each delay synapse (:data:`snnconvert.ir.DELAY_DENSE`) gets a continuous position per
 connection; during training its temporal kernel is the Gaussian around that position
 (:func:`snnconvert.ops.delays.gaussian_kernel`), whose width σ falls geometrically from D/2 to
-:data:`SIGMA_END` (≈ one tap, DCLS's 0.23 + 0.27) over the first quarter of training and stays
-there. Positions are clamped to [0, D] after every step, train at 100x the weights' learning
+:data:`SIGMA_END` over the first quarter of training and stays there. 0.25 is one-hot to
+within e^-8 at the neighbouring taps; DCLS stops at 0.23 + 0.27 = 0.5, where a position between
+two taps still spreads its weight over both, so rounding at the end would change the network
+that was trained. Positions are clamped to [0, D] after every step, train at 100x the weights' learning
 rate (Adam, no weight decay) and are rounded to integer delays at the end (and whenever the
 network is validated or exported, so every figure is that of the integer network).
 
-The kernel construction is ours, not the ``dcls`` package's: the runtime runs the delay synapse
-as one ``conv1d`` over a history of input steps and needs only the [out, in, D + 1] kernel,
-which is three lines; ``dcls`` 0.1.1 builds it inside its own ``Dcls1d`` convolution module
-(kernel_count taps, centred positions, σ + 0.27), so using it would mean a second convolution
-path that the runtime, the IR and the targets do not share.
+The kernel construction is ours, not the ``dcls`` package's. ``dcls`` 0.1.1 installs (a
+pure-Python wheel) and its ``ConstructKernel1d(version="gauss")`` gives the same kernel (checked:
+largest difference 1e-16, with its σ = SIG + 0.27 and its centred position P = D - d - (D+1)//2);
+we keep these three lines because that kernel is laid out for its ``Dcls1d`` convolution
+(kernel_count taps, centred positions, the 0.27 offset), which would need translating both ways
+for the IR's integer delays, and it caches its index tensors on the device of its first call.
 """
 from __future__ import annotations
 

@@ -125,9 +125,9 @@ class Trainer:
         cfg.validate()
         self.cfg, self.workers = cfg, workers
         model = check_model(model)
-        if cfg.delays:
+        if cfg.delays:  # delay synapses already in the network learn their delays too
             model, added = add_delays(model, cfg.delays, cfg.delay_init, cfg.seed)
-            if not added:
+            if not added and not any(ir.is_delay_dense(n) for n in model.graph.node):
                 raise OptionError("--delays found no dense layer (Gemm/MatMul on flat activations) "
                                   "to give delays to", hint="Delays are learned on dense layers.")
         if cfg.method != "bptt" and any(ir.is_delay_dense(n) for n in model.graph.node):
