@@ -17,7 +17,9 @@ budget (BPTT, Adam lr 3e-3, 30 epochs, batch 64, T = 32, logit scale 10) three w
 no_delay      : the converted network as it is (zero delays);
 random_delay  : ``finetune --delays 22 --freeze-delays``: delays drawn uniformly in 0..22, kept;
 learned_delay : ``finetune --delays 22``: DCLS, positions learned at 100x the weights' rate with
-                σ annealed over the first quarter, rounded to integer delays at the end.
+                σ annealed over the first quarter, rounded to integer delays at the end;
+learned_delay_ste : the same with ``--delay-ste`` (after the anneal, the rounded delays run
+                forward with the Gaussian gradient).
 
 Each tuned IR is evaluated on the held-out set (integer delays). A delay costs one integer per
 synapse: "params" counts weights, biases and thresholds, "delay_params" the delays the delay
@@ -115,7 +117,7 @@ def main() -> None:
     ap.add_argument("--train-n", type=int, default=3000)
     ap.add_argument("--test-n", type=int, default=2000)
     ap.add_argument("--lava-samples", type=int, default=100)
-    ap.add_argument("--runs", default="no_delay,random_delay,learned_delay,no_delay_wide")
+    ap.add_argument("--runs", default="no_delay,random_delay,learned_delay,learned_delay_ste,no_delay_wide")
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "delays")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -131,7 +133,8 @@ def main() -> None:
                     "converted_accuracy": accuracy(base, x_te, y_te), "params": floats, "runs": {}}
     runs = args.runs.split(",")
     options = {"no_delay": {}, "random_delay": {"delays": args.max_delay, "train_delays": False},
-               "learned_delay": {"delays": args.max_delay}}
+               "learned_delay": {"delays": args.max_delay},
+               "learned_delay_ste": {"delays": args.max_delay, "delay_ste": True}}
     tuned_models = {}
     for name in runs:
         model = base

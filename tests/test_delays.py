@@ -20,7 +20,7 @@ from snnconvert.events import TimingTask
 from snnconvert.finetune import FinetuneConfig, finetune
 from snnconvert.finetune.delays import SIGMA_END, sigma_at
 from snnconvert.ops import GraphView, lookup
-from snnconvert.ops.delays import gaussian_kernel, onehot_kernel
+from snnconvert.ops.delays import gaussian_kernel, onehot_kernel, rounded_kernel
 from snnconvert.passes import add_delays
 from snnconvert.runtime import SpikingNetwork, param_key
 
@@ -135,6 +135,15 @@ def test_gaussian_kernel_tends_to_the_rounded_one_hot_kernel_and_passes_gradient
     np.testing.assert_allclose(wide.sum(-1).detach().numpy(), w.numpy(), rtol=1e-6)  # weight preserved
     (wide * torch.arange(5.0, dtype=torch.float64)).sum().backward()
     assert p.grad is not None and torch.all(p.grad.abs() > 0)
+
+
+def test_rounded_kernel_runs_the_integer_delays_with_the_gaussian_gradient():
+    w = torch.randn(3, 2, dtype=torch.float64)
+    p = torch.tensor([[0.4, 2.6]] * 3, dtype=torch.float64, requires_grad=True)
+    k = rounded_kernel(w, p, 0.5, 4)
+    np.testing.assert_array_equal(k.detach().numpy(), onehot_kernel(w, torch.tensor([[0, 3]] * 3), 4).numpy())
+    (k * torch.arange(5.0, dtype=torch.float64)).sum().backward()
+    assert torch.all(p.grad.abs() > 0)
 
 
 def test_gradient_reaches_positions_through_the_network():

@@ -54,6 +54,9 @@ def default_output(model: Path) -> Path:
               help="With --delays: keep the initial random delays fixed (train weights only).")
 @click.option("--delay-init", type=click.Choice(["uniform", "zero"]), default="uniform", show_default=True,
               help="With --delays: initial delays drawn uniformly in 0..D (DCLS) or all 0.")
+@click.option("--delay-ste", is_flag=True,
+              help="With --delays: once σ is annealed, run the rounded delays forward with the "
+                   "Gaussian gradient (straight-through), so training sees the deployed integer net.")
 @click.option("--limit", default=None, type=click.IntRange(min=1), help="Use the first N training samples.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -70,7 +73,7 @@ def command(model: Path, data_path: str, val_path: str | None, preprocess: str |
             workers: int | None, timesteps: int | None, epochs: int, lr: float,
             batch_size: int, weight_decay: float, device: str, surrogate: str, method: str,
             train_thresholds: bool, leak: float | None, train_leak: bool, sharpen_epochs: int,
-            max_delay: int, freeze_delays: bool, delay_init: str, limit: int | None,
+            max_delay: int, freeze_delays: bool, delay_init: str, delay_ste: bool, limit: int | None,
             seed: int, output: Path | None, checkpoint: Path | None, resume: Path | None,
             checkpoint_every: int | None, precision: str) -> None:
     """Fine-tune a converted network MODEL (.snn.onnx) on labelled data.
@@ -95,6 +98,7 @@ def command(model: Path, data_path: str, val_path: str | None, preprocess: str |
                          train_thresholds=train_thresholds, leak=leak, train_leak=train_leak,
                          sharpen_epochs=sharpen_epochs, delays=max_delay,
                          train_delays=not freeze_delays, delay_init=delay_init,
+                         delay_ste=delay_ste,
                          seed=seed, precision=precision)
     tuned, history = finetune(snn, train, None, val, None, config=cfg, checkpoint=checkpoint,
                               resume=resume, checkpoint_every=checkpoint_every, progress=True)

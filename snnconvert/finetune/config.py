@@ -47,6 +47,9 @@ class FinetuneConfig:
     delay_init    "uniform" (DCLS: positions drawn in [0, D]) or "zero" (start from the
                   network as it is).
     delay_lr_scale  the positions' learning rate over ``lr`` (DCLS: 100).
+    delay_ste  after σ reaches its floor, run the rounded (integer) delays forward with the
+                  Gaussian kernel's gradient (straight-through), so training sees the network
+                  it deploys (not in DCLS).
     """
 
     timesteps: int = 4
@@ -75,6 +78,7 @@ class FinetuneConfig:
     train_delays: bool = True
     delay_init: str = "uniform"
     delay_lr_scale: float = 100.0
+    delay_ste: bool = False
     joint_alpha: float = 0.1
     joint_beta: float = 1e-6
     joint_temperature: float = 3.0

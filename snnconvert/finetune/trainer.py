@@ -319,7 +319,9 @@ class Trainer:
         for xb, yb in parts:
             if positions:
                 done = epoch - cfg.sharpen_epochs + (self.step / len(sizes) if sizes else 0.0)
-                self.net.delay_sigma = dcls.sigma_at(done / max(cfg.epochs, 1), cfg.delays)
+                progress_done = done / max(cfg.epochs, 1)
+                self.net.delay_sigma = dcls.sigma_at(progress_done, cfg.delays)
+                self.net.delay_rounded = cfg.delay_ste and progress_done >= dcls.ANNEAL_FRACTION
             if yb is None:
                 raise DataError("training data: a batch has no labels", hint="Fine-tuning needs labels.")
             n_local = len(xb)

@@ -36,6 +36,16 @@ def gaussian_kernel(weights: torch.Tensor, positions: torch.Tensor, sigma: float
     return weights.unsqueeze(-1) * g / (g.sum(-1, keepdim=True) + 1e-7)
 
 
+def rounded_kernel(weights: torch.Tensor, positions: torch.Tensor, sigma: float | torch.Tensor,
+                   max_delay: int) -> torch.Tensor:
+    """The one-hot kernel of the rounded positions in the forward pass, with the Gaussian
+    kernel's gradient (a straight-through estimate): training then sees the integer network
+    it will deploy, while the positions still learn."""
+    soft = gaussian_kernel(weights, positions, sigma, max_delay)
+    hard = onehot_kernel(weights, positions.detach().clamp(0, max_delay).round().long(), max_delay)
+    return hard + (soft - soft.detach())
+
+
 def delayed_dense(x: torch.Tensor, history: torch.Tensor | None, kernel: torch.Tensor,
                   bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Run a chunk ``x`` [T, B, in] through the temporal ``kernel`` [out, in, D + 1]; ``history``
@@ -88,14 +98,15 @@ class DelayDense(OpEntry):
         y = x @ w.t()
         return y if b is None else y + b
 
-    def step(self, attrs, x, state, w, d, b, positions=None, sigma=None):
+    def step(self, attrs, x, state, w, d, b, positions=None, sigma=None, rounded=False):
         """A chunk ``x`` [T, B, in]: the integer delays ``d``, or (training) the Gaussian kernel
-        of continuous ``positions`` at width ``sigma``; ``state`` is the input history."""
+        of continuous ``positions`` at width ``sigma`` (``rounded``: its straight-through
+        rounded form); ``state`` is the input history."""
         top = max_delay(attrs)
         if positions is None:
             k = onehot_kernel(w, d, top)
         else:
-            k = gaussian_kernel(w, positions, sigma, top)
+            k = (rounded_kernel if rounded else gaussian_kernel)(w, positions, sigma, top)
         return delayed_dense(x, state, k, b)
 
     def events(self, attrs, inputs, consts):

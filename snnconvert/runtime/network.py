@@ -155,6 +155,9 @@ class SpikingNetwork(nn.Module):
         """Continuous delay of every synapse of each DelayDense node (DCLS positions, in steps),
         started at its integer delays; used only while :attr:`delay_sigma` is set."""
         self.delay_sigma: float | None = None
+        self.delay_rounded = False
+        """With :attr:`delay_sigma`: the forward pass uses the rounded positions (the gradient
+        is still the Gaussian kernel's)."""
         """While set, DelayDense nodes run the Gaussian kernel of :attr:`delay_positions` at this
         width (DCLS training) instead of their integer delays."""
         self._uniforms: torch.Tensor | None = None
@@ -382,7 +385,8 @@ class SpikingNetwork(nn.Module):
             return rest, {}
         positions = self.delay_positions[key]
         if self.delay_sigma is not None:
-            return rest, {"positions": positions, "sigma": self.delay_sigma}
+            return rest, {"positions": positions, "sigma": self.delay_sigma,
+                          "rounded": self.delay_rounded}
         top = float(attrs.get("max_delay", 0))
         rounded = positions.detach().clamp(0.0, top).round().long()
         return [rest[0], rounded, *rest[2:]], {}

@@ -136,6 +136,29 @@ def apply_chain(ops: list[Op], x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def delay_in_time(op: Op, x: torch.Tensor) -> torch.Tensor:
+    """A delay synapse over a whole sequence ``x`` [N, T, in]: y_t = sum_i w[j, i] x_{t - d[j, i]}
+    (0 before the first step), as one causal convolution over time."""
+    w = torch.as_tensor(op.weight, dtype=x.dtype)
+    taps = F.one_hot(torch.as_tensor(np.array(op.delays)), op.max_delay + 1).to(x.dtype)
+    kernel = (taps * w.unsqueeze(-1)).flip(-1)          # tap k carries delay D - k
+    seq = F.pad(x.transpose(1, 2), (op.max_delay, 0))   # [N, in, D + T]
+    return F.conv1d(seq, kernel).transpose(1, 2)
+
+
+def apply_chain_in_time(ops: list[Op], x: torch.Tensor) -> torch.Tensor:
+    """``ops`` on one input per step, ``x`` [N, T, *in]: delay synapses across time, every other
+    op on each step."""
+    n, steps = x.shape[:2]
+    for op in ops:
+        if op.kind == "delay":
+            x = delay_in_time(op, x)
+        else:
+            y = apply_op(op, x.reshape(n * steps, *x.shape[2:]))
+            x = y.reshape(n, steps, *y.shape[1:])
+    return x
+
+
 def _full_conv_weight(op: Op) -> np.ndarray:
     """Expand a grouped conv weight to groups=1 form."""
     if op.groups == 1:
