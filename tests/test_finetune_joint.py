@@ -9,7 +9,7 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
-from onnx import helper, numpy_helper
+from onnx import helper
 
 import snnconvert
 from snnconvert import ir
@@ -18,6 +18,7 @@ from snnconvert.errors import OptionError
 from snnconvert.finetune import FinetuneConfig, Trainer, finetune
 from snnconvert.finetune.joint import kd
 from snnconvert.runtime import SpikingNetwork
+from test_finetune import _tiny as tiny_net
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 T = 4
@@ -32,30 +33,14 @@ def _one_thread():
 
 
 def _tiny() -> onnx.ModelProto:
-    """Conv(2->4) -> IF -> AvgPool -> Flatten -> Gemm(transB=0, beta=0.5, ->6) -> IF -> Gemm(->3)."""
-    rng = np.random.default_rng(5)
-    arr = lambda a, n: numpy_helper.from_array(np.asarray(a, np.float32), n)  # noqa: E731
-    th1 = np.array([0.8, 1.0, 1.2, 0.9], np.float32).reshape(4, 1, 1)
-    th2 = np.full(6, 0.7, np.float32)
-    n1, i1 = ir.make_neuron("if1", "c1", "s1", th1, th1 / 2)
-    n2, i2 = ir.make_neuron("if2", "g1", "s2", th2, th2 / 2)
-    nodes = [
-        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
-        n1,
-        helper.make_node("AveragePool", ["s1"], ["p1"], name="pool1", kernel_shape=[2, 2], strides=[2, 2]),
-        helper.make_node("Flatten", ["p1"], ["f1"], name="flat"),
-        helper.make_node("Gemm", ["f1", "w2", "b2"], ["g1"], name="fc1", beta=0.5),
-        n2,
-        helper.make_node("Gemm", ["s2", "w3", "b3"], ["y"], name="fc2", transB=1),
-    ]
-    inits = [arr(rng.normal(0, 0.6, (4, 2, 3, 3)), "w1"), arr(rng.normal(0.2, 0.1, 4), "b1"),
-             arr(rng.normal(0, 0.5, (36, 6)), "w2"), arr(rng.normal(0.2, 0.2, 6), "b2"),
-             arr(rng.normal(0, 0.5, (3, 6)), "w3"), arr(np.zeros(3), "b3"), *i1, *i2]
-    graph = helper.make_graph(
-        nodes, "tiny", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 2, 6, 6])],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    ir.ensure_domain(model)
+    """test_finetune's tiny net with its first Gemm as transB=0, beta=0.5 (a layout and a bias
+    gain that folding must respect): Conv -> IF -> AvgPool -> Flatten -> Gemm -> IF -> Gemm."""
+    model = tiny_net()
+    fc1 = next(n for n in model.graph.node if n.name == "fc1")
+    del fc1.attribute[:]
+    fc1.attribute.append(helper.make_attribute("beta", 0.5))
+    ir.set_initializer(model, "w2", ir.get_initializer(model, "w2").T.copy())
+    ir.set_initializer(model, "b2", ir.get_initializer(model, "b2") * 2.0)
     onnx.checker.check_model(model)
     return model
 

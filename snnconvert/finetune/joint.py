@@ -212,8 +212,7 @@ class JointModel(nn.Module):
                 channels = w.shape[syn.out_axis]
                 self.norms[param_key(syn.node)] = nn.ModuleDict(
                     {b: BranchNorm(channels, 1, frozen=norm == "frozen") for b in BRANCHES})
-        self.by_node = {s.node: s for s in self.synapses}
-        neurons = [n for n in net.neuron_names]
+        neurons = list(net.neuron_names)
         candidates = neurons[:-1]
         picks = sorted({(i + 1) * len(candidates) // (branches + 1) for i in range(branches)}) \
             if candidates and branches else []
@@ -242,8 +241,9 @@ class JointModel(nn.Module):
 
     @torch.no_grad()
     def calibrate(self, x: torch.Tensor) -> None:
-        """Set every branch norm to the identity on ``x`` (its statistics there); a norm that is the identity on its own input leaves the next layer's
-        input unchanged, so one pass per branch sets them all."""
+        """Set every branch norm to the identity on ``x`` (its statistics there); a norm that is
+        the identity on its own input leaves the next layer's input unchanged, so one pass per
+        branch sets them all."""
         self._mode = "calibrate"
         try:
             self._ann(x)
