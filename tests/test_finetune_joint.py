@@ -18,18 +18,11 @@ from snnconvert.errors import OptionError
 from snnconvert.finetune import FinetuneConfig, Trainer, finetune
 from snnconvert.finetune.joint import kd
 from snnconvert.runtime import SpikingNetwork
+from test_finetune import _one_thread  # noqa: F401 (autouse fixture: one torch thread)
 from test_finetune import _tiny as tiny_net
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 T = 4
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _tiny() -> onnx.ModelProto:

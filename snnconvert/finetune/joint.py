@@ -222,6 +222,7 @@ class JointModel(nn.Module):
         self._branch: str | None = None
         self._mode = "run"
         self._features: dict[str, torch.Tensor] = {}
+        self._unfolded: set[str] = set()
         self.heads = nn.ModuleDict()
         self.eval()
         with torch.no_grad():  # the tapped layers' widths and the number of classes
@@ -255,7 +256,7 @@ class JointModel(nn.Module):
     # ------------------------------------------------------------ forward
     def _hook(self, node: onnx.NodeProto, y: torch.Tensor, steps: int) -> torch.Tensor:
         key = param_key(node.name)
-        if key in self.norms:
+        if key in self._unfolded:
             norm = self.norms[key][self._branch]
             if self._mode == "calibrate":
                 norm.calibrate(y)
@@ -265,14 +266,37 @@ class JointModel(nn.Module):
             self._features[node.name] = _pooled(y, steps)
         return y
 
+    def effective(self, syn: Synapse, branch: str, fold: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The branch's (weight, bias) of a synapse in the IR's layout, with its BatchNorm folded
+        in (the affine map of its running statistics) when ``fold``."""
+        key = param_key(syn.node)
+        w = self.factors[key].weight(branch)
+        b = self.biases[key] if syn.bias is not None else None
+        if fold and key in self.norms:
+            g, h = self.norms[key][branch].scale_shift()
+            shape = [1] * w.dim()
+            shape[syn.out_axis] = -1
+            w = w * g.reshape(shape)
+            b = b * g + h / syn.bias_gain
+        return w, b
+
     def _install(self, branch: str) -> None:
+        """Substitute the branch's weights. A norm that acts as a fixed affine map (frozen, or
+        in eval mode) is folded into them, which costs no activation memory; batch-statistics
+        norms in training, and every norm while calibrating, run on the synapse's output."""
         net = self.net
         net.substitutes = {}
+        self._unfolded = set()
         for syn in self.synapses:
             key = param_key(syn.node)
-            net.substitutes[syn.weight] = self.factors[key].weight(branch)
-            if syn.bias is not None:
-                net.substitutes[syn.bias] = self.biases[key]
+            fold = self._mode == "run" and key in self.norms and (
+                self.norms[key][branch].frozen or not self.training)
+            if key in self.norms and not fold:
+                self._unfolded.add(key)
+            w, b = self.effective(syn, branch, fold)
+            net.substitutes[syn.weight] = w
+            if b is not None:
+                net.substitutes[syn.bias] = b
         self._branch = branch
         self._features = {}
         net.value_hook = self._hook
@@ -362,18 +386,10 @@ class JointModel(nn.Module):
         """The SNN branch's effective weights (U·diag(s_snn)·Vᵀ, its BatchNorm folded with the
         running statistics) into the network's parameters, hence into the exported IR."""
         for syn in self.synapses:
-            key = param_key(syn.node)
-            w = self.factors[key].weight("snn")
-            b = self.biases[key] * syn.bias_gain if syn.bias is not None else None
-            if key in self.norms:
-                g, h = self.norms[key]["snn"].scale_shift()
-                shape = [1] * w.dim()
-                shape[syn.out_axis] = -1
-                w = w * g.reshape(shape)
-                b = b * g + h
+            w, b = self.effective(syn, "snn", fold=True)
             self.net.params[param_key(syn.weight)].copy_(w)
             if b is not None:
-                self.net.params[param_key(syn.bias)].copy_(b / syn.bias_gain)
+                self.net.params[param_key(syn.bias)].copy_(b)
 
 
 def check_supported(net: SpikingNetwork) -> None:
