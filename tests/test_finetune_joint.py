@@ -211,5 +211,5 @@ def test_joint_finetune_on_digits_and_cli(tmp_path) -> None:
     np.savez(data, x=x[:128], y=y[:128])
     with pytest.raises(SystemExit) as exit_info:
         main(["finetune", str(model), "--data", str(data), "--method", "joint", "-T", "2", "--epochs", "1",
-              "-o", str(out)])
+              "--joint-norm", "batch", "--joint-branches", "1", "-o", str(out)])
     assert exit_info.value.code == 0 and json.loads(ir.get_meta(ir.load(out), "finetune"))["method"] == "joint"

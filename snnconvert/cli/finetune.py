@@ -10,7 +10,7 @@ from .. import distributed, ir
 from ..data import input_shape, run_timesteps
 from ..datasets import open_data
 from ..finetune import METHODS, FinetuneConfig, finetune
-from ..finetune.config import PRECISIONS
+from ..finetune.config import JOINT_NORMS, PRECISIONS
 from ..runtime.neurons import SURROGATES
 from .options import DATA_HELP, data_options
 
@@ -57,6 +57,13 @@ def default_output(model: Path) -> Path:
 @click.option("--delay-ste", is_flag=True,
               help="With --delays: once σ is annealed, run the rounded delays forward with the "
                    "Gaussian gradient (straight-through), so training sees the deployed integer net.")
+@click.option("--joint-norm", type=click.Choice(JOINT_NORMS), default="frozen", show_default=True,
+              help="With --method joint: the BatchNorm re-introduced per branch (frozen: statistics "
+                   "of the first batch, γ/β trained; batch: the paper's; none).")
+@click.option("--joint-branches", default=3, show_default=True, type=click.IntRange(min=0),
+              help="With --method joint: auxiliary classifier heads on intermediate neuron layers.")
+@click.option("--joint-alpha", default=0.1, show_default=True, type=click.FloatRange(0, 1),
+              help="With --method joint: weight α of the distillation terms (CE gets 1-α).")
 @click.option("--limit", default=None, type=click.IntRange(min=1), help="Use the first N training samples.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -73,7 +80,8 @@ def command(model: Path, data_path: str, val_path: str | None, preprocess: str |
             workers: int | None, timesteps: int | None, epochs: int, lr: float,
             batch_size: int, weight_decay: float, device: str, surrogate: str, method: str,
             train_thresholds: bool, leak: float | None, train_leak: bool, sharpen_epochs: int,
-            max_delay: int, freeze_delays: bool, delay_init: str, delay_ste: bool, limit: int | None,
+            max_delay: int, freeze_delays: bool, delay_init: str, delay_ste: bool, joint_norm: str,
+            joint_branches: int, joint_alpha: float, limit: int | None,
             seed: int, output: Path | None, checkpoint: Path | None, resume: Path | None,
             checkpoint_every: int | None, precision: str) -> None:
     """Fine-tune a converted network MODEL (.snn.onnx) on labelled data.
@@ -99,6 +107,7 @@ def command(model: Path, data_path: str, val_path: str | None, preprocess: str |
                          sharpen_epochs=sharpen_epochs, delays=max_delay,
                          train_delays=not freeze_delays, delay_init=delay_init,
                          delay_ste=delay_ste,
+                         joint_norm=joint_norm, joint_branches=joint_branches, joint_alpha=joint_alpha,
                          seed=seed, precision=precision)
     tuned, history = finetune(snn, train, None, val, None, config=cfg, checkpoint=checkpoint,
                               resume=resume, checkpoint_every=checkpoint_every, progress=True)

@@ -8,6 +8,7 @@ from ..runtime.neurons import SURROGATES
 
 METHODS = ("bptt", "snn2ann", "joint")
 PRECISIONS = ("fp32", "bf16")
+JOINT_NORMS = ("frozen", "batch", "none")
 
 
 @dataclass
@@ -122,8 +123,9 @@ class FinetuneConfig:
             raise OptionError(f"joint_alpha must be in [0, 1], got {self.joint_alpha}")
         if self.joint_beta < 0 or self.joint_temperature <= 0 or self.joint_branches < 0:
             raise OptionError("joint_beta and joint_branches must be >= 0 and joint_temperature > 0")
-        if self.joint_norm not in ("frozen", "batch", "none"):
-            raise OptionError(f"unknown joint_norm '{self.joint_norm}'", hint="Use frozen, batch or none.")
+        if self.joint_norm not in JOINT_NORMS:
+            raise OptionError(f"unknown joint_norm '{self.joint_norm}'",
+                              hint=f"Use one of: {', '.join(JOINT_NORMS)}.")
         if self.method == "joint" and self.sharpen_epochs:
             raise OptionError("the pipe-S sharpening pre-stage (sharpen_epochs) applies to bptt and snn2ann",
                               hint="Use sharpen_epochs=0 with method 'joint'.")

@@ -118,9 +118,6 @@ class Factorized(nn.Module):
         return m
 
 
-NORMS = ("frozen", "batch", "none")
-
-
 class BranchNorm(nn.Module):
     """BatchNorm over every axis but ``axis``, set by :meth:`calibrate` to the identity on a first
     batch. ``frozen``: the statistics stay those of that batch, in training too (γ, β train), so
