@@ -320,11 +320,14 @@ class JointModel(nn.Module):
             self._uninstall()
 
     def _snn(self, x: torch.Tensor) -> torch.Tensor:
-        """The SNN branch's readout after T steps (BN statistics over all T steps and the batch)."""
+        """The SNN branch's readout after T steps. Norms that run on activations take their
+        statistics over all T steps and the batch (one time chunk); otherwise the runtime
+        chunks time as in BPTT (one chunk of all T steps held 1.6x BPTT's memory at T=32)."""
         net = self.net
         previous = net.time_chunk
         self._install("snn")
-        net.time_chunk = None
+        if self._unfolded:
+            net.time_chunk = None
         try:
             return net(x, self.timesteps)
         finally:
