@@ -14,7 +14,7 @@ from onnx import helper
 import snnconvert
 from snnconvert import ir
 from snnconvert.cli import main
-from snnconvert.errors import OptionError
+from snnconvert.errors import DataError, OptionError
 from snnconvert.finetune import FinetuneConfig, Trainer, finetune
 from snnconvert.finetune.joint import kd
 from snnconvert.runtime import SpikingNetwork
@@ -213,3 +213,33 @@ def test_joint_finetune_on_digits_and_cli(tmp_path) -> None:
         main(["finetune", str(model), "--data", str(data), "--method", "joint", "-T", "2", "--epochs", "1",
               "--joint-norm", "batch", "--joint-branches", "1", "-o", str(out)])
     assert exit_info.value.code == 0 and json.loads(ir.get_meta(ir.load(out), "finetune"))["method"] == "joint"
+
+
+def test_joint_checkpoint_resumes_to_the_same_network(tmp_path, monkeypatch) -> None:
+    """Factors, singular values, norms and heads are in the checkpoint: an interrupted joint run
+    resumed from it ends where the straight run does; a bptt checkpoint is refused."""
+    x, y = _data(96, seed=2)
+    x, y = x.numpy(), y.numpy()
+    common = dict(method="joint", timesteps=T, epochs=3, batch_size=32, lr=1e-2, joint_norm="batch")
+    straight, _ = finetune(_tiny(), x, y, **common)
+    ck = tmp_path / "joint.ckpt"
+    run_epoch = Trainer.run_epoch
+
+    def crash_in_epoch_3(self, *args, **kwargs):
+        if self.epoch == 2:
+            raise KeyboardInterrupt
+        return run_epoch(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "run_epoch", crash_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(_tiny(), x, y, checkpoint=ck, **common)
+    monkeypatch.setattr(Trainer, "run_epoch", run_epoch)
+    resumed, history = finetune(_tiny(), x, y, checkpoint=ck, resume=ck, **common)
+    assert [e.epoch for e in history.epochs] == [1, 2, 3]
+    for a, b in zip(straight.graph.initializer, resumed.graph.initializer):
+        np.testing.assert_allclose(ir.get_initializer(straight, a.name), ir.get_initializer(resumed, b.name),
+                                   rtol=1e-6, atol=1e-7)
+    bptt_ck = tmp_path / "bptt.ckpt"
+    finetune(_tiny(), x, y, timesteps=T, epochs=1, checkpoint=bptt_ck)
+    with pytest.raises(DataError, match="another --method"):
+        finetune(_tiny(), x, y, resume=bptt_ck, **common)
