@@ -18,6 +18,9 @@ cifar10 : the same comparison on CIFAR-10: a small CNN (conv 3-32-64-64, BN, ReL
           trained as an ANN on --cifar-n JPEG training images (class-balanced, seed 0) for
           --cifar-ann-epochs epochs with random flips, converted like fmnist, fine-tuned on the same
           images; accuracy on the first 2,000 (class-balanced) JPEG test images.
+steps   : steady-state CPU seconds per training step of each trainer on the fmnist / cifar10 nets
+          (saved in --out-dir by those parts, in this run or an earlier one), trainers alternating
+          step by step in one process, so that load on the machine hits all of them alike.
 sinabs  : /work/shared/models/sinabs-mnist-cnn converted at T=4 (calib: first 1,000 MNIST train
           images x/255), fine-tuned 1 epoch on MNIST train images 1,000..5,999; first 2,000 test images.
 memory  : peak RSS (VmHWM, fresh subprocess) of training the examples/mnist CNN, batch 128, at
@@ -238,6 +241,35 @@ def trainer_memory(ir_path: Path, data_path: Path, name: str) -> dict:
             "s_per_batch": float(line[2]), "cpu_s_per_batch": float(line[3])}
 
 
+def step_costs(args, rounds: int = 4) -> dict:
+    """Steady-state CPU seconds per training step of each trainer, side by side in one process:
+    on the IR and batches the fmnist / cifar10 parts saved in --out-dir, one warm-up step each,
+    then ``rounds`` rounds of one step per trainer in turn (pipe-S: its sharpening step)."""
+    out = {}
+    for tag in ("fmnist", "cifar10"):
+        ir_path = args.out_dir / f"{tag}_converted.snn.onnx"
+        if not ir_path.exists():
+            continue
+        snn = ir.load(ir_path)
+        d = np.load(args.out_dir / f"{tag}_memory_batches.npz")
+        xb, yb = d["x"][:64], d["y"][:64]
+        trainers = {}
+        for name, cfg in trainer_configs(args.lr).items():
+            trainers[name] = Trainer(snn, cfg)
+            trainers[name].logit_scale = 1.0
+        spent = dict.fromkeys(trainers, 0.0)
+        for r in range(rounds + 1):
+            for name, tr in trainers.items():
+                c0 = time.process_time()
+                tr.run_epoch(xb, yb, progress=False)
+                if r:
+                    spent[name] += time.process_time() - c0
+        out[tag] = {name: v / rounds for name, v in spent.items()}
+        print(f"  {tag}: CPU s per step (batch 64, T={T}): " + ", ".join(
+            f"{name} {v:.3f} ({v / out[tag]['bptt']:.2f}x BPTT)" for name, v in out[tag].items()), flush=True)
+    return out
+
+
 def report_trainers(title: str, runs: dict, memory: dict) -> None:
     """Accuracy after each epoch, seconds per epoch (wall, CPU) and peak memory per trainer."""
     print(title)
@@ -386,7 +418,7 @@ def report_memory(res: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="fmnist,cifar10,sinabs,memory")
+    parser.add_argument("--parts", default="fmnist,cifar10,steps,sinabs,memory")
     parser.add_argument("--cifar-n", type=int, default=5000, help="CIFAR-10 training images (multiple of 10)")
     parser.add_argument("--cifar-ann-epochs", type=int, default=15)
     parser.add_argument("--mem-batches", type=int, default=4, help="batches of 64 per peak-memory process")
@@ -414,6 +446,8 @@ def main() -> None:
     if "cifar10" in parts:
         results["cifar10"] = bench_cifar10(args)
         report_cifar10(results["cifar10"])
+    if "steps" in parts:
+        results["steps"] = step_costs(args)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
