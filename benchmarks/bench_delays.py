@@ -119,11 +119,25 @@ def main() -> None:
     ap.add_argument("--lava-samples", type=int, default=100)
     ap.add_argument("--runs", default="no_delay,random_delay,learned_delay,learned_delay_ste,no_delay_wide")
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "delays")
+    ap.add_argument("--checks-only", action="store_true",
+                    help="Rerun only the NIR/Norse/Lava checks of OUT/learned_delay.snn.onnx (saved "
+                         "by an earlier run) and update --json.")
     args = ap.parse_args()
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     x_tr, y_tr = TASK.sample(args.train_n, seed=1)
     x_te, y_te = TASK.sample(args.test_n, seed=2)
+    if args.checks_only:
+        result = json.loads(args.json.read_text()) if args.json and args.json.exists() else {}
+        learned = ir.load(args.out / "learned_delay.snn.onnx")
+        result.pop("lava_error", None)
+        result.update(nir_check(learned, x_te[:200]))
+        result.update(lava_check(learned, x_te[:args.lava_samples], x_tr[:256]))
+        text = json.dumps(result, indent=1)
+        print(text)
+        if args.json:
+            args.json.write_text(text)
+        return
     base = convert(args.hidden, x_tr, args.leak, seed=0)
     floats, _ = count_params(base)
     result: dict = {"task": {k: getattr(TASK, k) for k in ("channels", "classes", "steps", "spacing",
@@ -164,7 +178,7 @@ def main() -> None:
     if "learned_delay" in tuned_models:
         result["delay_params"] = result["runs"]["learned_delay"]["delay_params"]
         result.update(nir_check(tuned_models["learned_delay"], x_te[:200]))
-        result.update(lava_check(tuned_models["learned_delay"], x_te[:args.lava_samples]))
+        result.update(lava_check(tuned_models["learned_delay"], x_te[:args.lava_samples], x_tr[:256]))
     text = json.dumps(result, indent=1)
     print(text)
     if args.json:
@@ -242,7 +256,7 @@ def norse_check(graph, x: np.ndarray, ours: np.ndarray) -> dict:
             "norse_readout_max_diff": float(np.abs(out - ours).max())}
 
 
-def lava_check(model: onnx.ModelProto, x: np.ndarray) -> dict:
+def lava_check(model: onnx.ModelProto, x: np.ndarray, calib: np.ndarray) -> dict:
     """Lava float: output spikes per sample identical to the torch runtime (float64)."""
     try:
         from snnconvert.targets import get_target
@@ -251,15 +265,26 @@ def lava_check(model: onnx.ModelProto, x: np.ndarray) -> dict:
         net = lava.network(model)
     except Exception as exc:  # reported, not hidden: the figure is then missing
         return {"lava_equal": None, "lava_error": f"{type(exc).__name__}: {exc}"}
+    t0 = time.perf_counter()
     got = net.run(x, TASK.steps, fixed_point=False, neuron_counts=True)
+    seconds = time.perf_counter() - t0
     ref = SpikingNetwork(model, cpu_kernels="torch").double()
     ref.record = True
     with torch.no_grad():
-        ref(torch.as_tensor(x, dtype=torch.float64), TASK.steps)
+        ours = ref(torch.as_tensor(x, dtype=torch.float64), TASK.steps).numpy()
     same = np.ones(len(x), bool)
     for name, c in ref.spike_counts.items():
         same &= (got.counts[name] == c.numpy()).reshape(len(x), -1).all(1)
-    return {"lava_equal": float(same.mean()), "lava_samples": len(x)}
+    fixed = lava.network(lava.quantize(model, calib))
+    got_fx = fixed.run(x, TASK.steps, fixed_point=True, neuron_counts=True)
+    want_fx = fixed.reference(x, TASK.steps, fixed_point=True)
+    exact = np.all(got_fx.readout == want_fx.readout, axis=1)
+    for name, c in want_fx.counts.items():
+        exact &= (got_fx.counts[name] == c).reshape(len(x), -1).all(1)
+    return {"lava_equal": float(same.mean()), "lava_samples": len(x), "lava_seconds": seconds,
+            "lava_readout_max_diff": float(np.abs(got.readout - ours).max()),
+            "lava_fixed_equal_integer_reference": float(exact.mean()),
+            "lava_fixed_agreement_with_torch": float(np.mean(got_fx.readout.argmax(1) == ours.argmax(1)))}
 
 
 if __name__ == "__main__":

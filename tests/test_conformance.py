@@ -289,9 +289,11 @@ def test_the_matrix_covers_every_registered_op():
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_delay_synapse_on_every_target(target):
-    """DelayDense (per-synapse delays) on spike frames: each target holding it reproduces the
-    reference spike for spike; one that does not refuses it by name."""
+@pytest.mark.parametrize("variant", ["input-frames", "input-analog", "hidden-analog"])
+def test_delay_synapse_on_every_target(target, variant):
+    """DelayDense (per-synapse delays) on the graph input (spike frames, or an analog input) and
+    between neuron layers: each target holding it reproduces the reference spike for spike (Lava
+    fixed point: bit-exact with its integer reference); one that does not refuses it by name."""
     from test_delays import C, delay_ir, spikes
 
     backend = "lava" if target.startswith("lava") else target
@@ -299,15 +301,14 @@ def test_delay_synapse_on_every_target(target):
         pytest.importorskip("snnconvert.targets.lava")
     if backend == "nir":
         pytest.importorskip("nir")
-    snn, x = delay_ir(reset="zero", v0=0.0), spikes()
-    node = snn.graph.node[0]
-    if not get_target(backend).supports(node, GraphView(snn)).ok:
-        with pytest.raises(TargetError, match="node 'fc1'"):
+    where, enc = variant.split("-")
+    snn = delay_ir(reset="zero", v0=0.0, encoding="frames" if enc == "frames" else "analog",
+                   input_delays=where == "input")
+    x = spikes() if enc == "frames" else _rng(5).uniform(0, 1, (N, C)).astype(np.float32)
+    if not all(get_target(backend).supports(n, GraphView(snn)).ok for n in snn.graph.node):
+        with pytest.raises(TargetError, match="node '"):
             get_target(backend).network(snn) if backend == "lava" else get_target(backend).export(snn)
-        # delays between neuron layers, on analog input (what this target injects)
-        snn = delay_ir(reset="zero", v0=0.0, encoding="analog", input_delays=False)
-        x = _rng(5).uniform(0, 1, (N, C)).astype(np.float32)
-        assert all(get_target(backend).supports(n, GraphView(snn)).ok for n in snn.graph.node)
+        return
     _check(ir.DELAY_DENSE, target, snn, x)
 
 

@@ -129,6 +129,8 @@ class SpikingNetwork(nn.Module):
             if ir.is_neuron(node):
                 k = VARYING
                 self.neuron_names.append(node.name)
+            elif entry.stateful and k == INVARIANT:  # e.g. a delay line: varies on a constant input
+                k = VARYING
             for o in node.output:
                 kinds[o] = k
             self._nodes.append((node, attrs, k))

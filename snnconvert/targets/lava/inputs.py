@@ -7,7 +7,8 @@ one current per step ([N, T, *shape]). The emitted neurons take these currents a
 the input-side synapses of the first layer run on the host in float64, exactly as the zero-delay
 reference and the torch runtime compute them. Rate codes come from the torch runtime's encoder
 (:mod:`snnconvert.runtime.encoding`), so Lava's first layer sees the very spike trains torch
-generates for the same seed. Any lowering that feeds populations from the graph input uses
+generates for the same seed. A delay synapse on the input runs across the steps on the host
+(analog input is then given per step, the same x at every step). Any lowering that feeds populations from the graph input uses
 :func:`step_input` then :func:`input_currents`.
 """
 from __future__ import annotations
@@ -17,7 +18,8 @@ import onnx
 import torch
 
 from ... import ir
-from .lowering import LayerGraph, apply_chain
+from ...errors import TargetError
+from .lowering import LayerGraph, apply_chain, apply_chain_in_time
 
 
 def step_input(model: onnx.ModelProto, x: np.ndarray, timesteps: int) -> np.ndarray:
@@ -31,12 +33,28 @@ def step_input(model: onnx.ModelProto, x: np.ndarray, timesteps: int) -> np.ndar
         return np.ascontiguousarray(x[:, :timesteps], np.float64)
     enc = ir.encoding(model)
     if enc.kind != "rate":
+        if delays_on_input(model):  # its current changes over the first steps: one per step
+            return np.ascontiguousarray(np.broadcast_to(np.asarray(x, np.float64)[:, None],
+                                                        (x.shape[0], timesteps, *x.shape[1:])))
         return np.asarray(x, np.float64)
     from ...runtime.encoding import encode  # not at import: Lava's compiler executes this module
 
     # the torch runtime encodes float32 input; encode the same values (exact in float64)
     xt = torch.as_tensor(np.asarray(x, np.float32)).double()
     return encode(enc, xt, timesteps, time_varying=False).numpy()
+
+
+def delays_on_input(model: onnx.ModelProto) -> bool:
+    """Whether a delay synapse takes the graph input (through non-neuron ops)."""
+    inits = {t.name for t in model.graph.initializer}
+    reached = {i.name for i in model.graph.input if i.name not in inits}
+    for node in model.graph.node:
+        if ir.is_neuron(node) or not any(i in reached for i in node.input):
+            continue
+        if ir.is_delay_dense(node):
+            return True
+        reached.update(node.output)
+    return False
 
 
 def per_step(lg: LayerGraph, x: np.ndarray) -> bool:
@@ -49,13 +67,17 @@ def input_currents(lg: LayerGraph, x: np.ndarray) -> dict[str, np.ndarray]:
     constant input, [N, T, *shape] for one input per step (``x`` from :func:`step_input`)."""
     steps = per_step(lg, x)
     xt = torch.as_tensor(np.asarray(x, np.float64))
-    if steps:
-        xt = xt.reshape(-1, *lg.input_shape)
     out = {}
     for name, p in lg.populations.items():
-        if p.input_ops:
-            cur = sum(apply_chain(ops, xt).numpy() for ops in p.input_ops)
-            out[name] = cur.reshape(x.shape[:2] + cur.shape[1:]) if steps else cur
+        if not p.input_ops:
+            continue
+        if steps:  # delay synapses run across the steps, every other op on each step
+            out[name] = sum(apply_chain_in_time(ops, xt).numpy() for ops in p.input_ops)
+        elif any(o.kind == "delay" for ops in p.input_ops for o in ops):
+            raise TargetError("a delay synapse on a constant input has a current that changes "
+                              "over the first steps; pass the input per step")
+        else:
+            out[name] = sum(apply_chain(ops, xt).numpy() for ops in p.input_ops)
     return out
 
 

@@ -594,21 +594,21 @@ def _lower_MatMul(node, a, get, inits) -> _Expr:
 
 
 def _lower_DelayDense(node, a, get, inits) -> _Expr:
-    """A dense synapse with per-synapse delays: Lava's DelayDense, on the spikes of one neuron
-    population (its spikes are 0 before the first step, as the IR's delay line is)."""
+    """A dense synapse with per-synapse delays: Lava's DelayDense on the spikes of a neuron
+    population (0 before the first step, as the IR's delay line is); on the graph input, a
+    host-side delay line feeding per-step currents (:mod:`.inputs`)."""
     e = get(node.input[0])
     w, d, b = (inits.get(n) for n in node.input[1:4])
     if w is None or d is None or b is None or len(e.shape) != 1:
         raise TargetError("a delay synapse needs constant weights, delays and bias on flat spikes",
                           node=node.name, op=node.op_type, hint="Flatten before it.")
-    if any(src == INPUT for src, _ in e.terms) or np.any(e.const != 0):
-        raise TargetError("a delay synapse fed by the graph input (or by a constant) has no Lava "
-                          "mapping yet: Lava injects the input as a host-side current",
-                          node=node.name, op=node.op_type,
-                          hint="Keep the first layer without delays, or use the torch or nir target.")
+    if np.any(e.const != 0):
+        raise TargetError("a delay synapse fed by a constant current (a bias before it) has no Lava "
+                          "mapping", node=node.name, op=node.op_type,
+                          hint="Put a neuron layer before the delay synapse.")
     if any(o.is_process for _, ops in e.terms for o in ops):
-        raise TargetError("a delay synapse must take a neuron population's spikes directly",
-                          node=node.name, op=node.op_type)
+        raise TargetError("a delay synapse must take a neuron population's spikes (or the graph "
+                          "input) directly", node=node.name, op=node.op_type)
     top = int(a.get("max_delay", 0))
     o = Op("delay", e.shape, (w.shape[0],), w.astype(np.float64), delays=np.asarray(d, np.int64),
            max_delay=top)

@@ -41,9 +41,7 @@ def _delay_dense(node, a, g):
     if rank is not None and rank != 0:
         return refuse("a delay synapse on a multi-axis tensor is not supported.", "flatten its input first.")
     if node.input[0] in g.input_chain or node.input[0] in g.inputs:
-        return refuse("a delay synapse fed by the graph input has no Lava mapping yet (the input "
-                      "enters as a host-side current).",
-                      "keep the first layer without delays, or use the torch or nir target.")
+        return holds("delay synapse on the graph input: a host-side delay line, per-step currents")
     top = int(a.get("max_delay", 0))
     if top > 63:
         return refuse(f"Loihi 2 delays hold 0..63 steps; this synapse's max_delay is {top}.",
