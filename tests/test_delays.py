@@ -294,3 +294,22 @@ def test_param_keys_of_delay_positions():
     net = SpikingNetwork(delay_ir(), cpu_kernels="torch")
     assert set(net.delay_positions) == {param_key("fc1"), param_key("fc2")}
     assert not any(p.requires_grad for p in net.delay_positions.values())
+
+
+def test_lava_runs_batches_of_a_delay_network_back_to_back():
+    """Several batches in one compiled Lava graph: spikes still in delay lines after a sample's
+    T steps must not reach the next batch's window (float and fixed point)."""
+    pytest.importorskip("snnconvert.targets.lava")
+    from snnconvert.targets import get_target
+
+    lava = get_target("lava")
+    m, x = delay_ir(reset="zero", v0=0.0), spikes(n=9)
+    ref = ir_reference.simulate(m, x, T)
+    got = lava.network(m).run(x, T, fixed_point=False, neuron_counts=True, batch_size=3)
+    np.testing.assert_array_equal(got.counts["n1"], ref.counts["n1"])
+    np.testing.assert_allclose(got.readout, ref.readout, rtol=1e-9, atol=1e-9)
+    fixed = lava.network(lava.quantize(m, x))
+    got = fixed.run(x, T, fixed_point=True, neuron_counts=True, batch_size=3)
+    want = fixed.reference(x, T, fixed_point=True)
+    np.testing.assert_array_equal(got.readout, want.readout)
+    np.testing.assert_array_equal(got.counts["n1"], want.counts["n1"])

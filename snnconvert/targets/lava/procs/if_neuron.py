@@ -3,7 +3,9 @@
 Each step: (optionally) v := v_init when ``time_step % reset_interval == reset_offset``;
 v = v*(1-dv) + a_in + bias; s = v >= vth; v -= s*vth ("subtract") or v[s] = 0 ("zero").
 Spikes are sent as 0/1. ``spike_count`` counts spikes in the ``count_window`` steps that
-follow each reset (all steps when ``reset_interval`` is 0).
+follow each reset (all steps when ``reset_interval`` is 0); outside that window nothing is sent,
+so what a sample's network does after its T steps never reaches the next sample's window
+(through delay synapses it otherwise could).
 ``bias`` and ``bias_exp`` may carry a leading bank axis (each its own number of banks): the k-th
 reset window uses bank k (the last bank after that); with ``bank_steps`` S > 1 the banks come
 S per window, one per step (phase p of window k uses bank k*S + min(p, S-1)): per-step input
@@ -158,7 +160,7 @@ class PyIFFloat(_IFBase):
         self.v[:] = v
         if counting:
             self._count(s)
-        self.s_out.send(s.astype(float))
+        self.s_out.send(s.astype(float) if counting else np.zeros(s.shape))
 
 
 @implements(proc=IF, protocol=LoihiProtocol)
@@ -210,4 +212,4 @@ class PyIFFixed(_IFBase):
         self.v[:] = v
         if counting:
             self._count(s)
-        self.s_out.send(s.astype(np.int32))
+        self.s_out.send(s.astype(np.int32) if counting else np.zeros(s.shape, np.int32))
