@@ -2,7 +2,7 @@
 scratch, test accuracy over wall-clock and CPU time; the done-when ratio of issue 12.
 
     .venv/bin/python benchmarks/bench_pipe_d.py [--json R.json] [--png curves.png]
-        [--train 6000] [--test 2000] [-T 10] [--ann-epochs 8] [--budget 360] [--clock cpu]
+        [--train 6000] [--test 2000] [-T 10] [--ann-epochs 8] [--budget 300] [--clock cpu]
 
 data     : emulated N-MNIST (examples/pipe_d: the first --train / --test MNIST digits as saccade
            recordings with the real recording's noise, binned into T frames [N, T, 2, 34, 34]).
@@ -116,7 +116,7 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=2000)
     ap.add_argument("-T", "--timesteps", type=int, default=10)
     ap.add_argument("--ann-epochs", type=int, default=8)
-    ap.add_argument("--budget", type=float, default=360.0, help="seconds of scratch training on --clock")
+    ap.add_argument("--budget", type=float, default=300.0, help="seconds of scratch training on --clock")
     ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="the clock budgets are counted on")
     ap.add_argument("--lr", type=float, default=1e-3, help="pipe-D fine-tuning learning rate")
     ap.add_argument("--ft-epochs", type=int, default=3, help="epochs of pipe-D's cosine schedule")
