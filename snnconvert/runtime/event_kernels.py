@@ -54,10 +54,11 @@ if numba is not None:
         return mask
 
     @_jit
-    def _conv_events(x, wt, bias, out, ymap, xmap, xrun, tile, C, H, W, O, OP, KH, KW, OH, OW,
-                     runs):  # pragma: no cover - compiled
+    def _conv_events(x, wt, bias, out, ymap, xmap, xrun, rowcol, tile, C, H, W, O, OP, KH, KW, OH,
+                     OW, runs):  # pragma: no cover - compiled
         """x [N*C*H*W] -> out [N*O*OH*OW] (flat, NCHW); wt [C*KH*KW*OP] (kernel columns reversed
-        when ``runs``); returns the number of nonzero inputs."""
+        when ``runs``); rowcol [H*W, 2]: (row, column) of each input position (a table instead of
+        an integer division per event); returns the number of nonzero inputs."""
         hw = H * W
         n_samples = x.size // (C * hw)
         plane = OH * OW
@@ -76,8 +77,8 @@ if numba is not None:
                         mask &= mask - uint64(1)
                         a = x[uint64(base + q)]
                         nnz += 1
-                        iy = q // W
-                        ix = q - iy * W
+                        iy = rowcol[q, 0]
+                        ix = rowcol[q, 1]
                         for ky in range(KH):
                             oy = ymap[ky, iy]
                             if oy < 0:
@@ -100,9 +101,11 @@ if numba is not None:
                                         axpy16(tile, tb + o0, wt, wb + o0, a)
                     q0 += 16
             ob = n * O * plane
-            for o in range(O):
-                for p in range(plane):
-                    out[uint64(ob + o * plane + p)] = tile[uint64(p * OP + o)]
+            for p0 in range(0, plane, 16):  # transpose 16 positions at a time: their tile lines
+                p1 = min(plane, p0 + 16)    # stay in L1 while every channel reads them
+                for o in range(O):
+                    for p in range(p0, p1):
+                        out[uint64(ob + o * plane + p)] = tile[uint64(p * OP + o)]
         return nnz
 
     @_jit
@@ -344,12 +347,13 @@ def _conv_plan(key: tuple, attrs: dict, x: torch.Tensor, consts: list) -> _Plan 
     if b is not None:
         bias[:o] = b.detach().numpy()
     tile = _aligned_zeros(oh * ow * op, dtype)
+    rowcol = np.stack(np.divmod(np.arange(h * wd, dtype=np.int64), wd), axis=1)
 
     def call(flat: np.ndarray) -> tuple[np.ndarray, int]:
         n = flat.size // (c_in * h * wd)
         out = np.empty(n * o * oh * ow, dtype)
-        nnz = _conv_events(flat, weights, bias, out, ymap, xmap, xrun, tile, c_in, h, wd, o, op,
-                           kh, kw, oh, ow, runs)
+        nnz = _conv_events(flat, weights, bias, out, ymap, xmap, xrun, rowcol, tile, c_in, h, wd,
+                           o, op, kh, kw, oh, ow, runs)
         return out, nnz
 
     return _Plan(key, call, lambda n: (n, o, oh, ow))
