@@ -3,8 +3,6 @@ through every data reader, per-step input in the runtime against the numpy refer
 trainable LIF leak, calibration and fine-tuning on frames, refusals by name."""
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import onnx
 import pytest
@@ -268,27 +266,56 @@ def test_convert_records_encoding_and_readout(digits) -> None:
         snnconvert.convert(FIXTURES / "digits_cnn.onnx", digits["x_train"][:50], readout="spikes")
 
 
-def test_lava_runs_frames_and_refuses_the_spike_count_readout_by_name(digits, digits_snn) -> None:
-    """evaluate(target="lava") takes spike frames [N, T, ...] (T = the data's length) and matches
-    the torch runtime; the one readout Lava does not emit is refused by name (its support.py)."""
+def test_lava_runs_frames_through_evaluate(digits, digits_snn) -> None:
+    """evaluate(target="lava") takes spike frames [N, T, ...] (T = the data's length, or the
+    prefixes asked for) and answers what the torch runtime answers; a longer T is refused."""
     from snnconvert.targets import get_target
 
-    lava = get_target("lava")
     frames = bernoulli_frames(digits["x_test"][:6], 5).astype(np.float32)
     got = snnconvert.evaluate(digits_snn, frames, digits["y_test"][:6], [3, 5], target="lava")
     want = snnconvert.evaluate(digits_snn, frames, digits["y_test"][:6], [3, 5])
     assert [(r.timesteps, r.accuracy, r.agreement) for r in got.rows] == \
         [(r.timesteps, r.accuracy, r.agreement) for r in want.rows]
     with pytest.raises(DataError, match="the input holds T=5 steps per sample; T=6 was asked for"):
-        lava.evaluate(digits_snn, frames, [6])
-    spiking = with_meta(mlp_spiking_output(), "frames", "spikes")
-    message = ("the lava target reads the output layer's current through a read-out sink; the "
-               "spike-count readout of output neurons is not emitted (this network's readout is "
-               "'spikes')")
-    with pytest.raises(TargetError, match=re.escape(message)):
-        lava.network(spiking)
-    with pytest.raises(TargetError, match=re.escape(message)):
-        lava.check_io(ir.Encoding.parse("rate"), ir.Readout.parse("spikes"))
+        get_target("lava").evaluate(digits_snn, frames, [6])
+
+
+@pytest.mark.parametrize("encoding", ["frames", "rate:bernoulli:2"])
+def test_lava_spike_count_readout_is_the_output_neurons_count(encoding) -> None:
+    """The ``spikes`` readout on Lava: the output neurons' own counts, equal to the torch runtime
+    (float64) and the IR reference in float, bit-exact with the integer reference in fixed point."""
+    from snnconvert.targets import get_target
+
+    lava = get_target("lava")
+    snn = with_meta(mlp_spiking_output(), encoding, "spikes")
+    x = np.random.default_rng(3).uniform(0, 1, (5, 4)).astype(np.float32)
+    if encoding == "frames":
+        x = bernoulli_frames(x, 7).astype(np.float32)
+    ref = ir_reference.simulate(snn, x, 7)
+    with torch.no_grad():
+        torch64 = SpikingNetwork(snn, cpu_kernels="torch").double()(torch.as_tensor(x, dtype=torch.float64), 7)
+    net = lava.network(snn)
+    got = net.run(x, 7, fixed_point=False)
+    np.testing.assert_array_equal(got.readout, ref.readout)
+    np.testing.assert_array_equal(got.readout, torch64.numpy())
+    assert got.readout.sum() > 0 and np.array_equal(got.readout, np.rint(got.readout))
+    fixed = lava.network(lava.quantize(snn, x))
+    lq, rq = fixed.run(x, 7, neuron_counts=True), fixed.reference(x, 7)
+    np.testing.assert_array_equal(lq.readout, rq.readout)
+    np.testing.assert_array_equal(lq.readout, lq.counts["if2"])
+
+
+def test_lava_declares_every_encoding_and_readout_the_ir_records() -> None:
+    """One place (targets/lava/support.py) says what Lava runs; it covers everything ir.py
+    defines, so a new encoding or readout cannot reach Lava undeclared."""
+    from snnconvert.targets import get_target
+    from snnconvert.targets.lava import support
+
+    assert set(support.ENCODINGS) == {str(ir.Encoding.parse(e).kind) for e in ir.ENCODINGS}
+    assert set(support.READOUTS) | set(support.REFUSED_READOUTS) == set(ir.READOUTS)
+    for enc in ("analog", "frames", "spikes", "rate:bernoulli:1", "rate:deterministic"):
+        for out in ("membrane", "last", "window:3", "spikes"):
+            get_target("lava").check_io(ir.Encoding.parse(enc), ir.Readout.parse(out))
 
 
 def test_nmnist_recordings_run_through_a_converted_network_on_torch_and_lava(tmp_path, digits,
@@ -385,8 +412,8 @@ def test_report_and_finetune_commands_take_the_data_length(tmp_path, digits, dig
 
 
 def test_convert_refuses_an_encoding_the_target_cannot_run_before_calibrating() -> None:
-    with pytest.raises(TargetError, match="the lava target reads the output layer's current "):
-        snnconvert.convert(FIXTURES / "digits_cnn.onnx", None, encoding="frames", readout="spikes",
+    with pytest.raises(DataError, match="calibration needs data"):  # lava runs every encoding
+        snnconvert.convert(FIXTURES / "digits_cnn.onnx", None, encoding="rate", readout="window:3",
                            target="lava")
     with pytest.raises(TargetError, match="the nir target takes each step's input as it is given"):
         snnconvert.convert(FIXTURES / "digits_cnn.onnx", None, encoding="rate", target="nir")

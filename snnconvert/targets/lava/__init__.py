@@ -7,8 +7,9 @@ simulates it in Lava and returns a :class:`~snnconvert.targets.SimResult`.
 
 Input: analog (one current per sample), or one input per step: frames/spike trains x [N, T, ...]
 and rate codes (drawn by the torch runtime's encoder), injected as per-step bias banks of the
-populations the graph input feeds (:mod:`.inputs`). Readouts: membrane, last, window:K; what is
-run and refused is declared in :mod:`.support` (``ENCODINGS``, ``READOUTS``).
+populations the graph input feeds (:mod:`.inputs`). Readouts: membrane, last, window:K (the
+read-out sink), spikes (the output neurons' counts); what is run is declared in :mod:`.support`
+(``ENCODINGS``, ``READOUTS``).
 """
 from __future__ import annotations
 
@@ -61,15 +62,19 @@ class LavaNetwork:
         ``x``: [N, *input] (encoded as the IR says) or [N, T, *input] (one input per step)."""
         return run_lava(self.graph, step_input(self.model, x, timesteps), timesteps,
                         self._fixed(fixed_point), batch_size, progress, neuron_counts,
-                        self._readout_steps(timesteps))
+                        self._readout_steps(timesteps), self._count_readout())
 
     def reference(self, x: np.ndarray, timesteps: int, fixed_point: bool | None = None) -> RefResult:
         """The same simulation with the zero-delay numpy/torch reference (fast)."""
         return simulate(self.graph, step_input(self.model, x, timesteps), timesteps,
-                        self._fixed(fixed_point), self._readout_steps(timesteps))
+                        self._fixed(fixed_point), self._readout_steps(timesteps), self._count_readout())
 
     def _readout_steps(self, timesteps: int) -> tuple[int, int]:
         return _readout_steps(ir.readout(self.model), timesteps)
+
+    def _count_readout(self) -> str | None:
+        """The output neuron population whose spike counts are the ``spikes`` readout."""
+        return ir.output_neuron(self.model).name if ir.readout(self.model).kind == "spikes" else None
 
     def _fixed(self, fixed_point: bool | None) -> dict[str, FixedLayer] | None:
         if fixed_point is None:

@@ -102,14 +102,15 @@ def _banked_lava(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def emit(lg: LayerGraph, batch: int, timesteps: int, fixed: dict[str, FixedLayer] | None = None,
-         dynamic_bias: dict[str, np.ndarray] | None = None, pack_counts: bool = False,
+         dynamic_bias: dict[str, np.ndarray] | None = None, pack_counts: bool | set[str] = False,
          bank_steps: int = 1, readout_steps: tuple[int, int] | None = None) -> Emitted:
     """Build the Lava processes for ``batch`` samples (nothing runs yet).
 
     ``dynamic_bias`` maps populations to input-driven currents [K * S, B, *shape]: K batches run
     one after the other, batch k in the k-th reset window (its currents preloaded as bias banks),
     with S = ``bank_steps`` banks per batch, one per step, for per-step input (1: a constant
-    input). ``pack_counts`` makes the neurons keep packed per-neuron counts for a fast read-back.
+    input). ``pack_counts`` makes the neurons (all, or those named) keep packed per-neuron
+    counts for a fast read-back.
     ``readout_steps`` (first step, count) is what the read-out sums (all T steps by default).
     """
     from lava.proc.conv.process import Conv
@@ -141,7 +142,8 @@ def emit(lg: LayerGraph, batch: int, timesteps: int, fixed: dict[str, FixedLayer
                      bias_exp=_banked_lava(bias_exp, p.shape), dv=dv,
                      reset_zero=p.reset == "zero", reset_interval=interval,
                      reset_offset=offset, count_window=timesteps, batch=batch,
-                     batch_axis=0 if len(p.shape) == 1 else 2, pack_counts=pack_counts,
+                     batch_axis=0 if len(p.shape) == 1 else 2,
+                     pack_counts=pack_counts if isinstance(pack_counts, bool) else name in pack_counts,
                      bank_steps=bank_steps if name in dyn else 1, name=name)
             em.neurons[name] = dst
         for k, term in enumerate(p.terms):

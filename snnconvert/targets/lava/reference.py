@@ -45,12 +45,14 @@ def delayed(op: Op, weight: np.ndarray, x: torch.Tensor, lines: dict, key) -> to
 
 def simulate(lg: LayerGraph, x: np.ndarray, timesteps: int,
              fixed: dict[str, FixedLayer] | None = None,
-             readout_steps: tuple[int, int] | None = None) -> RefResult:
+             readout_steps: tuple[int, int] | None = None, count_readout: str | None = None
+             ) -> RefResult:
     """Run ``x`` for ``timesteps`` steps; float, or integer when ``fixed`` is given.
 
     ``x``: [N, *input], a constant input, or [N, T, *input], one input per step (see
     :func:`.inputs.step_input`). ``readout_steps`` (first step, count): the steps whose output
-    the read-out averages (all T by default)."""
+    the read-out averages (all T by default); ``count_readout``: the population whose spike
+    counts are the read-out instead (the ``spikes`` readout)."""
     n = x.shape[0]
     steps = per_step(lg, x)
     dyn = input_currents(lg, x)
@@ -111,6 +113,8 @@ def simulate(lg: LayerGraph, x: np.ndarray, timesteps: int,
     gain = 1.0 if fixed is None else fixed[lg.output.name].gain
     readout = acc.numpy() / (count * gain) + lg.output.bias
     readout = readout + output_current_mean(dyn.get(lg.output.name), steps, first, count)
+    if count_readout is not None:
+        readout = counts[count_readout].numpy().astype(np.float64)
     return RefResult(readout, {k: c.numpy() for k, c in counts.items()})
 
 

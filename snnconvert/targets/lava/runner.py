@@ -41,12 +41,14 @@ def delay_batch_limit(lg: LayerGraph) -> int:
 def run_lava(lg: LayerGraph, x: np.ndarray, timesteps: int,
              fixed: dict[str, FixedLayer] | None = None, batch_size: int = 100,
              progress: bool = False, neuron_counts: bool = False,
-             readout_steps: tuple[int, int] | None = None) -> RefResult:
+             readout_steps: tuple[int, int] | None = None, count_readout: str | None = None
+             ) -> RefResult:
     """Simulate ``x`` in Lava; returns read-out and spike counts.
 
     ``x`` is the graph input of the run (:func:`.inputs.step_input`): [N, *input], constant, or
     [N, T, *input], one input per step. ``readout_steps`` (first step, count): the steps whose
-    output the read-out averages (all T by default). Counts are per neuron [N, *shape] when
+    output the read-out averages (all T by default); ``count_readout``: the population whose
+    per-neuron spike counts are the read-out instead (the ``spikes`` readout). Counts are per neuron [N, *shape] when
     ``neuron_counts`` (read back packed, several counts per element, because Lava's Var.get
     moves one element per message), else per sample [N].
     """
@@ -67,7 +69,7 @@ def run_lava(lg: LayerGraph, x: np.ndarray, timesteps: int,
     for start in range(0, chunks, k):
         stop = min(chunks, start + k)
         parts.append(_run_segment(lg, xp[start * b:stop * b], b, timesteps, fixed, neuron_counts,
-                                  bar, n - start * b, readout_steps or (0, timesteps)))
+                                  bar, n - start * b, readout_steps or (0, timesteps), count_readout))
     if bar is not None:
         bar.close()
     readout = np.concatenate([p.readout for p in parts])[:n]
@@ -86,7 +88,8 @@ def _banks(current: np.ndarray, k: int, b: int, steps: int) -> np.ndarray:
 
 def _run_segment(lg: LayerGraph, x: np.ndarray, b: int, timesteps: int,
                  fixed: dict[str, FixedLayer] | None, neuron_counts: bool, bar,
-                 remaining: int, readout_steps: tuple[int, int]) -> RefResult:
+                 remaining: int, readout_steps: tuple[int, int], count_readout: str | None
+                 ) -> RefResult:
     """One compiled graph running the len(x) // b batches of ``x`` back to back."""
     from lava.magma.core.run_conditions import RunSteps
 
@@ -103,7 +106,8 @@ def _run_segment(lg: LayerGraph, x: np.ndarray, b: int, timesteps: int,
         out_dyn = output_current_mean(out_dyn, steps, first, count).reshape((k, b) + out_pop.shape)
     dyn = {name: _banks(d, k, b, banks) for name, d in currents.items()}
     del currents
-    em = emit(lg, b, timesteps, fixed, dyn, pack_counts=neuron_counts, bank_steps=banks,
+    packed = neuron_counts or ({count_readout} if count_readout else False)
+    em = emit(lg, b, timesteps, fixed, dyn, pack_counts=packed, bank_steps=banks,
               readout_steps=readout_steps)
     del dyn
     cfg = run_config(fixed is not None)
@@ -116,10 +120,13 @@ def _run_segment(lg: LayerGraph, x: np.ndarray, b: int, timesteps: int,
         r = total / (count * gain) + out_pop.bias
         readouts.append(r + out_dyn[c] if out_dyn is not None else r)
         for name, proc in em.neurons.items():
-            if neuron_counts:
+            if neuron_counts or name == count_readout:
                 shape = lg.populations[name].shape
                 flat = unpack_counts(proc.packed_counts.get(), b * int(np.prod(shape)), timesteps)
-                counts[name].append(from_lava(flat.reshape(lava_shape(shape, b)), shape, b))
+                per_neuron = from_lava(flat.reshape(lava_shape(shape, b)), shape, b)
+                if name == count_readout:
+                    readouts[-1] = per_neuron.astype(np.float64)
+                counts[name].append(per_neuron if neuron_counts else per_neuron.reshape(b, -1).sum(1))
             else:
                 counts[name].append(np.asarray(proc.sample_count.get()))
         if bar is not None:
