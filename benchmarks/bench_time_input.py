@@ -149,7 +149,7 @@ def part_nmnist(out: Path) -> None:
           f"argmax {int(logits.argmax())}, spikes per layer {spikes}")
 
 
-def _lava_equivalence(model, x: np.ndarray, calib: np.ndarray, batch: int) -> dict:
+def _lava_equivalence(model, x: np.ndarray, y: np.ndarray, calib: np.ndarray, batch: int) -> dict:
     """Per-sample equivalence of Lava float with torch float64, Lava fixed with the integer
     reference, and the seconds (wall, CPU of this process) each took."""
     from snnconvert.targets import lava
@@ -157,17 +157,23 @@ def _lava_equivalence(model, x: np.ndarray, calib: np.ndarray, batch: int) -> di
     tnet = SpikingNetwork(model, cpu_kernels="torch").double()
     tnet.record = True
     t0, c0 = time.perf_counter(), time.process_time()
+    outs, torch_counts = [], {}
     with torch.no_grad():
-        torch_out = tnet(torch.as_tensor(x, dtype=torch.float64), T).numpy()
+        for i in range(0, len(x), 25):  # float64 activations of 25 samples x 32 steps at a time
+            outs.append(tnet(torch.as_tensor(x[i:i + 25], dtype=torch.float64), T).numpy())
+            for k, c in tnet.spike_counts.items():
+                torch_counts.setdefault(k, []).append(c.numpy())
+    torch_out = np.concatenate(outs)
+    torch_counts = {k: np.concatenate(v) for k, v in torch_counts.items()}
     times = {"torch64": (time.perf_counter() - t0, time.process_time() - c0)}
     net = lava.network(lava.quantize(model, calib, T))
     t0, c0 = time.perf_counter(), time.process_time()
     lf = net.run(x, T, fixed_point=False, batch_size=batch, neuron_counts=True)
     times["lava_float"] = (time.perf_counter() - t0, time.process_time() - c0)
-    layers = [k for k in lf.counts if k in tnet.spike_counts]  # relays exist only in Lava
+    layers = [k for k in lf.counts if k in torch_counts]  # relays exist only in Lava
     same = np.ones(len(x), bool)
     for k in layers:
-        same &= (lf.counts[k] == tnet.spike_counts[k].numpy()).reshape(len(x), -1).all(1)
+        same &= (lf.counts[k] == torch_counts[k]).reshape(len(x), -1).all(1)
     t0, c0 = time.perf_counter(), time.process_time()
     lq = net.run(x, T, fixed_point=True, batch_size=batch, neuron_counts=True)
     times["lava_fixed"] = (time.perf_counter() - t0, time.process_time() - c0)
@@ -178,6 +184,9 @@ def _lava_equivalence(model, x: np.ndarray, calib: np.ndarray, batch: int) -> di
     return {"float_equal": float(same.mean()), "fixed_bitexact": float(exact.mean()),
             "float_prediction_agreement": float((lf.readout.argmax(1) == torch_out.argmax(1)).mean()),
             "fixed_prediction_agreement": float((lq.readout.argmax(1) == torch_out.argmax(1)).mean()),
+            "accuracy": {"torch64": float((torch_out.argmax(1) == y).mean()),
+                         "lava_float": float((lf.readout.argmax(1) == y).mean()),
+                         "lava_fixed": float((lq.readout.argmax(1) == y).mean())},
             "spikes": {k: int(lf.counts[k].sum()) for k in layers},
             "seconds_wall_cpu": {k: [round(w, 1), round(c, 1)] for k, (w, c) in times.items()}}
 
@@ -194,7 +203,7 @@ def part_lava(out: Path, n: int, batch: int) -> dict:
     for name, (m, data, cal) in {
             "frames": (model, frames, bernoulli_frames(calib, T, seed=3).astype(np.float32)),
             "rate": (_with_encoding(model, "rate:bernoulli:0"), x, calib)}.items():
-        r = _lava_equivalence(m, data, cal, batch)
+        r = _lava_equivalence(m, data, y, cal, batch)
         print(f"lava, {name} input ({n} images, T={T}): {r}", flush=True)
         for k, v in r.items():
             result[f"{name}_{k}"] = v

@@ -20,6 +20,8 @@ from ...errors import DataError, TargetError
 from . import fixed, inputs, lowering, reference
 
 CALIB_MAX = 256
+"""Calibration samples (analog input); per-step input takes 256 * 8 / T of them (at least 16):
+its currents hold T values per sample."""
 
 
 def quantize(model: onnx.ModelProto, calib: np.ndarray | None, timesteps: int | None = None
@@ -42,6 +44,8 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray | None, timesteps: int | 
     data_t = ir.data_steps(out, calib.shape, "the calibration data")
     if data_t is not None:  # time-varying calibration data: as many of its steps as T asks for
         t = min(t, data_t)
+    if data_t is not None or ir.encoding(out).kind == "rate":
+        calib = calib[:max(16, CALIB_MAX * 8 // t)]  # per-step currents: samples x T values each
     x = inputs.step_input(out, calib, t)
     dyn = inputs.input_currents(lg, x)
     bias_range = {k: float(np.percentile(np.abs(v), 99.99)) for k, v in dyn.items()}

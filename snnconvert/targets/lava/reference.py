@@ -59,23 +59,22 @@ def simulate(lg: LayerGraph, x: np.ndarray, timesteps: int,
     first, count = readout_steps or (0, timesteps)
     spikes: dict[str, torch.Tensor] = {}
     v: dict[str, torch.Tensor] = {}
-    bias: dict[str, list[torch.Tensor]] = {}   # one per step (one for all steps: constant input)
     counts = {p.name: torch.zeros((n,) + p.shape, dtype=torch.int64) for p in lg.neurons}
-    for name, p in lg.populations.items():
-        if p.is_output:
-            continue
+
+    def bias_at(name: str, p, step: int) -> torch.Tensor:
+        """The bias current of ``p`` at ``step`` (the constant bias plus the input current)."""
         d = dyn.get(name)
-        per = [d[:, t] for t in range(timesteps)] if steps and d is not None else [0.0 if d is None else d]
-        bias[name] = []
-        for cur in per:
-            b = np.broadcast_to(p.bias, (n,) + p.shape) + cur
-            if fixed is None:
-                bias[name].append(torch.as_tensor(np.array(b, np.float64)))
-            else:
-                mant, exp = fixed[name].quantize_bias(b)
-                bias[name].append(torch.as_tensor(mant << exp))
-        start = p.v_init if fixed is None else fixed[name].v_init
-        v[name] = torch.as_tensor(np.broadcast_to(start, (n,) + p.shape).copy())
+        b = np.broadcast_to(p.bias, (n,) + p.shape) + (0.0 if d is None else d[:, step] if steps else d)
+        if fixed is None:
+            return torch.as_tensor(np.array(b, np.float64))
+        mant, exp = fixed[name].quantize_bias(b)
+        return torch.as_tensor(mant << exp)
+
+    bias = {name: bias_at(name, p, 0) for name, p in lg.populations.items() if not p.is_output}
+    for name, p in lg.populations.items():
+        if not p.is_output:
+            start = p.v_init if fixed is None else fixed[name].v_init
+            v[name] = torch.as_tensor(np.broadcast_to(start, (n,) + p.shape).copy())
     acc = None
     lines: dict = {}
     for step in range(timesteps):
@@ -107,8 +106,9 @@ def simulate(lg: LayerGraph, x: np.ndarray, timesteps: int,
                 if first <= step < first + count:
                     acc = cur if acc is None else acc + cur
                 continue
-            b = bias[name][min(step, len(bias[name]) - 1)]
-            spikes[name], v[name] = _step(p, fixed.get(name) if fixed else None, v[name], cur, b)
+            if step and steps and name in dyn:
+                bias[name] = bias_at(name, p, step)
+            spikes[name], v[name] = _step(p, fixed.get(name) if fixed else None, v[name], cur, bias[name])
             counts[name] += spikes[name]
     gain = 1.0 if fixed is None else fixed[lg.output.name].gain
     readout = acc.numpy() / (count * gain) + lg.output.bias
