@@ -258,3 +258,18 @@ def test_held_out_check_keeps_the_better_network(digits, monkeypatch):
     monkeypatch.setattr(calibrate_for_t, "output_agreement", lambda *a: next(scores))
     dropped, pass_ = calibrated(ann, calib, 32, None)
     assert thresholds(dropped) == thresholds(base)
+
+
+def test_weight_refit_on_a_graph_built_here():
+    """On a two-layer conv net built in the test, the refit of the second Conv (fed by the first
+    layer's spikes) lowers that layer's error to the ANN on held-out images, at several T."""
+    ann = background_ann(1)
+    calib, held_out = background_images(300, 0), background_images(200, 1)
+    for steps in (2, 4):
+        base, _ = calibrated(ann, calib, steps, [SearchThresholds()])
+        tuned, pass_ = calibrated(ann, calib, steps, [FitWeights(), SearchThresholds()])
+        second = ir.neurons(base)[1].name
+        assert pass_.layers[second].history[0][0] == "fit-weights"
+        before = layer_errors(base, held_out, steps)[second]
+        after = layer_errors(tuned, held_out, steps, ann=base)[second]
+        assert after < 0.9 * before, (steps, before, after)
