@@ -1,7 +1,7 @@
 """Learnable synaptic delays (DCLS, issue 13) on a synthetic spike-timing task.
 
     .venv/bin/python benchmarks/bench_delays.py [--json R.json] [--epochs 30] [--max-delay 15]
-                                                [--lava-samples 100]
+                                                [--lava-samples 100] [--parts timing,nmnist]
 
 Task (:class:`snnconvert.events.TimingTask`): 8 input channels, 8 classes, 32 steps; every class
 is one spike per channel at offsets that are a permutation of 0, 3, ..., 21 (so the classes have
