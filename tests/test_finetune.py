@@ -2,6 +2,7 @@
 parameters survive the IR round trip, checkpoints resume exactly, and user errors exit 2."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -159,6 +160,25 @@ def test_tuned_ir_round_trips_and_deploys(digits, digits_snn, tmp_path) -> None:
         assert nir_target.compile(loaded, tmp_path / "tuned.nir").exists()
 
 
+@contextlib.contextmanager
+def crash_in_epoch(monkeypatch, epoch: int):
+    """Inside the block, training stops with KeyboardInterrupt when it reaches ``epoch``
+    (0-based), as a killed run would; the block asserts that it did."""
+    run_epoch = Trainer.run_epoch
+
+    def crashing(self, *args, **kwargs):
+        if self.epoch == epoch:
+            raise KeyboardInterrupt
+        return run_epoch(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "run_epoch", crashing)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        monkeypatch.setattr(Trainer, "run_epoch", run_epoch)
+
+
 def test_checkpoint_resume_continues_where_it_stopped(digits, digits_snn, tmp_path, monkeypatch) -> None:
     x, y = digits["x_train"][:192], digits["y_train"][:192]
     xv, yv = digits["x_test"][:100], digits["y_test"][:100]
@@ -166,17 +186,8 @@ def test_checkpoint_resume_continues_where_it_stopped(digits, digits_snn, tmp_pa
     straight, h_straight = finetune(digits_snn, x, y, xv, yv, **common)
 
     ck = tmp_path / "run.ckpt"
-    run_epoch = Trainer.run_epoch
-
-    def crash_in_epoch_3(self, *args, **kwargs):
-        if self.epoch == 2:
-            raise KeyboardInterrupt
-        return run_epoch(self, *args, **kwargs)
-
-    monkeypatch.setattr(Trainer, "run_epoch", crash_in_epoch_3)
-    with pytest.raises(KeyboardInterrupt):
+    with crash_in_epoch(monkeypatch, 2):
         finetune(digits_snn, x, y, xv, yv, checkpoint=ck, **common)
-    monkeypatch.setattr(Trainer, "run_epoch", run_epoch)
     resumed, h_resumed = finetune(digits_snn, x, y, xv, yv, checkpoint=ck, resume=ck, **common)
     assert [e.epoch for e in h_resumed.epochs] == [1, 2, 3]
     assert h_resumed.initial_val_accuracy == h_straight.initial_val_accuracy

@@ -20,6 +20,7 @@ from snnconvert.finetune.joint import kd
 from snnconvert.runtime import SpikingNetwork
 from test_finetune import _one_thread  # noqa: F401 (autouse fixture: one torch thread)
 from test_finetune import _tiny as tiny_net
+from test_finetune import crash_in_epoch
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 T = 4
@@ -223,17 +224,8 @@ def test_joint_checkpoint_resumes_to_the_same_network(tmp_path, monkeypatch) -> 
     common = dict(method="joint", timesteps=T, epochs=3, batch_size=32, lr=1e-2, joint_norm="batch")
     straight, _ = finetune(_tiny(), x, y, **common)
     ck = tmp_path / "joint.ckpt"
-    run_epoch = Trainer.run_epoch
-
-    def crash_in_epoch_3(self, *args, **kwargs):
-        if self.epoch == 2:
-            raise KeyboardInterrupt
-        return run_epoch(self, *args, **kwargs)
-
-    monkeypatch.setattr(Trainer, "run_epoch", crash_in_epoch_3)
-    with pytest.raises(KeyboardInterrupt):
+    with crash_in_epoch(monkeypatch, 2):
         finetune(_tiny(), x, y, checkpoint=ck, **common)
-    monkeypatch.setattr(Trainer, "run_epoch", run_epoch)
     resumed, history = finetune(_tiny(), x, y, checkpoint=ck, resume=ck, **common)
     assert [e.epoch for e in history.epochs] == [1, 2, 3]
     for a, b in zip(straight.graph.initializer, resumed.graph.initializer):
