@@ -276,6 +276,16 @@ def nmnist_part(args) -> dict:
     return result
 
 
+def torch_float64(model: onnx.ModelProto, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The torch runtime in float64, the reference the NIR and Lava checks compare against:
+    (readout [N, classes], spike counts per neuron layer)."""
+    net = SpikingNetwork(model, cpu_kernels="torch").double()
+    net.record = True
+    with torch.no_grad():
+        readout = net(torch.as_tensor(x, dtype=torch.float64), TASK.steps).numpy()
+    return readout, {name: c.numpy() for name, c in net.spike_counts.items()}
+
+
 def nir_check(model: onnx.ModelProto, x: np.ndarray) -> dict:
     """Export to NIR: Delay nodes, and the NIR graph simulated against the torch runtime."""
     import nir
@@ -286,14 +296,11 @@ def nir_check(model: onnx.ModelProto, x: np.ndarray) -> dict:
     graph, losses = target.export(model)
     delays = sum(isinstance(n, nir.Delay) for n in graph.nodes.values())
     result, counts = target.NirSimulator(graph).simulate(x, TASK.steps)
-    net = SpikingNetwork(model, cpu_kernels="torch").double()
-    net.record = True
-    with torch.no_grad():
-        ours = net(torch.as_tensor(x, dtype=torch.float64), TASK.steps).numpy()
+    ours, want = torch_float64(model, x)
     same = np.ones(len(x), bool)
-    for name, c in net.spike_counts.items():
+    for name, c in want.items():
         key = re.sub(r"[^0-9A-Za-z_]", "_", name)
-        same &= (counts[key] == c.numpy()).reshape(len(x), -1).all(1)
+        same &= (counts[key] == c).reshape(len(x), -1).all(1)
     return {"nir_delay_nodes": int(delays), "nir_nodes": len(graph.nodes), "nir_losses": [str(s) for s in losses],
             "nir_equal": float(same.mean()),
             "nir_readout_max_diff": float(np.abs(result.readout[TASK.steps] - ours).max()),
@@ -359,13 +366,10 @@ def lava_check(model: onnx.ModelProto, x: np.ndarray, calib: np.ndarray) -> dict
     t0 = time.perf_counter()
     got = net.run(x, TASK.steps, fixed_point=False, neuron_counts=True)
     seconds = time.perf_counter() - t0
-    ref = SpikingNetwork(model, cpu_kernels="torch").double()
-    ref.record = True
-    with torch.no_grad():
-        ours = ref(torch.as_tensor(x, dtype=torch.float64), TASK.steps).numpy()
+    ours, want = torch_float64(model, x)
     same = np.ones(len(x), bool)
-    for name, c in ref.spike_counts.items():
-        same &= (got.counts[name] == c.numpy()).reshape(len(x), -1).all(1)
+    for name, c in want.items():
+        same &= (got.counts[name] == c).reshape(len(x), -1).all(1)
     fixed = lava.network(lava.quantize(model, calib))
     got_fx = fixed.run(x, TASK.steps, fixed_point=True, neuron_counts=True)
     want_fx = fixed.reference(x, TASK.steps, fixed_point=True)
