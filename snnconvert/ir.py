@@ -174,6 +174,17 @@ class Readout:
             raise ValueError(f"readout {text!r}: the window must be a positive number of steps")
         return cls("window", k)
 
+    def span(self, timesteps: int) -> tuple[int, int]:
+        """(first step, number of steps) of a ``timesteps``-step run whose outputs this readout
+        averages: all T (membrane, and spikes, whose count covers every step), the last (last),
+        the last min(K, T) (window:K)."""
+        if self.kind == "last":
+            return timesteps - 1, 1
+        if self.kind == "window":
+            k = min(self.window, timesteps)
+            return timesteps - k, k
+        return 0, timesteps
+
     def __str__(self) -> str:
         return f"window:{self.window}" if self.kind == "window" else self.kind
 

@@ -67,11 +67,8 @@ def read_out(spec: ir.Readout, outputs: list[np.ndarray], counts: np.ndarray | N
     """The readout of the per-step outputs y_1..y_T (``counts``: the output neurons' spikes)."""
     if spec.kind == "spikes":
         return counts.reshape(len(counts), -1).astype(np.float64)
-    if spec.kind == "last":
-        return outputs[-1]
-    if spec.kind == "window":
-        return np.mean(outputs[-spec.window:], axis=0)
-    return np.mean(outputs, axis=0)
+    first, count = spec.span(len(outputs))
+    return np.mean(outputs[first:first + count], axis=0)
 
 
 def simulate(model: onnx.ModelProto, x: np.ndarray, timesteps: int) -> Reference:

@@ -34,7 +34,6 @@ from .fixed import FixedLayer, load_layers  # noqa: E402
 from .lowering import LayerGraph, lower  # noqa: E402
 from .quantize import quantize  # noqa: E402
 from .inputs import step_input  # noqa: E402
-from .inputs import readout_steps as _readout_steps  # noqa: E402
 from .support import check_io, supports  # noqa: E402
 from ..support import refuse_unsupported  # noqa: E402
 from .reference import RefResult, simulate  # noqa: E402
@@ -70,7 +69,7 @@ class LavaNetwork:
                         self._fixed(fixed_point), self._readout_steps(timesteps), self._count_readout())
 
     def _readout_steps(self, timesteps: int) -> tuple[int, int]:
-        return _readout_steps(ir.readout(self.model), timesteps)
+        return ir.readout(self.model).span(timesteps)
 
     def _count_readout(self) -> str | None:
         """The output neuron population whose spike counts are the ``spikes`` readout."""

@@ -81,20 +81,6 @@ def input_currents(lg: LayerGraph, x: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def readout_steps(readout: ir.Readout, timesteps: int) -> tuple[int, int]:
-    """(first step, number of steps) of a T-step run that the readout averages the output over:
-    all T (membrane, and spikes, whose count covers every step), the last (last), the last
-    min(K, T) (window:K)."""
-    if readout.kind in ("membrane", "spikes"):
-        return 0, timesteps
-    if readout.kind == "last":
-        return timesteps - 1, 1
-    if readout.kind == "window":
-        k = min(readout.window, timesteps)
-        return timesteps - k, k
-    raise ValueError(f"unknown readout '{readout}'")
-
-
 def output_current_mean(current: np.ndarray | None, steps: bool, first: int, count: int
                         ) -> np.ndarray | float:
     """The mean over the read-out steps of the input-driven current of the read-out itself
