@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .event_kernels import _aligned_zeros
+
 try:
     import numba
     from llvmlite import ir as llir
@@ -269,14 +271,6 @@ if numba is not None:
 
 def available() -> bool:
     return numba is not None
-
-
-def _aligned_zeros(n: int, dtype) -> np.ndarray:
-    """Zeros starting on a 64-byte boundary (each 16-lane float32 row is one cache line)."""
-    itemsize = np.dtype(dtype).itemsize
-    buf = np.zeros(n + 64 // itemsize, dtype)
-    start = (-buf.ctypes.data % 64) // itemsize
-    return buf[start:start + n]
 
 
 def _out_size(size: int, k: int, stride: int, pad_total: int, dil: int) -> int:
