@@ -67,7 +67,7 @@ def test_every_table_layout_gives_the_same_sums(bits, compact):
 
 def test_default_layout_keeps_the_table_small():
     small = BinaryConv.build(np.ones((16, 16, 3, 3)), np.ones(16), in_hw=(8, 8), pads=(1, 1, 1, 1))
-    big = BinaryConv.build(np.ones((64, 64, 3, 3)), np.ones(64), in_hw=(8, 8), pads=(1, 1, 1, 1))
+    big = BinaryConv.build(np.ones((128, 128, 3, 3)), np.ones(128), in_hw=(4, 4), pads=(1, 1, 1, 1))
     assert small.bits == 8 and big.bits == 4
     assert big.table.nbytes <= binary_conv.TABLE_BUDGET
 
@@ -80,8 +80,8 @@ def test_numba_core_is_callable_from_compiled_code():
     spikes = (rng.random((2, 5, 5, 8)) < 0.3).astype(np.uint8)
 
     @numba.njit
-    def run(spikes, out, table, taps, geom, rows, cnt, offs, acc, eq, et):
-        binary_conv.binary_conv_frames(spikes, out, table, taps, geom, rows, cnt, offs, acc, eq, et)
+    def run(spikes, out, table, geom, packed, eq, et, offs, acc):
+        binary_conv.binary_conv_frames(spikes, out, table, geom, packed, eq, et, offs, acc)
 
     out = np.zeros((2, 5, 5, 16))
     run(spikes, out, *kernel.kernel_args())

@@ -1,21 +1,25 @@
 """Convolution of binary spike inputs by table look-up: additions of precomputed weight sums.
 
 A conv fed by a neuron layer sees inputs that are 0 or the neuron's threshold θ_c. Packing the
-C channel bits of an input position into groups of ``bits`` (8 or 4) channels, the contribution of
-one group through one kernel tap is a weight sum that depends only on the group's bit pattern:
-``table[tap, g, pattern, :] = Σ_{j in pattern} θ_{gb+j} · w[:, gb+j, ky, kx]`` (computed once in
-float64). An output position then costs, per tap, one O-lane vector addition per *nonzero* group
-instead of C multiply-adds: the kernel is output-stationary (loops over output positions, keeps the
-O-lane sum in registers, writes once), channel-last, and skips the all-zero groups (at 12 % firing,
-0.88⁸ ≈ 36 % of the bytes are zero), so its cost falls with density but stays bounded at 100 %.
+C channel bits of an input position into groups of ``bits`` (8, or 4 for big layers) channels,
+the contribution of one group through one kernel tap depends only on the group's bit pattern:
+``table[tap, g, pattern, :] = Σ_{j in pattern} θ_{gb+j} · w[:, gb+j, ky, kx]`` (summed once in
+float64). An output position then costs one O-lane vector addition per (tap, group) instead of
+C multiply-adds per tap: 18 additions of 16 lanes for a 16->16 3x3 conv against 144 FMAs dense,
+whatever the firing rate. The kernel is output-stationary and channel-last: it keeps the sums of
+four neighbouring outputs in vector registers and writes each output once.
 
-Layout: spikes ``[F, H, W, C]`` uint8 0/1 → out ``[F, OH, OW, O]`` (adds into ``out``). Each frame
-is packed into a zero-bordered ``[H + pads, W + pads, G]`` byte image first, so taps that fall in the
-padding read pattern 0 and are skipped like any zero group (no bounds tests in the inner loop).
+Two layouts: *direct* sums every (tap, group) row, zero patterns included (they read a zero row
+that stays in L1); *compact* first lists each output's nonzero groups (branch-free) and sums
+those, which pays when a row is four or more vectors (O >= 64).
+
+Layout of the data: spikes ``[F, H, W, C]`` uint8 0/1 → out ``[F, OH, OW, O]`` (adds into
+``out``). Each frame is packed into a zero-bordered ``[H + pads, W + pads, G]`` byte image first
+(64 spikes per vector compare), so taps that fall in the padding read pattern 0 (no bounds tests).
 
 Cost model for choosing this kernel against scatter or dense per layer: :meth:`BinaryConv.time`
-measures it on the caller's spikes, :meth:`BinaryConv.lookups` counts the vector additions a
-frame set needs (the kernel's work is proportional to it).
+measures it on the caller's spikes; :meth:`BinaryConv.lookups` counts its vector additions (its
+time follows them: about 0.5-0.7 ns each here, one thread).
 """
 from __future__ import annotations
 
@@ -38,8 +42,10 @@ except ImportError:  # pragma: no cover - numba is a declared dependency
 LANES = 16
 """Output channels per vector; tables pad O to a multiple of this."""
 
-TABLE_BUDGET = 640 * 1024
-"""Largest table (bytes) for 8-bit groups; beyond it 4-bit groups keep the table near L2 size."""
+TABLE_BUDGET = 8 << 20
+"""Largest table (bytes) for 8-bit groups; beyond it 4-bit groups (16x smaller, 2x the look-ups).
+Measured: 8-bit groups are faster up to ResNet-20's 64->64 3x3 (a 4.7 MB float32 table): at
+10-15 % firing a tap's likely patterns (0-2 bits set) are a small part of it."""
 
 
 def _padded(n: int) -> int:
@@ -47,143 +53,220 @@ def _padded(n: int) -> int:
 
 
 if numba is not None:
-    def _rows_sum(chunks: int, indirect: bool):
-        """Intrinsic that sums table rows in vector registers: for k < ``chunks``,
-        ``dst[dst_off+16k : +16] (+)= Σ_{i<n} table[off_i + shift + 16k : +16]`` with
-        ``off_i = offs[i]`` (``rows_sum(dst, dst_off, table, offs, n, shift, add)``) or, when
-        ``indirect``, ``off_i = prow[base + eq[i]] + et[i]``
-        (``rows_sum(dst, dst_off, table, prow, base, eq, et, n, shift, add)``). Several
-        independent sums run side by side so that additions overlap; ``add`` keeps dst's previous
-        value, otherwise it is overwritten."""
+    _jit = numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
+
+    @intrinsic
+    def _nonzero_bits64(typingctx, array, offset):
+        """Bit mask (bit j for byte offset+j) of the nonzero bytes among 64: one vector compare."""
+        sig = types.uint64(array, types.intp)
+
+        def codegen(context, builder, signature, args):
+            data = context.make_array(signature.args[0])(context, builder, args[0]).data
+            vec = llir.VectorType(llir.IntType(8), 64)
+            x = builder.load(builder.bitcast(builder.gep(data, [args[1]]), vec.as_pointer()),
+                             align=1)
+            mask = builder.icmp_unsigned("!=", x, llir.Constant(vec, None))
+            return builder.bitcast(mask, llir.IntType(64))
+
+        return sig, codegen
+
+    @intrinsic
+    def _store_u64(typingctx, array, offset, value):
+        """Bytes array[offset:offset+8] = value (little-endian), one unaligned store."""
+        sig = types.void(array, types.intp, types.uint64)
+
+        def codegen(context, builder, signature, args):
+            data = context.make_array(signature.args[0])(context, builder, args[0]).data
+            ptr = builder.bitcast(builder.gep(data, [args[1]]), llir.IntType(64).as_pointer())
+            builder.store(args[2], ptr, align=1)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    def _vector_sums(context, builder, chunks, positions, elt):
+        """positions x chunks zeroed vector accumulators (promoted to registers by LLVM)."""
+        zero = llir.Constant(llir.VectorType(elt, LANES), None)
+        return [[cgutils.alloca_once_value(builder, zero) for _ in range(chunks)]
+                for _ in range(positions)]
+
+    def _add_row(builder, tdata, off, acc_row, elt, size):
+        """acc_row[k] += table[off + 16k : +16] for each chunk k."""
+        vec = llir.VectorType(elt, LANES)
+        for k, acc in enumerate(acc_row):
+            q = builder.gep(tdata, [builder.add(off, llir.Constant(off.type, LANES * k))])
+            row = builder.load(builder.bitcast(q, vec.as_pointer()), align=size)
+            builder.store(builder.fadd(builder.load(acc), row), acc)
+
+    def _write_sums(builder, ddata, doff, dstep, accs, add, elt, size):
+        """dst[doff + p·dstep + 16k : +16] (+)= accs[p][k]."""
+        vec = llir.VectorType(elt, LANES)
+        i64 = llir.IntType(64)
+        for p, acc_row in enumerate(accs):
+            pbase = builder.add(doff, builder.mul(dstep, llir.Constant(i64, p)))
+            for k, acc in enumerate(acc_row):
+                q = builder.gep(ddata, [builder.add(pbase, llir.Constant(i64, LANES * k))])
+                q = builder.bitcast(q, vec.as_pointer())
+                total = builder.load(acc)
+                with builder.if_else(add) as (then, otherwise):
+                    with then:
+                        builder.store(builder.fadd(builder.load(q, align=size), total), q,
+                                      align=size)
+                    with otherwise:
+                        builder.store(total, q, align=size)
+
+    def _taps_sum(chunks: int, positions: int):
+        """Intrinsic ``taps_sum(dst, dst_off, dst_step, table, packed, base, base_step, eq, et,
+        n, row, shift, add)``: for each of ``positions`` outputs p and k < ``chunks``,
+        ``dst[dst_off + p·dst_step + 16k : +16] (+)= Σ_{i<n} table[et[i] + shift + 16k +
+        row · packed[base + p·base_step + eq[i]] : +16]``: entry i is one (tap, group), its
+        pattern byte selects the table row. Neighbouring outputs are summed side by side
+        (independent additions; each entry's eq/et is read once for all of them)."""
+        def codegen(context, builder, signature, args):
+            dv, doff, dstep, tv, pv, base, bstep, eqv, etv, n, row, shift, add = args
+            dty, _, _, tty, pty, _, _, eqty, etty = signature.args[:9]
+            ddata, tdata, pdata, eqdata, etdata = [
+                context.make_array(ty)(context, builder, v).data
+                for ty, v in ((dty, dv), (tty, tv), (pty, pv), (eqty, eqv), (etty, etv))]
+            elt = context.get_data_type(tty.dtype)
+            size = elt.get_abi_size(context.target_data)
+            i64 = llir.IntType(64)
+            accs = _vector_sums(context, builder, chunks, positions, elt)
+            bases = [builder.add(base, builder.mul(bstep, llir.Constant(i64, p)))
+                     for p in range(positions)]
+            with cgutils.for_range(builder, n) as loop:
+                e = builder.load(builder.gep(eqdata, [loop.index]))
+                t = builder.add(builder.load(builder.gep(etdata, [loop.index])), shift)
+                for p in range(positions):
+                    pattern = builder.load(builder.gep(pdata, [builder.add(bases[p], e)]))
+                    off = builder.add(t, builder.mul(builder.zext(pattern, i64), row))
+                    _add_row(builder, tdata, off, accs[p], elt, size)
+            _write_sums(builder, ddata, doff, dstep, accs, add, elt, size)
+            return context.get_dummy_value()
+
+        @intrinsic
+        def taps_sum(typingctx, dst, dst_off, dst_step, table, packed, base, base_step, eq, et,
+                     n, row, shift, add):
+            return types.void(dst, types.intp, types.intp, table, packed, types.intp, types.intp,
+                              eq, et, types.intp, types.intp, types.intp, types.boolean), codegen
+        return taps_sum
+
+    def _rows_sum(chunks: int):
+        """Intrinsic ``rows_sum(dst, dst_off, table, offs, n, shift, add)``: for k < ``chunks``,
+        ``dst[dst_off+16k : +16] (+)= Σ_{i<n} table[offs[i] + shift + 16k : +16]`` (four
+        independent sums a chunk, so that additions overlap)."""
         unroll = max(1, 4 // chunks)
 
         def codegen(context, builder, signature, args):
-            if indirect:
-                dv, doff, tv, pv, pbase, eqv, etv, n, shift, add = args
-                dty, _, tty, pty, _, eqty, etty = signature.args[:7]
-                pdata = context.make_array(pty)(context, builder, pv).data
-                eqdata = context.make_array(eqty)(context, builder, eqv).data
-                etdata = context.make_array(etty)(context, builder, etv).data
-            else:
-                dv, doff, tv, ov, n, shift, add = args
-                dty, _, tty, oty = signature.args[:4]
-                odata = context.make_array(oty)(context, builder, ov).data
+            dv, doff, tv, ov, n, shift, add = args
+            dty, _, tty, oty = signature.args[:4]
+            ddata, tdata, odata = [context.make_array(ty)(context, builder, v).data
+                                   for ty, v in ((dty, dv), (tty, tv), (oty, ov))]
             elt = context.get_data_type(tty.dtype)
-            vec = llir.VectorType(elt, LANES)
             size = elt.get_abi_size(context.target_data)
             i64 = llir.IntType(64)
-            tdata = context.make_array(tty)(context, builder, tv).data
-            ddata = context.make_array(dty)(context, builder, dv).data
-            zero = llir.Constant(vec, None)
-            accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(chunks)]
-                    for _ in range(unroll)]
+            accs = _vector_sums(context, builder, chunks, unroll, elt)
 
-            def add_row(index, acc_row):
-                if indirect:
-                    q = builder.add(pbase, builder.load(builder.gep(eqdata, [index])))
-                    off = builder.add(builder.load(builder.gep(pdata, [q])),
-                                      builder.load(builder.gep(etdata, [index])))
-                else:
-                    off = builder.load(builder.gep(odata, [index]))
-                off = builder.add(off, shift)
-                for k in range(chunks):
-                    p = builder.gep(tdata, [builder.add(off, llir.Constant(i64, LANES * k))])
-                    row = builder.load(builder.bitcast(p, vec.as_pointer()), align=size)
-                    builder.store(builder.fadd(builder.load(acc_row[k]), row), acc_row[k])
+            def add_entry(index, acc_row):
+                off = builder.add(builder.load(builder.gep(odata, [index])), shift)
+                _add_row(builder, tdata, off, acc_row, elt, size)
 
             blocks = builder.udiv(n, llir.Constant(i64, unroll)) if unroll > 1 else n
             with cgutils.for_range(builder, blocks) as loop:
-                base = builder.mul(loop.index, llir.Constant(i64, unroll))
+                first = builder.mul(loop.index, llir.Constant(i64, unroll))
                 for u in range(unroll):
-                    add_row(builder.add(base, llir.Constant(i64, u)), accs[u])
+                    add_entry(builder.add(first, llir.Constant(i64, u)), accs[u])
             if unroll > 1:
                 start = builder.mul(blocks, llir.Constant(i64, unroll))
                 with cgutils.for_range(builder, n, start=start) as loop:
-                    add_row(loop.index, accs[0])
+                    add_entry(loop.index, accs[0])
+            vec = llir.VectorType(elt, LANES)
             for k in range(chunks):
-                total = builder.load(accs[0][k])
                 for u in range(1, unroll):
-                    total = builder.fadd(total, builder.load(accs[u][k]))
-                p = builder.gep(ddata, [builder.add(doff, llir.Constant(i64, LANES * k))])
-                p = builder.bitcast(p, vec.as_pointer())
-                with builder.if_then(add):
-                    builder.store(builder.fadd(builder.load(p, align=size), total), p,
-                                  align=size)
-                with builder.if_then(builder.not_(add)):
-                    builder.store(total, p, align=size)
+                    total = builder.fadd(builder.load(accs[0][k]), builder.load(accs[u][k]))
+                    builder.store(total, accs[0][k])
+            _write_sums(builder, ddata, doff, llir.Constant(i64, 0), accs[:1], add, elt, size)
+            del vec
             return context.get_dummy_value()
 
-        if indirect:
-            @intrinsic
-            def rows_sum(typingctx, dst, dst_off, table, prow, base, eq, et, n, shift, add):
-                return types.void(dst, types.intp, table, prow, types.intp, eq, et, types.intp,
-                                  types.intp, types.boolean), codegen
-        else:
-            @intrinsic
-            def rows_sum(typingctx, dst, dst_off, table, offs, n, shift, add):
-                return types.void(dst, types.intp, table, offs, types.intp, types.intp,
-                                  types.boolean), codegen
+        @intrinsic
+        def rows_sum(typingctx, dst, dst_off, table, offs, n, shift, add):
+            return types.void(dst, types.intp, table, offs, types.intp, types.intp,
+                              types.boolean), codegen
         return rows_sum
 
-    rows_sum1 = _rows_sum(1, False)
-    rows_sum2 = _rows_sum(2, False)
-    rows_sum4 = _rows_sum(4, False)
-    taps_sum1 = _rows_sum(1, True)
-    taps_sum2 = _rows_sum(2, True)
-    taps_sum4 = _rows_sum(4, True)
+    POSITIONS = {1: 4, 2: 4, 4: 2}
+    """Outputs summed side by side per number of 16-lane chunks (8-16 vector accumulators)."""
+    taps_sum_1x1, taps_sum_1x4 = _taps_sum(1, 1), _taps_sum(1, POSITIONS[1])
+    taps_sum_2x1, taps_sum_2x4 = _taps_sum(2, 1), _taps_sum(2, POSITIONS[2])
+    taps_sum_4x1, taps_sum_4x2 = _taps_sum(4, 1), _taps_sum(4, POSITIONS[4])
+    rows_sum1, rows_sum2, rows_sum4 = _rows_sum(1), _rows_sum(2), _rows_sum(4)
 
-    _jit = numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
+    @numba.njit(inline="always")
+    def _byte_pattern(flat, start):  # pragma: no cover - compiled
+        """Bit j set where flat[start + j] != 0, j < 8."""
+        p = 0
+        for j in range(8):
+            if flat[start + j] != 0:
+                p |= 1 << j
+        return p
 
-    _GATHER8 = np.uint64(sum(1 << (7 * j + 7) for j in range(8)))
-    """(word · _GATHER8) >> 56 packs the low bits of a uint64's 8 bytes (0/1 each) into one byte,
-    bit i from byte i: every partial product lands on its own bit, so nothing carries."""
+    @numba.njit(inline="always")
+    def _nibbles(m):  # pragma: no cover - compiled
+        """The 8 nibbles of a 32-bit value, one a byte (low nibble first)."""
+        m = (m | (m << np.uint64(16))) & np.uint64(0x0000FFFF0000FFFF)
+        m = (m | (m << np.uint64(8))) & np.uint64(0x00FF00FF00FF00FF)
+        return (m | (m << np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
 
     @_jit
-    def frame_rows(spikes, f, rows, cnt, geom, gsize, OP):  # pragma: no cover - compiled
-        """Frame ``f`` of ``spikes`` [F, H, W, C] (0/1): for each input position, at its index q
-        in the zero-bordered [Hp, Wp] image, the table row offsets ``g·gsize + pattern·OP`` of
-        its channel groups go to ``rows[q·G : (q+1)·G]``; when ``geom[6]`` (compact) only the
-        nonzero groups', in the first ``cnt[q]`` places (border: cnt stays 0)."""
+    def pack_frame(spikes, f, packed, geom):  # pragma: no cover - compiled
+        """Frame ``f`` of ``spikes`` [F, H, W, C] (0/1) -> ``packed`` (flat [Hp, Wp, G] bytes):
+        group g's pattern (bit j = channel g·bits + j) at (y + pad top, x + pad left); the
+        zero border is not written."""
         _, H, W, C = spikes.shape
-        pt, pl, bits, Wp, compact = geom[0], geom[1], geom[4], geom[5], geom[6] != 0
-        G = rows.shape[0] // cnt.shape[0]
-        if C % 8 == 0 and (bits == 8 or bits == 4):
-            words = C // 8
-            s64 = spikes.reshape(-1).view(np.uint64)
+        pt, pl, bits, Wp, G = geom[0], geom[1], geom[4], geom[5], geom[7]
+        flat = spikes.reshape(-1)
+        if bits == 8 and C % 8 == 0:
+            # 64 spike bytes -> 8 pattern bytes by one vector compare; rows of W·C bytes
+            n = W * C
             for y in range(H):
-                for x in range(W):
-                    w0 = ((f * H + y) * W + x) * words
-                    q = (y + pt) * Wp + x + pl
-                    r = q * G
-                    c = 0
-                    for w in range(words):
-                        p = np.int64((s64[w0 + w] * _GATHER8) >> np.uint64(56))
-                        if bits == 8:
-                            rows[r + c] = w * gsize + p * OP
-                            c += p != 0 if compact else 1
-                        else:
-                            lo = p & 15
-                            hi = p >> 4
-                            rows[r + c] = 2 * w * gsize + lo * OP
-                            c += lo != 0 if compact else 1
-                            rows[r + c] = (2 * w + 1) * gsize + hi * OP
-                            c += hi != 0 if compact else 1
-                    cnt[q] = c
+                src = (f * H + y) * n
+                dst = ((y + pt) * Wp + pl) * G
+                b = 0
+                while b + 64 <= n:
+                    _store_u64(packed, dst + b // 8, _nonzero_bits64(flat, src + b))
+                    b += 64
+                while b < n:
+                    packed[dst + b // 8] = _byte_pattern(flat, src + b)
+                    b += 8
+            return
+        if bits == 4 and C % 8 == 0:
+            # as above, each mask half spread to one nibble a byte (8 patterns per 32 spikes)
+            n = W * C
+            for y in range(H):
+                src = (f * H + y) * n
+                dst = ((y + pt) * Wp + pl) * G
+                b = 0
+                while b + 64 <= n:
+                    m = _nonzero_bits64(flat, src + b)
+                    _store_u64(packed, dst + b // 4, _nibbles(m & np.uint64(0xFFFFFFFF)))
+                    _store_u64(packed, dst + b // 4 + 8, _nibbles(m >> np.uint64(32)))
+                    b += 64
+                while b < n:
+                    p = _byte_pattern(flat, src + b)
+                    packed[dst + b // 4] = p & 15
+                    packed[dst + b // 4 + 1] = p >> 4
+                    b += 8
             return
         for y in range(H):
             for x in range(W):
-                q = (y + pt) * Wp + x + pl
-                r = q * G
-                c = 0
+                dst = ((y + pt) * Wp + x + pl) * G
                 for g in range(G):
                     c0 = g * bits
                     p = 0
-                    for ch in range(c0, min(C, c0 + bits)):
-                        if spikes[f, y, x, ch] != 0:
-                            p |= 1 << (ch - c0)
-                    rows[r + c] = g * gsize + p * OP
-                    c += p != 0 if compact else 1
-                cnt[q] = c
+                    for c in range(c0, min(C, c0 + bits)):
+                        if spikes[f, y, x, c] != 0:
+                            p |= 1 << (c - c0)
+                    packed[dst + g] = p
 
     @_jit
     def _sum_rows(dst, dst_off, table, offs, n, nchunks, add):  # pragma: no cover - compiled
@@ -198,75 +281,98 @@ if numba is not None:
             rows_sum1(dst, dst_off + LANES * k, table, offs, n, LANES * k, add)
 
     @_jit
-    def _sum_taps(dst, dst_off, table, rows, base, eq, et, nchunks, add
-                  ):  # pragma: no cover - compiled
-        k = 0
+    def _sum_taps_row(dst, dst_off, dst_step, table, packed, base, base_step, eq, et, OP,
+                      count, add):  # pragma: no cover - compiled
+        """``count`` outputs of one row, every (tap, group) entry: blocks of 4/2/1 chunks,
+        each over the row in groups of POSITIONS[chunks] outputs, then one at a time."""
         n = eq.shape[0]
-        while nchunks - k >= 4:
-            taps_sum4(dst, dst_off + LANES * k, table, rows, base, eq, et, n, LANES * k, add)
-            k += 4
-        if nchunks - k >= 2:
-            taps_sum2(dst, dst_off + LANES * k, table, rows, base, eq, et, n, LANES * k, add)
-            k += 2
-        if nchunks - k >= 1:
-            taps_sum1(dst, dst_off + LANES * k, table, rows, base, eq, et, n, LANES * k, add)
+        nchunks = OP // LANES
+        k = 0
+        while k < nchunks:
+            cs = 4 if nchunks - k >= 4 else (2 if nchunks - k >= 2 else 1)
+            shift = LANES * k
+            x = 0
+            if cs == 4:
+                while x + 2 <= count:
+                    taps_sum_4x2(dst, dst_off + x * dst_step + shift, dst_step, table, packed,
+                                 base + x * base_step, base_step, eq, et, n, OP, shift, add)
+                    x += 2
+            elif cs == 2:
+                while x + 4 <= count:
+                    taps_sum_2x4(dst, dst_off + x * dst_step + shift, dst_step, table, packed,
+                                 base + x * base_step, base_step, eq, et, n, OP, shift, add)
+                    x += 4
+            else:
+                while x + 4 <= count:
+                    taps_sum_1x4(dst, dst_off + x * dst_step + shift, dst_step, table, packed,
+                                 base + x * base_step, base_step, eq, et, n, OP, shift, add)
+                    x += 4
+            while x < count:
+                if cs == 4:
+                    taps_sum_4x1(dst, dst_off + x * dst_step + shift, dst_step, table, packed,
+                                 base + x * base_step, base_step, eq, et, n, OP, shift, add)
+                elif cs == 2:
+                    taps_sum_2x1(dst, dst_off + x * dst_step + shift, dst_step, table, packed,
+                                 base + x * base_step, base_step, eq, et, n, OP, shift, add)
+                else:
+                    taps_sum_1x1(dst, dst_off + x * dst_step + shift, dst_step, table, packed,
+                                 base + x * base_step, base_step, eq, et, n, OP, shift, add)
+                x += 1
+            k += cs
 
     @_jit
-    def binary_conv_frames(spikes, out, table, taps, geom, rows, cnt, offs, acc, eq, et
+    def binary_conv_frames(spikes, out, table, geom, packed, eq, et, offs, acc
                            ):  # pragma: no cover - compiled
         """out [F, OH, OW, O] += conv(spikes [F, H, W, C] 0/1 · amplitude) by table look-up.
 
-        ``table`` [taps · G · 2^bits · OP] (flat, 64-byte aligned); ``taps`` [n, 2] int64:
-        (dy·Wp + dx, table offset) of each kernel tap in the zero-bordered [Hp, Wp] input;
-        ``geom`` int64 [pad top, pad left, stride y, stride x, bits, Wp, compact]; scratch:
-        ``rows`` int64 [Hp·Wp·G] (border: g·2^bits·OP, the zero rows), ``cnt`` int64 [Hp·Wp]
-        (zeros), ``offs`` int64 [taps·G], ``acc`` [OP] of out's dtype; ``eq``, ``et`` int64
-        [taps·G]: entry t·G + j reads ``rows[q0·G + eq] + et`` (dy·Wp·G + dx·G + j, table
-        offset of tap t) for the output whose top-left input is q0.
+        ``table`` [taps · G · 2^bits · OP] (flat, 64-byte aligned); ``geom`` int64
+        [pad top, pad left, stride y, stride x, bits, Wp, compact, G]; ``packed`` uint8
+        [Hp · Wp · G] (zero border; scratch); ``eq``, ``et`` int64 [taps · G]: entry
+        i = (tap, group g) reads the pattern byte at ``q0·G + eq[i]`` (eq = (dy·Wp + dx)·G + g)
+        for the output whose top-left input is q0, and its table row at ``et[i] +
+        pattern·OP``; scratch ``offs`` int64 [taps · G] and ``acc`` [OW · OP] of out's dtype.
 
-        compact: each output position first lists the table rows of its nonzero groups (cost
-        per group, branch-free) and sums only those; otherwise it sums all taps·G rows (zero
-        patterns read a zero row), which is cheaper when a row is one or two vectors.
+        direct (geom[6] == 0): sums all taps·G rows (zero patterns read a zero row), four
+        outputs side by side; compact: each output first lists the rows of its nonzero groups
+        (branch-free) and sums only those, which pays when a row is 4+ vectors.
         """
-        compact = geom[6] != 0
         F = spikes.shape[0]
         _, OH, OW, O = out.shape
-        sh, sw, bits, Wp = geom[2], geom[3], geom[4], geom[5]
-        G = rows.shape[0] // cnt.shape[0]
-        OP = acc.shape[0]
+        sh, sw, bits, Wp, compact, G = geom[2], geom[3], geom[4], geom[5], geom[6], geom[7]
+        OP = (O + LANES - 1) // LANES * LANES
         nchunks = OP // LANES
-        gsize = (1 << bits) * OP
-        ntaps = taps.shape[0]
+        n_entries = eq.shape[0]
         outf = out.reshape(-1)
         direct = O == OP
         for f in range(F):
-            frame_rows(spikes, f, rows, cnt, geom, gsize, OP)
+            pack_frame(spikes, f, packed, geom)
             for oy in range(OH):
-                for ox in range(OW):
-                    q0 = oy * sh * Wp + ox * sw
-                    base = ((f * OH + oy) * OW + ox) * O
-                    if not compact:
-                        if direct:
-                            _sum_taps(outf, base, table, rows, q0 * G, eq, et, nchunks, True)
-                        else:
-                            _sum_taps(acc, 0, table, rows, q0 * G, eq, et, nchunks, False)
-                            for o in range(O):
-                                outf[base + o] += acc[o]
-                        continue
-                    n = 0
-                    for t in range(ntaps):
-                        q = q0 + taps[t, 0]
-                        toff = taps[t, 1]
-                        r = q * G
-                        for j in range(G):  # all G, branch-free; only cnt[q] of them count
-                            offs[n + j] = rows[r + j] + toff
-                        n += cnt[q]
+                rowbase = (f * OH + oy) * OW * O
+                q_row = oy * sh * Wp
+                if compact == 0:
                     if direct:
-                        _sum_rows(outf, base, table, offs, n, nchunks, True)
+                        _sum_taps_row(outf, rowbase, O, table, packed, q_row * G, sw * G, eq, et,
+                                      OP, OW, True)
+                    else:
+                        _sum_taps_row(acc, 0, OP, table, packed, q_row * G, sw * G, eq, et, OP,
+                                      OW, False)
+                        for ox in range(OW):
+                            for o in range(O):
+                                outf[rowbase + ox * O + o] += acc[ox * OP + o]
+                    continue
+                for ox in range(OW):
+                    b = (q_row + ox * sw) * G
+                    n = 0
+                    for i in range(n_entries):
+                        p = np.int64(packed[b + eq[i]])
+                        offs[n] = et[i] + p * OP
+                        n += p != 0
+                    if direct:
+                        _sum_rows(outf, rowbase + ox * O, table, offs, n, nchunks, True)
                     else:
                         _sum_rows(acc, 0, table, offs, n, nchunks, False)
                         for o in range(O):
-                            outf[base + o] += acc[o]
+                            outf[rowbase + ox * O + o] += acc[o]
 
 
 def available() -> bool:
@@ -290,14 +396,13 @@ class BinaryConv:
     bits: int
     groups: int
     table: np.ndarray
-    taps: np.ndarray
+    taps: np.ndarray  # [taps, 2]: (dy·Wp + dx, table offset)
     geom: np.ndarray
-    rows: np.ndarray
-    cnt: np.ndarray
-    offs: np.ndarray
-    acc: np.ndarray
+    packed: np.ndarray
     eq: np.ndarray
     et: np.ndarray
+    offs: np.ndarray
+    acc: np.ndarray
 
     @classmethod
     def build(cls, weight: np.ndarray, amplitude: np.ndarray, strides=(1, 1), pads=(0, 0, 0, 0),
@@ -337,19 +442,18 @@ class BinaryConv:
                     table[ky * kw + kx, gi, :, :o] = patterns[:, :c1 - c0] @ scaled[:, c0:c1, ky, kx].T
         flat = _aligned_zeros(table.size, dtype)
         flat[:] = table.reshape(-1)
-        tap_size = g * (1 << bits) * op
+        group_size = (1 << bits) * op
         hp, wp = h + pt + pb, w + pl + pr
-        taps = np.array([(ky * dh * wp + kx * dw, (ky * kw + kx) * tap_size)
+        taps = np.array([(ky * dh * wp + kx * dw, (ky * kw + kx) * g * group_size)
                          for ky in range(kh) for kx in range(kw)], np.int64)
         if compact is None:
             compact = op > 2 * LANES
-        geom = np.array([pt, pl, sh, sw, bits, wp, compact], np.int64)
-        rows = np.tile(np.arange(g, dtype=np.int64) * (1 << bits) * op, hp * wp)
-        eq = np.array([tq * g + j for tq, _ in taps for j in range(g)], np.int64)
-        et = np.repeat(taps[:, 1], g)
-        return cls((o, c, kh, kw), (h, w), (oh, ow), bits, g, flat, taps, geom, rows,
-                   np.zeros(hp * wp, np.int64), np.zeros(kh * kw * g, np.int64),
-                   _aligned_zeros(op, dtype), eq, et)
+        geom = np.array([pt, pl, sh, sw, bits, wp, compact, g], np.int64)
+        eq = np.array([dq * g + j for dq, _ in taps for j in range(g)], np.int64)
+        et = np.array([toff + j * group_size for _, toff in taps for j in range(g)], np.int64)
+        return cls((o, c, kh, kw), (h, w), (oh, ow), bits, g, flat, taps, geom,
+                   np.zeros(hp * wp * g, np.uint8), eq, et, np.zeros(eq.size, np.int64),
+                   _aligned_zeros(ow * op, dtype))
 
     @property
     def dtype(self) -> np.dtype:
@@ -377,12 +481,12 @@ class BinaryConv:
         _, _, kh, kw = self.weight_shape
         f = spikes.shape[0]
         oh, ow = self.out_hw
-        chunks = self.acc.shape[0] // LANES
+        chunks = _padded(self.weight_shape[0]) // LANES
         if not self.geom[6]:
             return f * oh * ow * kh * kw * self.groups * chunks
         pt, pl, sh, sw, bits, wp = (int(v) for v in self.geom[:6])
         h, w = self.in_hw
-        hp = self.cnt.shape[0] // wp
+        hp = self.packed.size // (wp * self.groups)
         groups = np.zeros((f, h, w, self.groups * bits), bool)
         groups[..., :spikes.shape[3]] = spikes != 0
         nz = np.zeros((f, hp, wp), np.int64)
@@ -395,8 +499,7 @@ class BinaryConv:
 
     def kernel_args(self) -> tuple:
         """The arguments after ``spikes, out`` of :func:`binary_conv_frames`, for numba code."""
-        return (self.table, self.taps, self.geom, self.rows, self.cnt, self.offs, self.acc,
-                self.eq, self.et)
+        return self.table, self.geom, self.packed, self.eq, self.et, self.offs, self.acc
 
     def time(self, spikes: np.ndarray, repeats: int = 3) -> float:
         """Best CPU seconds of :meth:`accumulate` on ``spikes`` over ``repeats`` runs (after a
