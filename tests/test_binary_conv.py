@@ -65,6 +65,24 @@ def test_every_table_layout_gives_the_same_sums(bits, compact):
     assert kernel.bits == bits
 
 
+@pytest.mark.parametrize("o", [16, 32, 48, 64, 80, 7])
+@pytest.mark.parametrize("compact", [False, True])
+def test_wide_rows_sum_several_outputs_side_by_side(o, compact):
+    """Rows of 19 outputs: blocks of 8 (or 4) neighbouring outputs and a tail, for 1-5 vectors."""
+    rng = np.random.default_rng(o)
+    f, h, w, c = 2, 3, 19, 16
+    weight = rng.standard_normal((o, c, 3, 3))
+    amplitude = rng.uniform(0.5, 2.0, c)
+    spikes = (rng.random((f, h, w, c)) < 0.2).astype(np.uint8)
+    ref = reference(spikes, weight, amplitude, (1, 1), (1, 1, 1, 1), (1, 1))
+    for dtype, tol in ((np.float64, 1e-12), (np.float32, 1e-5)):
+        kernel = BinaryConv.build(weight, amplitude, (1, 1), (1, 1, 1, 1), (1, 1), (h, w), dtype,
+                                  compact=compact)
+        out = np.zeros(ref.shape, dtype)
+        kernel.accumulate(spikes, out)
+        np.testing.assert_allclose(out, ref, rtol=0, atol=tol * np.abs(ref).max())
+
+
 def test_default_layout_keeps_the_table_small():
     small = BinaryConv.build(np.ones((16, 16, 3, 3)), np.ones(16), in_hw=(8, 8), pads=(1, 1, 1, 1))
     big = BinaryConv.build(np.ones((128, 128, 3, 3)), np.ones(128), in_hw=(4, 4), pads=(1, 1, 1, 1))
