@@ -83,6 +83,20 @@ def test_wide_rows_sum_several_outputs_side_by_side(o, compact):
         np.testing.assert_allclose(out, ref, rtol=0, atol=tol * np.abs(ref).max())
 
 
+def test_output_tile_padded_to_16_channels():
+    rng = np.random.default_rng(5)
+    weight = rng.standard_normal((20, 8, 3, 3))
+    spikes = (rng.random((2, 5, 9, 8)) < 0.3).astype(np.uint8)
+    ref = reference(spikes, weight, np.ones(8), (1, 1), (1, 1, 1, 1), (1, 1))
+    for compact in (False, True):
+        kernel = BinaryConv.build(weight, np.ones(8), (1, 1), (1, 1, 1, 1), (1, 1), (5, 9),
+                                  np.float64, compact=compact)
+        tile = np.zeros((2, 5, 9, 32))
+        kernel.accumulate(spikes, tile)
+        np.testing.assert_allclose(tile[..., :20], ref, atol=1e-12 * np.abs(ref).max())
+        assert not tile[..., 20:].any()
+
+
 def test_default_layout_keeps_the_table_small():
     small = BinaryConv.build(np.ones((16, 16, 3, 3)), np.ones(16), in_hw=(8, 8), pads=(1, 1, 1, 1))
     big = BinaryConv.build(np.ones((128, 128, 3, 3)), np.ones(128), in_hw=(4, 4), pads=(1, 1, 1, 1))

@@ -327,7 +327,9 @@ if numba is not None:
                            ):  # pragma: no cover - compiled
         """out [F, OH, OW, O] += conv(spikes [F, H, W, C] 0/1 · amplitude) by table look-up.
 
-        ``table`` [taps · G · 2^bits · OP] (flat, 64-byte aligned); ``geom`` int64
+        Any argument may be a view into a larger flat buffer (``flat[a:b]``, reshaped for
+        spikes and out); ``out``'s last axis may be O or O padded to 16 (a padded tile).
+        ``table`` [taps · G · 2^bits · OP] (flat, 64-byte aligned is fastest); ``geom`` int64
         [pad top, pad left, stride y, stride x, bits, Wp, compact, G]; ``packed`` uint8
         [Hp · Wp · G] (zero border; scratch); ``eq``, ``et`` int64 [taps · G]: entry
         i = (tap, group g) reads the pattern byte at ``q0·G + eq[i]`` (eq = (dy·Wp + dx)·G + g)
@@ -462,7 +464,10 @@ class BinaryConv:
         return self.table.dtype
 
     def accumulate(self, spikes: np.ndarray, out: np.ndarray) -> None:
-        """``out`` [F, OH, OW, O] += conv(``spikes`` [F, H, W, C] (uint8 0/1) · amplitude)."""
+        """``out`` [F, OH, OW, O] += conv(``spikes`` [F, H, W, C] (uint8 0/1) · amplitude).
+
+        ``out`` may also have O rounded up to a multiple of 16 channels (a padded tile): the
+        extra channels get zeros added."""
         o, c, _, _ = self.weight_shape
         h, w = self.in_hw
         oh, ow = self.out_hw
@@ -470,7 +475,8 @@ class BinaryConv:
                 or not spikes.flags.c_contiguous:
             raise ValueError(f"spikes must be C-contiguous uint8 [F, {h}, {w}, {c}], "
                              f"got {spikes.dtype} {spikes.shape}")
-        if out.dtype != self.dtype or out.shape != (spikes.shape[0], oh, ow, o) \
+        if out.dtype != self.dtype or out.shape[:3] != (spikes.shape[0], oh, ow) \
+                or out.ndim != 4 or out.shape[3] not in (o, _padded(o)) \
                 or not out.flags.c_contiguous:
             raise ValueError(f"out must be C-contiguous {self.dtype} "
                              f"[{spikes.shape[0]}, {oh}, {ow}, {o}], got {out.dtype} {out.shape}")
