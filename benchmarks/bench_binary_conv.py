@@ -1,6 +1,7 @@
 """Per-layer speed of the binary-spike conv kernel against scatter, torch and onnxruntime.
 
-    python benchmarks/bench_binary_conv.py [--frames 32] [--repeats 5] [--bits 8,4,1]
+    python benchmarks/bench_binary_conv.py [--frames 32] [--repeats 5] [--densities 0.05,0.1]
+                                           [--variants 8d,8c,4c]
 
 One thread everywhere. For each conv shape (ResNet-20's, the 1x1 stride-2 shortcut shapes of a
 ResNet with projection shortcuts, sinabs-mnist-cnn's and the bundled example's) and input density,
@@ -9,8 +10,13 @@ random binary spikes (amplitude θ_c per channel) over ``--frames`` frames go th
 ``scatter`` (the existing event kernel, runtime/event_kernels.py: float32 NCHW in and out),
 ``torch`` (F.conv2d, float32 NCHW, mkldnn) and ``ort`` (onnxruntime's Conv, float32 NCHW).
 Times are CPU ms per ``--frames`` frames, best of ``--repeats``; every kernel's output is checked
-against torch's (float32, relative 1e-4). ``--variants`` adds columns for other table group sizes and modes (1 bit = one table row per
-channel: an output-stationary event gather).
+against torch's (float32, relative 1e-4). ``--variants`` adds columns for other table group
+sizes and layouts (``8d``: 8-bit groups, direct; ``4c``: 4-bit, compact; ``1c``: one table row
+per channel, i.e. an output-stationary event gather).
+
+In sinabs-mnist-cnn and the bundled example these convs follow a 2x2 AveragePool of spikes, so
+their real input is graded, not binary: those rows show the kernel on binary input of the same
+shape (a conv fed directly by neurons), not a drop-in for those layers.
 """
 from __future__ import annotations
 
@@ -73,6 +79,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--densities", default=",".join(map(str, DENSITIES)),
+                    help="input firing rates (fraction of spikes that are 1)")
     ap.add_argument("--variants", default="",
                     help="extra kernel variants to time: bits and c (compact) or d (direct), "
                          "e.g. 8d,8c,4c,1c")
@@ -92,7 +100,7 @@ def main() -> None:
                                      bits=int(v[:-1]), compact=v[-1] == "c") for v in extra]
         session = ort_conv(w, s, p)
         wt = torch.from_numpy(w)
-        for d in DENSITIES:
+        for d in [float(v) for v in args.densities.split(",")]:
             spikes = (rng.random((args.frames, h, wd, c)) < d).astype(np.uint8)
             x = torch.from_numpy(np.ascontiguousarray(
                 (spikes * amp.astype(np.float32)).astype(np.float32).transpose(0, 3, 1, 2)))
