@@ -10,8 +10,9 @@ whatever the firing rate. The kernel is output-stationary and channel-last: it k
 4-8 neighbouring outputs in vector registers and writes each output once.
 
 Two layouts: *direct* sums every (tap, group) row, zero patterns included (they read a zero row
-that stays in L1); *compact* first lists each output's nonzero groups (branch-free) and sums
-those, which pays when a row is four or more vectors (O >= 64).
+that stays in L1); *compact* first lists each output's nonzero groups (one vector compress-store
+per 4 or 8 groups) and sums those, which pays when a row is four or more vectors (O >= 64:
+0.19 vs 0.27 ms for ResNet-20's 64x8x8 -> 64 at 10 % firing, T=32; for O = 32, 0.41 vs 0.36).
 
 Layout of the data: spikes ``[F, H, W, C]`` uint8 0/1 → out ``[F, OH, OW, O]`` (adds into
 ``out``). Each frame is packed into a zero-bordered ``[H + pads, W + pads, G]`` byte image first
@@ -149,6 +150,47 @@ if numba is not None:
             return types.void(dst, types.intp, types.intp, table, packed, types.intp, types.intp,
                               eq, et, types.intp, types.intp, types.intp, types.boolean), codegen
         return taps_sum
+
+    def _compact(width: int):
+        """Intrinsic ``compact(offs, n, packed, start, et, e0, row) -> n'``: lists the table rows
+        of the nonzero patterns among packed[start:start+width] (entries e0.., row ``et[e] +
+        pattern·row``) at offs[n:] by one vector compress-store; returns n plus their number."""
+        def codegen(context, builder, signature, args):
+            ov, n, pv, start, etv, e0, row = args
+            oty, _, pty, _, ety = signature.args[:5]
+            odata, pdata, edata = [context.make_array(ty)(context, builder, v).data
+                                   for ty, v in ((oty, ov), (pty, pv), (ety, etv))]
+            i64 = llir.IntType(64)
+            vb, vq = llir.VectorType(llir.IntType(8), width), llir.VectorType(i64, width)
+            vmask = llir.VectorType(llir.IntType(1), width)
+            pats = builder.load(builder.bitcast(builder.gep(pdata, [start]), vb.as_pointer()),
+                                align=1)
+            base = builder.load(builder.bitcast(builder.gep(edata, [e0]), vq.as_pointer()),
+                                align=8)
+            splat = builder.insert_element(llir.Constant(vq, None), row,
+                                           llir.Constant(llir.IntType(32), 0))
+            splat = builder.shuffle_vector(
+                splat, llir.Constant(vq, None),
+                llir.Constant(llir.VectorType(llir.IntType(32), width), [0] * width))
+            values = builder.add(base, builder.mul(builder.zext(pats, vq), splat))
+            mask = builder.icmp_unsigned("!=", pats, llir.Constant(vb, None))
+            compress = cgutils.get_or_insert_function(
+                builder.module, llir.FunctionType(llir.VoidType(), [vq, i64.as_pointer(), vmask]),
+                f"llvm.masked.compressstore.v{width}i64")
+            builder.call(compress, [values, builder.gep(odata, [n]), mask])
+            bits = llir.IntType(width)
+            ctpop = cgutils.get_or_insert_function(
+                builder.module, llir.FunctionType(bits, [bits]), f"llvm.ctpop.i{width}")
+            count = builder.call(ctpop, [builder.bitcast(mask, bits)])
+            return builder.add(n, builder.zext(count, i64))
+
+        @intrinsic
+        def compact(typingctx, offs, n, packed, start, et, e0, row):
+            return types.intp(offs, types.intp, packed, types.intp, et, types.intp,
+                              types.intp), codegen
+        return compact
+
+    _compact4, _compact8 = _compact(4), _compact(8)
 
     def _rows_sum(chunks: int):
         """Intrinsic ``rows_sum(dst, dst_off, table, offs, n, shift, add)``: for k < ``chunks``,
@@ -367,10 +409,17 @@ if numba is not None:
                 for ox in range(OW):
                     b = (q_row + ox * sw) * G
                     n = 0
-                    for i in range(n_entries):
-                        p = np.int64(packed[b + eq[i]])
-                        offs[n] = et[i] + p * OP
-                        n += p != 0
+                    if G % 8 == 0:
+                        for i in range(0, n_entries, 8):
+                            n = _compact8(offs, n, packed, b + eq[i], et, i, OP)
+                    elif G % 4 == 0:
+                        for i in range(0, n_entries, 4):
+                            n = _compact4(offs, n, packed, b + eq[i], et, i, OP)
+                    else:
+                        for i in range(n_entries):
+                            p = np.int64(packed[b + eq[i]])
+                            offs[n] = et[i] + p * OP
+                            n += p != 0
                     if direct:
                         _sum_rows(outf, rowbase + ox * O, table, offs, n, nchunks, True)
                     else:
