@@ -371,7 +371,7 @@ if numba is not None:
 
         Any argument may be a view into a larger flat buffer (``flat[a:b]``, reshaped for
         spikes and out); ``out``'s last axis may be O or O padded to 16 (a padded tile).
-        ``table`` [taps · G · 2^bits · OP] (flat, 64-byte aligned is fastest); ``geom`` int64
+        ``table`` [taps · G · (2^bits + 1) · OP] (flat, 64-byte aligned is fastest); ``geom`` int64
         [pad top, pad left, stride y, stride x, bits, Wp, compact, G]; ``packed`` uint8
         [Hp · Wp · G] (zero border; scratch); ``eq``, ``et`` int64 [taps · G]: entry
         i = (tap, group g) reads the pattern byte at ``q0·G + eq[i]`` (eq = (dy·Wp + dx)·G + g)
@@ -487,15 +487,19 @@ class BinaryConv:
         g = -(-c // bits)
         scaled = weight * amplitude[None, :, None, None]  # [O, C, KH, KW]
         patterns = (np.arange(1 << bits)[:, None] >> np.arange(bits)[None, :]) & 1
-        table = np.zeros((kh * kw, g, 1 << bits, op))
+        # one spare row after each group's 2^bits rows: group tables 2^bits rows apart would
+        # start 4 KiB-aligned, so the same pattern's rows of all taps (the zero row above all)
+        # would share one L1 set and evict each other (measured: the spare row makes 16->16
+        # and 32->32 3x3 layers 10-20 % faster)
+        table = np.zeros((kh * kw, g, (1 << bits) + 1, op))
         for ky in range(kh):
             for kx in range(kw):
                 for gi in range(g):
                     c0, c1 = gi * bits, min(c, gi * bits + bits)
-                    table[ky * kw + kx, gi, :, :o] = patterns[:, :c1 - c0] @ scaled[:, c0:c1, ky, kx].T
+                    table[ky * kw + kx, gi, :-1, :o] = patterns[:, :c1 - c0] @ scaled[:, c0:c1, ky, kx].T
         flat = _aligned_zeros(table.size, dtype)
         flat[:] = table.reshape(-1)
-        group_size = (1 << bits) * op
+        group_size = table.shape[2] * op
         hp, wp = h + pt + pb, w + pl + pr
         taps = np.array([(ky * dh * wp + kx * dw, (ky * kw + kx) * g * group_size)
                          for ky in range(kh) for kx in range(kw)], np.int64)
