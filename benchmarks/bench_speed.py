@@ -4,12 +4,14 @@
         [--exact-images 100] [--spikingjelly-python /tmp/sjvenv/bin/python]
 
 For each model and T it times, back to back on the same batch, onnxruntime's ANN, the SNN with
-``synapses="auto"`` (event-driven kernels where a layer's measured input density makes them
-faster) and with ``synapses="dense"``, and samples the resident memory of each simulation.
+``synapses="auto"`` (the compiled event engine, runtime/event_engine.py, where the graph allows it;
+else per-layer event kernels where a layer's measured input density makes them faster) and with
+``synapses="dense"``, and samples the resident memory of each simulation.
 Times are CPU seconds of this process (``time.process_time``, best of ``--repeats``): with one
 thread this is the work done, and unlike wall time it does not grow when other processes share
 the cores; wall-clock ratios are printed beside them. ``--exact-images`` checks, in float64, that
-the event-driven network fires exactly the spikes of the dense one (per neuron, every layer).
+the event-driven network (the engine where it applies) fires exactly the spikes of the dense one
+(per neuron, every layer).
 ``--spikingjelly-python`` runs benchmarks/bench_spikingjelly.py in that interpreter (a throw-away
 environment with SpikingJelly; it is not a dependency) right after, on the same models.
 
@@ -101,6 +103,7 @@ def timed(fn) -> tuple[float, float]:
 def exact_spikes(model, x: np.ndarray, timesteps: int) -> dict:
     """Float64: per-neuron spike counts of the event-driven network vs the dense one."""
     counts = {}
+    engine = False
     for mode in ("dense", "event"):
         net = SpikingNetwork(model, cpu_kernels="torch", synapses=mode).double()
         net.record = True
@@ -109,12 +112,13 @@ def exact_spikes(model, x: np.ndarray, timesteps: int) -> dict:
                 net(torch.as_tensor(x[start:start + 50], dtype=torch.float64), timesteps)
                 for k, v in net.spike_counts.items():
                     counts.setdefault(mode, {}).setdefault(k, []).append(v)
+        engine = engine or (mode == "event" and net.engine is not None)
     dense = {k: torch.cat(v) for k, v in counts["dense"].items()}
     event = {k: torch.cat(v) for k, v in counts["event"].items()}
     mismatched = sum(int((dense[k] != event[k]).sum()) for k in dense)
     return {"images": len(x), "T": timesteps, "neurons_x_images": sum(v.numel() for v in dense.values()),
             "spikes": int(sum(float(v.sum()) for v in dense.values())), "mismatched_counts": mismatched,
-            "identical": mismatched == 0}
+            "identical": mismatched == 0, "event_engine": engine}
 
 
 def bench_model(name, path, calib, test, batch, args) -> dict:
@@ -156,19 +160,22 @@ def bench_model(name, path, calib, test, batch, args) -> dict:
             "firing_rate": rates,
             "event_layers": sum(1 for p in paths.values() if p["event_calls"] > p["dense_calls"]),
             "synaptic_layers": len(paths),
+            "event_engine": nets["event"].engine is not None,
         }
         result["by_T"][t] = row
         print(f"{name:18s} {t:4d} {batch:5d} {row['ann_ms']:8.2f} {row['snn_ms']:9.1f} {row['dense_snn_ms']:9.1f} "
               f"{row['ratio']:7.2f} {row['dense_ratio']:7.2f} {row['wall_ratio']:7.2f} {row['dense_wall_ratio']:7.2f} "
               f"{row['peak_mb']:7.0f} {row['dense_peak_mb']:7.0f} {rates:6.3f} "
-              f"{row['event_layers']:2d}/{row['synaptic_layers']:<2d}", flush=True)
+              + ("engine" if row["event_engine"] else f"{row['event_layers']:2d}/{row['synaptic_layers']:<2d}"),
+              flush=True)
     main_t = 32 if 32 in result["by_T"] else args.timesteps[0]
     result.update({k: v for k, v in result["by_T"][main_t].items()})
     if args.exact_images:
         ir = sc.convert(path, calib, timesteps=main_t)
         result["exact_float64"] = exact_spikes(ir, np.ascontiguousarray(test[:args.exact_images]), main_t)
         e = result["exact_float64"]
-        print(f"{'':18s} float64 spike counts, event vs dense, {e['images']} images T={main_t}: "
+        print(f"{'':18s} float64 spike counts, event{' (engine)' if e['event_engine'] else ''} vs dense, "
+              f"{e['images']} images T={main_t}: "
               f"{'identical' if e['identical'] else 'DIFFER'} ({e['mismatched_counts']} of "
               f"{e['neurons_x_images']} neuron counts differ, {e['spikes']} spikes)", flush=True)
     return result
@@ -192,7 +199,7 @@ def main() -> None:
     print(f"threads={args.threads}; ratio = SNN CPU time / (T x ANN CPU time); wall = same in wall time")
     print(f"{'model':18s} {'T':>4s} {'batch':>5s} {'ANN ms':>8s} {'event ms':>9s} {'dense ms':>9s} "
           f"{'ratio':>7s} {'dense':>7s} {'wall':>7s} {'d.wall':>7s} {'peakMB':>7s} {'d.peak':>7s} "
-          f"{'rate':>6s} ev/syn")
+          f"{'rate':>6s} event path (engine, or event/synaptic layers)")
     results = {}
     for name, path, calib, test, batch in cases():
         if wanted and name not in wanted:

@@ -107,6 +107,7 @@ def test_event_network_spikes_exactly_like_the_dense_network_in_float64(digits, 
     counts, outputs, calls = {}, {}, {}
     for mode in ("dense", "event"):
         net = SpikingNetwork(snn, cpu_kernels="torch", synapses=mode).double()
+        net.use_engine = False  # the per-layer event kernels (the engine: test_event_engine)
         net.record = True
         with torch.no_grad():
             outputs[mode] = net(x, 16)

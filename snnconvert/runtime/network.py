@@ -32,6 +32,7 @@ from ..ops import lookup
 from . import fused
 from . import neurons as nrn
 from .encoding import StepInput, step_encoder
+from .event_engine import EventEngine
 from .event_kernels import EventSynapses
 from .memory import HeapGuard
 from .ort_kernels import OrtKernels
@@ -71,9 +72,12 @@ class SpikingNetwork(nn.Module):
         inference (several times faster than torch on CPUs); "torch" never does.
         ``synapses``: how Conv/Gemm/MatMul on spikes run during CPU inference: "dense" (the
         default: one summation order, so float32 results repeat run to run and across process
-        counts), "event" always uses the event-driven kernels (:mod:`.event_kernels`), "auto"
-        times both per layer and picks by measured input density (faster where layers fire
-        sparsely, but the timed choice can change float32 sums, and so a few spikes, between runs)."""
+        counts). "event" and "auto" run inference of an analog input through the compiled event
+        engine (:mod:`.event_engine`: per sample, layer-major, channel-last uint8 spike trains)
+        when the graph allows it (see :attr:`use_engine`); otherwise "event" always uses the
+        per-layer event-driven kernels (:mod:`.event_kernels`) and "auto" times both per layer
+        and picks by measured input density (faster where layers fire sparsely, but the timed
+        choice can change float32 sums, and so a few spikes, between runs)."""
         super().__init__()
         if cpu_kernels not in ("onnxruntime", "torch"):
             raise ValueError("cpu_kernels must be 'onnxruntime' or 'torch'")
@@ -142,6 +146,10 @@ class SpikingNetwork(nn.Module):
         self._tail = self._readout_tail(graph)
         self._free_after = self._liveness(graph)
         self._plans = {INVARIANT: (self._nodes, self._kinds, self._tail, self._free_after)}
+        self._engine: EventEngine | None | bool = False  # False: not compiled yet
+        self.use_engine = True
+        """In the event-driven modes, run CPU inference through the compiled event engine
+        (:mod:`.event_engine`) where the graph allows; False: the per-layer interpreter."""
         self.encoding, self.readout = ir.encoding(model), ir.readout(model)
         out_neuron = ir.output_neuron(model)
         self._out_threshold = out_neuron.input[1] if out_neuron is not None else None
@@ -502,6 +510,9 @@ class SpikingNetwork(nn.Module):
         self._use_plan(INVARIANT if encode is None else VARYING)
         readout = self.readout if self.neuron_hook is None else ir.Readout()
         theta = self._value(self._out_threshold, {}) if readout.kind == "spikes" else None
+        engine = self._compiled_engine(x, encode, readout)
+        if engine is not None:
+            return self._run_engine(engine, x, timesteps, checkpoints, readout, theta)
         history: dict[str, list[torch.Tensor]] = {}
         state: dict = {}
         cache: dict = {}
@@ -575,12 +586,82 @@ class SpikingNetwork(nn.Module):
                 self._heap.check()
         return final, marks
 
+    def _compiled_engine(self, x: torch.Tensor, encode, readout: ir.Readout) -> EventEngine | None:
+        """The event engine (:mod:`.event_engine`) when this run can use it: CPU inference of
+        an analog input in an event-driven mode, no hooks or substitutes, a mean or count
+        readout, and a graph the engine supports (compiled on first use)."""
+        if (self.synapses.mode == "dense" or not self.use_engine or encode is not None
+                or torch.is_grad_enabled()
+                or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64)
+                or self.neuron_hook is not None or self.value_hook is not None or self.substitutes
+                or readout.kind not in ("membrane", "spikes")
+                or any(p.dtype != x.dtype for p in self.params.values())):
+            return None
+        if self._engine is False:
+            self._engine = EventEngine.compile(self._nodes, self._kinds, self._tail,
+                                               lambda n: self._value(n, {}),
+                                               self._tail_sources(), CONST, VARYING)
+        return self._engine
+
+    @property
+    def engine(self) -> EventEngine | None:
+        """The compiled event engine, once a run has used it (None: the interpreter runs)."""
+        return self._engine or None
+
+    def _run_engine(self, engine: EventEngine, x: torch.Tensor, timesteps: int,
+                    checkpoints: list[int] | None, readout: ir.Readout, theta) -> tuple:
+        """:meth:`_simulate` through the event engine: the time-invariant prefix here, the
+        spiking layers in the engine, the readout tail on the mean of its inputs."""
+        batch = x.shape[0]
+        wanted = sorted(set(checkpoints or []))
+        points = sorted(set(wanted) | {timesteps})
+        env: dict[str, torch.Tensor] = {self.input_name: x}
+        for node, attrs, kind in self._nodes:
+            if kind != VARYING and node.name not in self._tail:
+                args = [self._value(n, env) for n in node.input]
+                env[node.output[0]] = self._entries[node.name].kernel(attrs, *args)
+        key = (x.dtype, tuple(x.shape[1:]),
+               tuple((p.data_ptr(), p._version) for p in self.params.values()),
+               tuple(float(v) for v in self.leaks.values()))
+        counts, totals, sums = engine.run(
+            lambda n: self._value(n, {}), lambda n: float(self.leaks[param_key(n)]), env, batch,
+            timesteps, points, x.dtype, key)
+        self.spike_counts, self._per_step = {}, {}
+        if self.record:
+            self.spike_counts = counts
+            self._per_step = {name: steps.tolist() for name, steps in totals.items()}
+        means = {}
+        for name, running in sums.items():
+            if readout.kind == "spikes":
+                running = running / theta
+            else:
+                scale = torch.tensor(points, dtype=running.dtype)
+                running = running / scale.view(-1, *([1] * (running.dim() - 1)))
+            means[name] = running.reshape(len(points) * batch, *running.shape[2:])
+        if self._tail:
+            cache = {k: v for k, v in env.items() if k != self.input_name}
+            out = self._run_chunk(x, len(points), {}, {**cache, **means}, tail=True,
+                                  batch=batch)[self.output_name]
+        else:
+            out = means[self.output_name]
+        out = out.reshape(len(points), batch, *out.shape[1:])
+        return out[-1], {t: out[points.index(t)] for t in wanted}
+
     @staticmethod
     def _window_start(running: list[torch.Tensor], points: list[int], window: int) -> torch.Tensor:
         """The running sums S_{t-K} (0 for t <= K) at each point t, from the per-chunk running sums."""
         steps = torch.cat(running)
         zero = torch.zeros_like(steps[0])
         return torch.stack([steps[t - window - 1] if t > window else zero for t in points])
+
+    def _tail_sources(self) -> list[str]:
+        """Varying tensors made outside the readout tail that it (or the output) reads."""
+        if not self._tail:
+            return [self.output_name]
+        made = {o for node, _, _ in self._nodes if node.name in self._tail for o in node.output}
+        return list(dict.fromkeys(i for node, _, _ in self._nodes if node.name in self._tail
+                                  for i in node.input if self._kinds.get(i) == VARYING
+                                  and i not in made))
 
     def _tail_inputs(self, env: dict) -> list[str]:
         """Varying tensors that the readout tail (or the output itself) consumes."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from llvmlite import ir as llir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 LANES = 16
@@ -64,5 +65,103 @@ def lowest_bit(typingctx, mask):
 
     def codegen(context, builder, signature, args):
         return builder.cttz(args[0], llir.Constant(llir.IntType(1), 1))
+
+    return sig, codegen
+
+
+BYTE_LANES = 64
+"""Bytes :func:`nonzero64` tests at once (one 512-bit compare)."""
+
+
+@intrinsic
+def nonzero64(typingctx, array, offset):
+    """Bit mask (uint64, bit j for byte offset+j) of the nonzero bytes among 64 of a uint8
+    array (the 64 bytes must lie inside the array's buffer)."""
+    sig = types.uint64(array, types.intp)
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        vec = llir.VectorType(llir.IntType(8), BYTE_LANES)
+        p = builder.bitcast(builder.gep(data, [args[1]]), vec.as_pointer())
+        x = builder.load(p, align=1)
+        mask = builder.icmp_unsigned("!=", x, llir.Constant(vec, None))
+        return builder.bitcast(mask, llir.IntType(BYTE_LANES))
+
+    return sig, codegen
+
+
+
+@intrinsic
+def axpy16_sum(typingctx, dst, dst_offset, src, src_offset, offsets, scales, count):
+    """``dst[dst_offset:+16] += sum_j scales[j] * src[src_offset + offsets[j]:+16]`` for j <
+    ``count``, added one j at a time in order (the sum is kept in a register: one load and
+    one store of ``dst`` for all j)."""
+    sig = types.void(dst, types.intp, src, types.intp, offsets, scales, types.intp)
+
+    def codegen(context, builder, signature, args):
+        dv, do, sv, so, ov, cv, n = args
+        dp, vec, size = _vector_pointer(context, builder, signature.args[0], dv, do)
+        sdata = context.make_array(signature.args[2])(context, builder, sv).data
+        odata = context.make_array(signature.args[4])(context, builder, ov).data
+        cdata = context.make_array(signature.args[5])(context, builder, cv).data
+        acc = cgutils.alloca_once(builder, vec)
+        builder.store(builder.load(dp, align=size), acc)
+        zeros = llir.Constant(llir.VectorType(llir.IntType(32), LANES), [0] * LANES)
+        with cgutils.for_range(builder, n) as loop:
+            j = loop.index
+            off = builder.add(so, builder.load(builder.gep(odata, [j])))
+            sp = builder.bitcast(builder.gep(sdata, [off]), vec.as_pointer())
+            a = builder.load(builder.gep(cdata, [j]))
+            splat = builder.insert_element(llir.Constant(vec, None), a,
+                                           llir.Constant(llir.IntType(32), 0))
+            splat = builder.shuffle_vector(splat, llir.Constant(vec, None), zeros)
+            builder.store(builder.fadd(builder.load(acc), builder.fmul(builder.load(sp, align=size),
+                                                                       splat)), acc)
+        builder.store(builder.load(acc), dp, align=size)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def neuron16(typingctx, v, v_off, tile, t_off, base, b_off, theta, th_off, decay, leaky, subtract,
+             spikes, s_off):
+    """One IF/LIF step of 16 neurons, vectorized: ``vi = (v * decay if leaky else v) + tile``;
+    fired = vi >= theta; v = vi - theta (``subtract``) or 0 where fired, else vi; spikes
+    (uint8) = fired; tile = base (the next step's starting current).
+    Returns how many fired. The arithmetic is the scalar kernels' (no fused multiply-add)."""
+    sig = types.intp(v, types.intp, tile, types.intp, base, types.intp, theta, types.intp,
+                     v.dtype, types.boolean, types.boolean, spikes, types.intp)
+
+    def codegen(context, builder, signature, args):
+        (vv, vo, tv, to, bv, bo, thv, tho, dec, lk, sub, sv, so) = args
+        sa = signature.args
+        vp, vec, size = _vector_pointer(context, builder, sa[0], vv, vo)
+        tp, _, _ = _vector_pointer(context, builder, sa[2], tv, to)
+        bp, _, _ = _vector_pointer(context, builder, sa[4], bv, bo)
+        thp, _, _ = _vector_pointer(context, builder, sa[6], thv, tho)
+        x = builder.load(vp, align=size)
+        cur = builder.load(tp, align=size)
+        th = builder.load(thp, align=size)
+        builder.store(builder.load(bp, align=size), tp, align=size)
+        splat = builder.insert_element(llir.Constant(vec, None), dec, llir.Constant(llir.IntType(32), 0))
+        splat = builder.shuffle_vector(splat, llir.Constant(vec, None),
+                                       llir.Constant(llir.VectorType(llir.IntType(32), LANES), [0] * LANES))
+        lkb = builder.trunc(lk, llir.IntType(1)) if lk.type != llir.IntType(1) else lk
+        subb = builder.trunc(sub, llir.IntType(1)) if sub.type != llir.IntType(1) else sub
+        x = builder.select(lkb, builder.fmul(x, splat), x)
+        vi = builder.fadd(x, cur)
+        fired = builder.fcmp_ordered(">=", vi, th)
+        zero = llir.Constant(vec, None)
+        subtracted = builder.fsub(vi, builder.select(fired, th, zero))
+        zeroed = builder.select(fired, zero, vi)
+        builder.store(builder.select(subb, subtracted, zeroed), vp, align=size)
+        sdata = context.make_array(sa[11])(context, builder, sv).data
+        bytes16 = llir.VectorType(llir.IntType(8), LANES)
+        sp = builder.bitcast(builder.gep(sdata, [so]), bytes16.as_pointer())
+        builder.store(builder.zext(fired, bytes16), sp, align=1)
+        bits = builder.bitcast(fired, llir.IntType(LANES))
+        n = builder.ctpop(bits)
+        return builder.zext(n, llir.IntType(64))
 
     return sig, codegen

@@ -1,0 +1,808 @@
+"""A compiled, per-sample, channel-last event engine for CPU inference of whole networks.
+
+The graph interpreter (:mod:`.network`) runs one node at a time over chunks of steps, with
+float NCHW tensors between nodes; on sparse spiking nets the conversions, transposes and
+neuron passes between layers cost more than the synaptic work. This engine runs the part
+of the graph between the time-invariant input prefix and the readout tail *layer-major per
+sample*: for one sample (or a small group), a neuron layer runs all T steps before the next
+layer starts, and its spikes are stored as a compact uint8 train ``[samples, T, H, W, C]``
+(0/1, channel-last; the spike amplitude, the neuron's threshold per channel, is applied
+when the train is read). At each step a layer's synaptic current is built in a channel-last
+tile ``[H*W, O padded to 16]``: the bias (and the constant current of the first layer),
+then for every input that fired its weights added to the outputs it reaches (16-lane vector
+updates, :mod:`.simd`); the neuron update reads the tile and writes the next spikes
+directly. No float spike tensor, no transpose, no per-node dispatch.
+
+Supported between the prefix and the tail: Conv (any stride, padding, dilation; group 1),
+Gemm/MatMul (after Flatten/Reshape or on 1-D layers), IF/LIF neurons with reset by subtraction
+or to zero and a per-channel (or scalar) threshold, k x k stride-k AveragePool on spikes,
+Add of currents (residual blocks), spatial zero Pad before a Conv, Slice subsampling and channel
+zero Pad on a shortcut (ResNet option A). Anything else: :meth:`EventEngine.compile` returns
+None with the reason logged, and the interpreter runs the graph as before.
+
+Float64 spike counts equal the dense runtime's (tests, ``benchmarks/bench_speed.py``): the
+neuron arithmetic is the same, sums differ only in order (bias first, then events).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import onnx
+import torch
+
+from .. import ir
+from ..ops.base import explicit_pads
+from .binary_conv import BinaryConv, binary_conv_frames
+
+try:
+    import numba
+    from numba import uint64
+
+    from .simd import BYTE_LANES, LANES, axpy16_sum, lowest_bit, neuron16, nonzero64
+except ImportError:  # pragma: no cover - numba is a declared dependency
+    numba = None
+
+log = logging.getLogger(__name__)
+
+GROUP_BYTES = 4 << 20
+"""Spike trains of one group of samples (all layers) are kept near this size, so that a
+layer's train is still in cache when the next layer reads it."""
+
+# fields of one row of the synapse table (int64) that the kernel reads
+(F_SRC, F_SSTRIDE, F_TSTRIDE, F_HS, F_WS, F_CS, F_KH, F_KW, F_OW, F_OP, F_RUNS, F_W, F_YMAP,
+ F_XMAP, F_XRUN, F_ROWCOL, F_AMP, F_AMPN, F_SHIFT, N_FIELDS) = range(20)
+
+
+if numba is not None:
+    _jit = numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
+    _inline = numba.njit(nogil=True, boundscheck=False, error_model="numpy", inline="always")
+
+    @_inline
+    def _scatter(trains, g, b, t, wflat, imaps, amps, tile, woffs, scales):  # pragma: no cover
+        """One step of one synapse, position by position: the channels of sample ``b``'s input
+        position that fired at step ``t`` (its bytes, 64 at a time) are listed with their
+        amplitudes, then each output row segment they reach gets the sum of their weight rows
+        (one load and one store of the segment per position, :func:`axpy16_sum`)."""
+        src = g[F_SRC] + b * g[F_SSTRIDE] + t * g[F_TSTRIDE]
+        cs, amp, ampn, rowcol = g[F_CS], g[F_AMP], g[F_AMPN], g[F_ROWCOL]
+        kh, kw, ow, op, hs, ws = g[F_KH], g[F_KW], g[F_OW], g[F_OP], g[F_HS], g[F_WS]
+        runs, ymap, xmap, xrun = g[F_RUNS], g[F_YMAP], g[F_XMAP], g[F_XRUN]
+        cstride = kh * kw * op
+        for q in range(hs * ws):
+            base = src + q * cs
+            nf = 0
+            for c0 in range(0, cs, 64):
+                mask = nonzero64(trains, base + c0)
+                if cs - c0 < 64:
+                    mask &= (uint64(1) << uint64(cs - c0)) - uint64(1)
+                while mask:
+                    c = c0 + np.int64(lowest_bit(mask))
+                    mask &= mask - uint64(1)
+                    woffs[nf] = c * cstride
+                    scales[nf] = amps[uint64(amp + c * ampn + trains[uint64(base + c)])]
+                    nf += 1
+            if nf == 0:
+                continue
+            iy = imaps[uint64(rowcol + 2 * q)]
+            ix = imaps[uint64(rowcol + 2 * q + 1)]
+            for ky in range(kh):
+                oy = imaps[uint64(ymap + ky * hs + iy)]
+                if oy < 0:
+                    continue
+                wrow = g[F_W] + ky * kw * op
+                if runs:
+                    r = uint64(xrun + 3 * ix)
+                    length = imaps[r + uint64(1)] * op
+                    tb = (oy * ow + imaps[r + uint64(2)]) * op
+                    wb = wrow + imaps[r] * op
+                    for o0 in range(0, length, 16):
+                        axpy16_sum(tile, tb + o0, wflat, wb + o0, woffs, scales, nf)
+                else:
+                    for kx in range(kw):
+                        ox = imaps[uint64(xmap + kx * ws + ix)]
+                        if ox < 0:
+                            continue
+                        tb = (oy * ow + ox) * op
+                        wb = wrow + kx * op
+                        for o0 in range(0, op, 16):
+                            axpy16_sum(tile, tb + o0, wflat, wb + o0, woffs, scales, nf)
+
+    @_jit
+    def _run_layer(trains, synapses, wflat, imaps, amps, base, per_sample_base, v0, theta,
+                   bstep, decay, leaky, subtract, zero, steps, hw, channels, op, out, out_stride,
+                   counts, counts_off, per_step, snap_steps, snaps, tile, v, bc_on, bc_geo, table,
+                   geom, packed, eq, et, offs, acc):  # pragma: no cover - compiled
+        """All ``steps`` steps of one neuron layer for every sample of the group.
+
+        trains: the group's spike trains (uint8, all layers); synapses [n, N_FIELDS]: the
+        synapses feeding this layer; base: the constant part of the current (bias, the first
+        layer's input current), [samples, hw, op] (``bstep`` = op) or [op] (``bstep`` = 0);
+        v0 [hw*channels]; theta [channels];
+        out: offset of this layer's train; counts: flat int32 running counts, [samples,
+        hw*channels] from ``counts_off``;
+        per_step [steps] (int64, summed over samples); snaps [samples, len(snap_steps),
+        hw*channels]: the running counts after each step in ``snap_steps`` (1-based)."""
+        n = hw * channels
+        n_samples = snaps.shape[0]
+        wide = channels // 16 * 16
+        widest = 1
+        for j in range(synapses.shape[0]):
+            widest = max(widest, synapses[j, F_CS])
+        woffs = np.empty(widest, np.int64)
+        scales = np.empty(widest, theta.dtype)
+        for b in range(n_samples):
+            bb = b * hw * op if per_sample_base else 0  # base: [hw, op] per sample, or [op]
+            for i in range(n):
+                v[i] = v0[i]
+            for p in range(hw):
+                for o in range(op):
+                    tile[uint64(p * op + o)] = base[uint64(bb + p * bstep + o)]
+            for t in range(steps):
+                if bc_on:  # the table look-up synapse: bc_geo = (train, H, W, C, OH, OW)
+                    frame = bc_geo[1] * bc_geo[2] * bc_geo[3]
+                    s0 = bc_geo[0] + (b * steps + t) * frame
+                    spikes = trains[s0:s0 + frame].reshape((1, bc_geo[1], bc_geo[2], bc_geo[3]))
+                    cur = tile[:bc_geo[4] * bc_geo[5] * op].reshape((1, bc_geo[4], bc_geo[5], op))
+                    binary_conv_frames(spikes, cur, table, geom, packed, eq, et, offs, acc)
+                for j in range(synapses.shape[0]):
+                    _scatter(trains, synapses[j], b, t, wflat, imaps, amps, tile, woffs, scales)
+                ob = out + b * out_stride + t * n
+                for p in range(hw):
+                    tp = p * op
+                    vp = p * channels
+                    bp = bb + p * bstep
+                    for o in range(0, wide, 16):
+                        neuron16(v, vp + o, tile, tp + o, base, bp + o, theta, o, decay, leaky,
+                                 subtract, trains, ob + vp + o)
+                    for o in range(wide, channels):
+                        cur = tile[uint64(tp + o)]
+                        tile[uint64(tp + o)] = base[uint64(bp + o)]
+                        vi = v[uint64(vp + o)] * decay if leaky else v[uint64(vp + o)]
+                        vi = vi + cur
+                        th = theta[o]
+                        fired = vi >= th
+                        if subtract:
+                            v[uint64(vp + o)] = vi - (th if fired else zero)
+                        else:
+                            v[uint64(vp + o)] = zero if fired else vi
+                        trains[uint64(ob + vp + o)] = fired
+            _count(trains, out + b * out_stride, steps, n, counts, counts_off + b * n, per_step,
+                   snap_steps, snaps, b)
+
+    @_inline
+    def _count(trains, src, steps, n, counts, c_off, per_step, snap_steps, snaps, b):  # pragma: no cover
+        """Spike counts of one sample's train [steps, n] added to counts[c_off:c_off+n], spikes
+        per step added to per_step, running counts after the steps in ``snap_steps`` into
+        snaps[b] (64 neurons at a time, so the block's sums stay in registers)."""
+        acc = np.zeros(64, np.int32)
+        for i0 in range(0, n, 64):
+            i1 = min(n, i0 + 64)
+            for i in range(64):
+                acc[i] = 0
+            snap = 0
+            for t in range(steps):
+                row = src + t * n
+                s = 0
+                for i in range(i0, i1):
+                    x = np.int32(trains[uint64(row + i)])
+                    acc[i - i0] += x
+                    s += x
+                per_step[t] += s
+                if snap < snap_steps.size and snap_steps[snap] == t + 1:
+                    for i in range(i0, i1):
+                        snaps[b, snap, i] = counts[uint64(c_off + i)] + acc[i - i0]
+                    snap += 1
+            for i in range(i0, i1):
+                counts[uint64(c_off + i)] += acc[i - i0]
+
+    @_jit
+    def _pool_trains(trains, src, dst, frames, height, width, channels, k):  # pragma: no cover
+        """k x k, stride-k sums of ``frames`` consecutive [height, width, channels] uint8
+        frames at ``src`` into [height//k, width//k, channels] frames at ``dst``."""
+        ph, pw = height // k, width // k
+        fin = height * width * channels
+        fout = ph * pw * channels
+        for f in range(frames):
+            s0 = src + f * fin
+            d0 = dst + f * fout
+            for py in range(ph):
+                for px in range(pw):
+                    d = d0 + (py * pw + px) * channels
+                    for c in range(channels):
+                        trains[uint64(d + c)] = 0
+                    for dy in range(k):
+                        for dx in range(k):
+                            s = s0 + ((py * k + dy) * width + px * k + dx) * channels
+                            for c in range(channels):
+                                trains[uint64(d + c)] += trains[uint64(s + c)]
+
+
+def available() -> bool:
+    return numba is not None
+
+
+def _use_binary(pool: int) -> bool:
+    """Whether a Conv synapse runs by table look-up (:mod:`.binary_conv`) rather than by
+    scatter. Measured (CPU ms, T=32): on binary spikes the look-up is 1.5-2.5x faster than
+    scatter (ResNet-20: 333 vs 426 ms for 20 images); on pooled spikes (the kernel spread over
+    k x k, k*k times the taps) it is slower (sinabs 124 vs 64 ms, example 54 vs 50 ms)."""
+    return pool == 1
+
+
+# ------------------------------------------------------------------ graph analysis
+@dataclass
+class _View:
+    """A source neuron layer's spikes as seen through shape-only ops (a linear map of them)."""
+    layer: int
+    pool: int = 1                         # k x k stride-k average pool first
+    step: tuple[int, int] = (1, 1)        # Slice subsampling of rows, columns
+    channel_pad: tuple[int, int] = (0, 0)
+    spatial_pad: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right
+    flat: int = 0                         # 0: as is; -1: flattened; n: reshaped to [batch, n]
+
+
+@dataclass
+class _Synapse:
+    """A weighted op on a view: 'conv' (weight name, attrs), 'gemm' (weight, transB, alpha),
+    or 'select' (the view itself added to the current: identity / subsampled shortcut)."""
+    kind: str
+    view: _View
+    weight: str = ""
+    attrs: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Layer:
+    node: onnx.NodeProto
+    attrs: dict
+    synapses: list[_Synapse]
+    biases: list[tuple[str, str]]   # (initializer or const name, how: "channel" | "full")
+    consts: list[str]               # time-invariant tensors added to the current
+
+
+class Unsupported(Exception):
+    """Why a graph cannot run on the engine (logged; the interpreter runs it)."""
+
+
+def _analyse(nodes, kinds: dict, tail: set, value: Callable, CONST: int,
+             VARYING: int) -> tuple[list[_Layer], list[str]]:
+    """The engine layers of a graph and the tail's inputs, or Unsupported."""
+    producer = {}
+    for node, attrs, kind in nodes:
+        for o in node.output:
+            producer[o] = (node, attrs, kind)
+    layers: list[_Layer] = []
+    index: dict[str, int] = {}
+    covered: set[str] = set()
+
+    def is_const(name):
+        return kinds.get(name) == CONST
+
+    def const_value(name):
+        v = value(name)
+        return None if v is None else v.detach().cpu().numpy()
+
+    def terms(name: str) -> list:
+        """The tensor as a sum of _View, _Synapse, ('bias', name) and ('const', name)."""
+        if kinds.get(name) == CONST:
+            return [("bias", name)]
+        if kinds.get(name) != VARYING:
+            return [("const", name)]
+        if name in index:
+            return [_View(index[name])]
+        node, attrs, _ = producer[name]
+        covered.add(node.name)
+        op = node.op_type
+        if node.name in tail:
+            raise Unsupported(f"{node.name} is in the readout tail but feeds a neuron")
+        if ir.is_neuron(node):
+            raise Unsupported(f"neuron {node.name} is used before it runs")
+        if op == "Add":
+            return terms(node.input[0]) + terms(node.input[1])
+        if op in ("Conv", "Gemm", "MatMul"):
+            if not all(is_const(i) for i in node.input[1:] if i):
+                raise Unsupported(f"{op} {node.name} has a varying weight")
+            view = _one_view(node.input[0])
+            out: list = []
+            if op == "Conv":
+                if attrs.get("group", 1) != 1:
+                    raise Unsupported(f"Conv {node.name} has groups")
+                if view.step != (1, 1) or view.channel_pad != (0, 0) or view.flat:
+                    raise Unsupported(f"Conv {node.name} reads a sliced or flattened tensor")
+                out.append(_Synapse("conv", view, node.input[1], attrs))
+                if len(node.input) > 2 and node.input[2]:
+                    out.append(("bias", node.input[2]))
+                return out
+            if op == "Gemm" and (attrs.get("transA", 0) or float(attrs.get("beta", 1.0)) != 1.0):
+                raise Unsupported(f"Gemm {node.name} has transA or beta != 1")
+            if view.step != (1, 1) or view.channel_pad != (0, 0) or any(view.spatial_pad):
+                raise Unsupported(f"{op} {node.name} reads a sliced or padded tensor")
+            w = const_value(node.input[1])
+            if w.ndim != 2:
+                raise Unsupported(f"{op} {node.name} has a {w.ndim}-D weight")
+            out.append(_Synapse("gemm", view, node.input[1], dict(attrs, op=op)))
+            if len(node.input) > 2 and node.input[2]:
+                out.append(("bias", node.input[2]))
+            return out
+        view = _one_view(node.input[0])
+        if op == "AveragePool":
+            k = list(attrs.get("kernel_shape", []))
+            if not (len(k) == 2 and k[0] == k[1] and list(attrs.get("strides", [1, 1])) == k
+                    and not any(attrs.get("pads", [])) and attrs.get("auto_pad", "NOTSET") in (
+                        "NOTSET", "VALID", b"NOTSET", b"VALID") and not attrs.get("ceil_mode", 0)
+                    and list(attrs.get("dilations", [1, 1])) == [1, 1] and k[0] * k[0] < 256):
+                raise Unsupported(f"AveragePool {node.name} is not k x k, stride k, unpadded")
+            if view.pool != 1 or view != _View(view.layer, view.pool):
+                raise Unsupported(f"AveragePool {node.name} reads a transformed tensor")
+            view.pool = int(k[0])
+            return [view]
+        if op in ("Flatten", "Reshape"):
+            if op == "Flatten" and attrs.get("axis", 1) != 1:
+                raise Unsupported(f"Flatten {node.name} has axis != 1")
+            if op == "Reshape":
+                shape = [int(s) for s in const_value(node.input[1])]
+                if len(shape) != 2 or shape[0] not in (0, -1) or shape[1] == 0 \
+                        or (shape[0] == -1 and shape[1] == -1):
+                    raise Unsupported(f"Reshape {node.name} is not a flatten to [batch, n]")
+                view.flat = shape[1]  # checked against the size when built
+            else:
+                view.flat = -1
+            if view.step != (1, 1) or view.channel_pad != (0, 0) or any(view.spatial_pad):
+                raise Unsupported(f"{op} {node.name} flattens a sliced or padded tensor")
+            return [view]
+        if op == "Slice":
+            starts, ends = const_value(node.input[1]), const_value(node.input[2])
+            axes = const_value(node.input[3]) if len(node.input) > 3 and node.input[3] else \
+                np.arange(len(starts))
+            steps = const_value(node.input[4]) if len(node.input) > 4 and node.input[4] else \
+                np.ones(len(starts), np.int64)
+            step = [1, 1]
+            for s, e, a, st in zip(starts, ends, axes, steps):
+                if a not in (2, 3, -2, -1) or s != 0 or e < 2 ** 31 or st < 1:
+                    raise Unsupported(f"Slice {node.name} is not a spatial subsampling from 0")
+                step[int(a) % 2] = int(st)  # axis 2 / -2 -> rows, 3 / -1 -> columns
+            if view.step != (1, 1) or view.flat or any(view.spatial_pad) or view.channel_pad != (0, 0):
+                raise Unsupported(f"Slice {node.name} reads a transformed tensor")
+            view.step = (step[0], step[1])
+            return [view]
+        if op == "Pad":
+            mode = attrs.get("mode", "constant")
+            if mode not in ("constant", b"constant"):
+                raise Unsupported(f"Pad {node.name} is not a zero pad")
+            if len(node.input) > 2 and node.input[2] and float(const_value(node.input[2])) != 0:
+                raise Unsupported(f"Pad {node.name} pads with a nonzero value")
+            if len(node.input) > 3 and node.input[3]:
+                raise Unsupported(f"Pad {node.name} names axes")
+            pads = [int(p) for p in const_value(node.input[1])]
+            if len(pads) != 8 or min(pads) < 0 or pads[0] or pads[4] or view.flat:
+                raise Unsupported(f"Pad {node.name} is not a zero pad of a 4-D tensor")
+            if pads[1] or pads[5]:
+                if any(pads[2:4]) or any(pads[6:8]) or view.channel_pad != (0, 0):
+                    raise Unsupported(f"Pad {node.name} pads channels and space together")
+                view.channel_pad = (pads[1], pads[5])
+            else:
+                t, l, b, r = view.spatial_pad
+                view.spatial_pad = (t + pads[2], l + pads[3], b + pads[6], r + pads[7])
+            return [view]
+        raise Unsupported(f"{op} {node.name} is not supported by the event engine")
+
+    def _one_view(name: str) -> _View:
+        got = terms(name)
+        if len(got) != 1 or not isinstance(got[0], _View):
+            raise Unsupported(f"{name} is not the spikes of one layer")
+        v = got[0]
+        return _View(v.layer, v.pool, v.step, v.channel_pad, v.spatial_pad, v.flat)
+
+    for node, attrs, kind in nodes:
+        if not ir.is_neuron(node):
+            continue
+        covered.add(node.name)
+        if node.name in tail:
+            raise Unsupported(f"neuron {node.name} is in the readout tail")
+        if not all(is_const(i) for i in node.input[1:] if i):
+            raise Unsupported(f"neuron {node.name} has a varying threshold or potential")
+        found = terms(node.input[0])
+        layer = _Layer(node, attrs, [], [], [])
+        for term in found:
+            if isinstance(term, _View):
+                term = _Synapse("select", term)
+            if isinstance(term, _Synapse):
+                layer.synapses.append(term)
+            elif term[0] == "bias":
+                layer.biases.append(term[1])
+            else:
+                layer.consts.append(term[1])
+        index[node.output[0]] = len(layers)
+        layers.append(layer)
+    if not layers:
+        raise Unsupported("no neuron layer")
+    for node, _, kind in nodes:
+        if kind == VARYING and node.name not in covered and node.name not in tail:
+            raise Unsupported(f"{node.op_type} {node.name} is outside the neuron layers' inputs")
+    return layers, list(index)
+
+
+# ------------------------------------------------------------------ numeric plan
+def _tap_maps(size: int, out_size: int, k: int, stride: int, pad: int, dil: int) -> np.ndarray:
+    """m[tap, i]: the output index input ``i`` reaches through kernel tap ``tap``, or -1."""
+    m = np.full((k, size), -1, np.int64)
+    for i in range(size):
+        for tap in range(k):
+            t = i + pad - tap * dil
+            if t >= 0 and t % stride == 0 and t // stride < out_size:
+                m[tap, i] = t // stride
+    return m
+
+
+def _column_runs(xmap: np.ndarray) -> np.ndarray:
+    """Stride-1, dilation-1 rows: the taps of input column i reach consecutive outputs; returns
+    (first reversed tap, number of taps, first output) per column, for reversed-column weights."""
+    k, size = xmap.shape
+    runs = np.zeros((size, 3), np.int64)
+    for i in range(size):
+        taps = [t for t in range(k) if xmap[t, i] >= 0]
+        if taps:
+            runs[i] = (k - 1 - taps[-1], len(taps), xmap[taps[-1], i])
+    return runs
+
+
+def _padded(n: int) -> int:
+    return -(-n // LANES) * LANES
+
+
+class _Arena:
+    """Growing flat arrays (weights, int tables, amplitudes), each piece 64-byte aligned."""
+
+    def __init__(self, dtype) -> None:
+        self.dtype = np.dtype(dtype)
+        self.pieces: list[np.ndarray] = []
+        self.size = 0
+
+    def add(self, a: np.ndarray) -> int:
+        align = max(1, 64 // self.dtype.itemsize)
+        start = -(-self.size // align) * align
+        if start > self.size:
+            self.pieces.append(np.zeros(start - self.size, self.dtype))
+        self.pieces.append(np.ascontiguousarray(a, self.dtype).reshape(-1))
+        self.size = start + self.pieces[-1].size
+        return start
+
+    def array(self) -> np.ndarray:
+        flat = np.concatenate(self.pieces + [np.zeros(64, self.dtype)])
+        buf = np.zeros(flat.size + 64, self.dtype)
+        off = (-buf.ctypes.data % 64) // self.dtype.itemsize
+        out = buf[off:off + flat.size]
+        out[:] = flat
+        return out
+
+
+@dataclass
+class _LayerPlan:
+    name: str
+    shape: tuple[int, int, int]      # C, H, W of the layer (1-D layers: n, 1, 1)
+    flat_shape: tuple                # the neuron's per-sample shape in the graph
+    synapses: np.ndarray             # [n, N_FIELDS] int64 (train offsets per group filled in)
+    sources: list[tuple[int, int]]   # (layer, pool) read by each synapse row
+    base: np.ndarray                 # the bias: [op] (bstep 0) or [hw*op] (bstep op)
+    bstep: int
+    consts: list[str]
+    v0: np.ndarray
+    theta: np.ndarray                # [C]
+    decay: float
+    leaky: bool
+    subtract: bool
+    op: int
+    binary: "BinaryConv | None" = None  # the synapse run by table look-up (binary_conv)
+    binary_source: int = -1
+    pools: list[int] = field(default_factory=list)   # pool sizes consumers read
+
+
+class EventEngine:
+    """A compiled plan of a network's spiking layers; :meth:`run` simulates a batch."""
+
+    def __init__(self, layers: list[_Layer], tail_inputs: list[str], neuron_outputs: list[str]) -> None:
+        self.layers = layers
+        self.tail_inputs = tail_inputs
+        self.neuron_outputs = neuron_outputs
+        self._key = None
+        self._plans: list[_LayerPlan] = []
+
+    @classmethod
+    def compile(cls, nodes, kinds: dict, tail: set, value: Callable, tail_inputs: list[str], CONST: int, VARYING: int) -> "EventEngine | None":
+        """The engine for this graph, or None (the reason is logged at debug level)."""
+        if not available():
+            return None
+        try:
+            layers, neuron_outputs = _analyse(nodes, kinds, tail, value, CONST, VARYING)
+            for name in tail_inputs:
+                if name not in neuron_outputs:
+                    raise Unsupported(f"the readout reads {name}, which is not a neuron layer's output")
+        except Unsupported as exc:
+            log.debug("event engine not used: %s", exc)
+            return None
+        return cls(layers, tail_inputs, neuron_outputs)
+
+    # -------------------------------------------------------------- building
+    def _build(self, value: Callable, leaks: Callable, env: dict, dtype: torch.dtype) -> None:
+        """Lay out weights, tables and thresholds for ``dtype`` from the current parameter values
+        and the prefix's outputs in ``env`` (for the first layer's shape)."""
+        np_dtype = np.float64 if dtype == torch.float64 else np.float32
+        wa, ia, aa = _Arena(np_dtype), _Arena(np.int64), _Arena(np_dtype)
+        plans: list[_LayerPlan] = []
+
+        def array(name):
+            return value(name).detach().cpu().numpy().astype(np.float64)
+
+        for li, layer in enumerate(self.layers):
+            rows, sources, shapes = [], [], []
+            bc, bc_source = None, -1
+            for syn in layer.synapses:
+                row, out_shape, binary = self._synapse_row(syn, plans, array, wa, ia, aa)
+                shapes.append(out_shape)
+                if binary is not None and bc is None and _use_binary(syn.view.pool):
+                    weight, amplitude, strides, pads, dilations, in_hw = binary
+                    bc = BinaryConv.build(weight, amplitude, strides, pads, dilations, in_hw,
+                                          np_dtype)
+                    bc_source = syn.view.layer
+                    continue
+                rows.append(row)
+                sources.append((syn.view.layer, syn.view.pool))
+            for name in layer.consts:
+                shapes.append(tuple(env[name].shape[1:]))
+            if not shapes:
+                raise Unsupported(f"neuron {layer.node.name} has no input")
+            graph_shape = shapes[0]
+            shape3 = _as3(graph_shape, layer.node.name)
+            for s in shapes[1:]:
+                if _as3(s, layer.node.name) != shape3:
+                    raise Unsupported(f"the inputs of {layer.node.name} differ in shape")
+            c, h, w = shape3
+            op = _padded(c)
+            bias = np.zeros(graph_shape, np.float64) if layer.biases else None
+            for name in layer.biases:
+                b = _per_sample(array(name), layer.node.name) if array(name).ndim > len(graph_shape) \
+                    else array(name)
+                if b.ndim == 1 and len(graph_shape) == 3 and b.size == graph_shape[0] > 1:
+                    b = b.reshape(-1, 1, 1)  # a Conv's per-channel bias
+                try:
+                    bias = bias + np.broadcast_to(b, graph_shape)
+                except ValueError:
+                    raise Unsupported(f"the bias {name} of {layer.node.name} does not broadcast") from None
+            base = np.zeros((h * w, op), np_dtype)
+            if bias is not None:
+                base[:, :c] = np.asarray(bias).reshape(c, h * w).T
+            bstep = 0 if (base == base[:1]).all() else op
+            base = base[0] if bstep == 0 else base.reshape(-1)
+            node = layer.node
+            theta_full = np.broadcast_to(_per_sample(array(node.input[1]), node.name), graph_shape
+                                         ).reshape(c, h * w)
+            if not (theta_full == theta_full[:, :1]).all():
+                raise Unsupported(f"the threshold of {node.name} varies within a channel")
+            v0 = array(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(1)
+            v0 = np.broadcast_to(_per_sample(v0, node.name), graph_shape).reshape(c, h * w).T
+            reset = layer.attrs.get("reset", "subtract")
+            reset = reset.decode() if isinstance(reset, bytes) else reset
+            leak = leaks(node.name)
+            plans.append(_LayerPlan(
+                name=node.name, shape=shape3, flat_shape=graph_shape,
+                synapses=np.array(rows, np.int64).reshape(-1, N_FIELDS), sources=sources,
+                base=base, bstep=bstep, consts=list(layer.consts),
+                v0=np.ascontiguousarray(v0, np_dtype).reshape(-1),
+                theta=np.ascontiguousarray(theta_full[:, 0], np_dtype),
+                decay=np_dtype(1.0 - leak), leaky=bool(leak), subtract=reset == "subtract", op=op,
+                binary=bc, binary_source=bc_source))
+        for plan in plans:
+            for layer, pool in plan.sources:
+                if pool > 1 and pool not in plans[layer].pools:
+                    plans[layer].pools.append(pool)
+        self._plans = plans
+        self._wflat, self._imaps, self._amps = wa.array(), ia.array(), aa.array()
+        self._np_dtype = np_dtype
+
+    def _synapse_row(self, syn: _Synapse, plans, array, wa: _Arena, ia: _Arena, aa: _Arena):
+        view = syn.view
+        src = plans[view.layer]
+        c, h, w = src.shape
+        k = view.pool
+        binary = None
+        hs, ws = h // k, w // k
+        if k > 1 and (hs == 0 or ws == 0):
+            raise Unsupported("a pool is larger than its input")
+        theta = src.theta  # in the run's dtype: the pooled values are the dense pool's
+        amp = np.zeros((c, k * k + 1), theta.dtype)
+        for n in range(1, k * k + 1):  # n spikes in a window: summed one by one, then / k*k
+            amp[:, n] = amp[:, n - 1] + theta
+        if k > 1:
+            amp = amp / theta.dtype.type(k * k)
+        if syn.kind == "conv":
+            wt = array(syn.weight)
+            if wt.ndim != 4 or wt.shape[1] != c:
+                raise Unsupported(f"conv weight {syn.weight} does not match its input")
+            o, _, kh, kw = wt.shape
+            attrs = syn.attrs
+            ph, pw = hs + view.spatial_pad[0] + view.spatial_pad[2], \
+                ws + view.spatial_pad[1] + view.spatial_pad[3]
+            pads = explicit_pads(attrs, [ph, pw], [kh, kw])
+            pads = [pads[0] + view.spatial_pad[0], pads[1] + view.spatial_pad[1],
+                    pads[2] + view.spatial_pad[2], pads[3] + view.spatial_pad[3]]
+            sh, sw = attrs.get("strides", [1, 1])
+            dh, dw = attrs.get("dilations", [1, 1])
+            if k == 1:
+                binary = (wt, theta, (sh, sw), pads, (dh, dw), (h, w))
+            elif (dh, dw) == (1, 1) and h % k == 0 and w % k == 0:
+                # conv(pool_k(s)) = a conv of s by the kernel spread over k x k and / k*k, stride k*s
+                spread = np.repeat(np.repeat(wt, k, axis=2), k, axis=3) / (k * k)
+                binary = (spread, theta, (sh * k, sw * k), [p * k for p in pads], (1, 1), (h, w))
+        elif syn.kind == "gemm":
+            wt = array(syn.weight)
+            if syn.attrs.get("op") == "Gemm":
+                if syn.attrs.get("transB", 0):
+                    wt = wt.T
+                wt = wt * float(syn.attrs.get("alpha", 1.0))
+            size = c * hs * ws
+            if not (view.flat or (hs == ws == 1)) or wt.shape[0] != size \
+                    or view.flat not in (0, -1, size):
+                raise Unsupported(f"{syn.weight} does not match the flattened input")
+            o = wt.shape[1]
+            wt = wt.T.reshape(o, c, hs, ws)  # rows in NCHW flatten order
+            kh, kw = hs, ws
+            pads, (sh, sw), (dh, dw) = [0, 0, 0, 0], (1, 1), (1, 1)
+        else:
+            before, after = view.channel_pad
+            o = c + before + after
+            wt = np.zeros((o, c, 1, 1))
+            wt[np.arange(c) + before, np.arange(c), 0, 0] = 1.0
+            kh = kw = 1
+            pads, (sh, sw), (dh, dw) = [0, 0, 0, 0], view.step, (1, 1)
+        oh = (hs + pads[0] + pads[2] - dh * (kh - 1) - 1) // sh + 1
+        ow = (ws + pads[1] + pads[3] - dw * (kw - 1) - 1) // sw + 1
+        if oh <= 0 or ow <= 0:
+            raise Unsupported("a synapse has an empty output")
+        op = _padded(o)
+        weights = np.zeros((c, kh, kw, op))
+        weights[..., :o] = wt.transpose(1, 2, 3, 0)
+        runs = sw == 1 and dw == 1
+        ymap = _tap_maps(hs, oh, kh, sh, pads[0], dh)
+        xmap = _tap_maps(ws, ow, kw, sw, pads[1], dw)
+        xrun = _column_runs(xmap) if runs else np.zeros((ws, 3), np.int64)
+        if runs:
+            weights = weights[:, :, ::-1]
+        rowcol = np.stack(np.divmod(np.arange(hs * ws, dtype=np.int64), ws), axis=1)
+        shift = int(np.log2(c)) if c <= 64 and c & (c - 1) == 0 else -1
+        row = np.zeros(N_FIELDS, np.int64)
+        row[[F_HS, F_WS, F_CS, F_KH, F_KW, F_OW, F_OP, F_RUNS, F_AMPN, F_SHIFT]] = \
+            hs, ws, c, kh, kw, ow, op, int(runs), k * k + 1, shift
+        row[F_W] = wa.add(weights)
+        row[F_YMAP], row[F_XMAP], row[F_XRUN], row[F_ROWCOL] = (ia.add(m) for m in (ymap, xmap, xrun,
+                                                                                    rowcol))
+        row[F_AMP] = aa.add(amp)
+        out_shape = (o,) if syn.kind == "gemm" else (o, oh, ow)
+        return row, out_shape, binary
+
+    @staticmethod
+    def _binary_args(p: _LayerPlan, plans, offsets, dt) -> tuple:
+        """The look-up synapse's arguments of :func:`_run_layer` (unused ones without)."""
+        if p.binary is None:
+            return (False, np.zeros(6, np.int64), *_no_binary(dt))
+        c, h, w = plans[p.binary_source].shape
+        oh, ow = p.binary.out_hw
+        geo = np.array([offsets[(p.binary_source, 1)], h, w, c, oh, ow], np.int64)
+        return (True, geo, *p.binary.kernel_args())
+
+    # --------------------------------------------------------------- running
+    def run(self, value: Callable, leaks: Callable, env: dict, batch: int, timesteps: int,
+            points: list[int], dtype: torch.dtype, key: tuple) -> tuple[dict, dict, dict]:
+        """Simulate ``batch`` samples for ``timesteps`` steps (``env``: the prefix's outputs).
+
+        Returns (spike counts per layer [batch, *shape] float32, per-step spike totals per layer
+        [timesteps], the running sums of each tail input [len(points), batch, *shape] at each
+        point (spikes x threshold summed over the steps up to it))."""
+        if self._key != key:
+            self._build(value, leaks, env, dtype)
+            self._key = key
+        plans = self._plans
+        per_sample = 0
+        for p in plans:
+            c, h, w = p.shape
+            per_sample += timesteps * c * h * w
+            per_sample += sum(timesteps * c * (h // k) * (w // k) for k in p.pools)
+        group = max(1, min(batch, GROUP_BYTES // max(1, per_sample)))
+        # train offsets inside one group's buffer
+        offsets: dict[tuple[int, int], int] = {}
+        size = 0
+        for i, p in enumerate(plans):
+            c, h, w = p.shape
+            offsets[(i, 1)] = size
+            size += group * timesteps * c * h * w
+            for k in p.pools:
+                offsets[(i, k)] = size
+                size += group * timesteps * c * (h // k) * (w // k)
+        trains = np.zeros(size + BYTE_LANES, np.uint8)
+        dt = self._np_dtype
+        tables = []
+        for p in plans:
+            syn = p.synapses.copy()
+            for j, (layer, pool) in enumerate(p.sources):
+                c, h, w = plans[layer].shape
+                frame = c * (h // pool) * (w // pool)
+                syn[j, F_SRC] = offsets[(layer, pool)]
+                syn[j, F_TSTRIDE] = frame
+                syn[j, F_SSTRIDE] = timesteps * frame
+            tables.append(syn)
+        counts = [np.zeros((batch, int(np.prod(p.shape))), np.int32) for p in plans]
+        per_step = [np.zeros(timesteps, np.int64) for _ in plans]
+        snap_steps = np.array(sorted(set(points)), np.int64)
+        wanted = {name for name in self.tail_inputs}
+        snaps = {i: np.zeros((batch, len(snap_steps), int(np.prod(p.shape))), np.int32)
+                 for i, p in enumerate(plans) if self.neuron_outputs[i] in wanted}
+        no_snaps = np.zeros((batch, 0, 1), np.int32)
+        scratch = {}
+        consts = {}
+        for i, p in enumerate(plans):
+            if p.consts:  # per-sample constant current, channel-last, on top of the bias
+                c, h, w = p.shape
+                total = None
+                for name in p.consts:
+                    t = env[name].detach().reshape(batch, c, h * w).permute(0, 2, 1).numpy()
+                    total = t if total is None else total + t
+                base = np.zeros((batch, h * w, p.op), dt)
+                bias = np.broadcast_to(p.base.reshape(-1, p.op), (h * w, p.op))
+                base[:, :, :c] = total if not p.base.any() else bias[None, :, :c] + total
+                consts[i] = base.reshape(batch, -1)
+        for start in range(0, batch, group):
+            stop = min(batch, start + group)
+            for i, p in enumerate(plans):
+                c, h, w = p.shape
+                n = c * h * w
+                if (i, p.op) not in scratch:
+                    scratch[(i, p.op)] = (np.zeros(h * w * p.op + 64, dt), np.zeros(n, dt))
+                tile, v = scratch[(i, p.op)]
+                base = consts[i][start:stop] if i in consts else p.base
+                snap = snaps[i][start:stop] if i in snaps else no_snaps[start:stop]
+                _run_layer(trains, tables[i], self._wflat, self._imaps, self._amps,
+                           np.ascontiguousarray(base).reshape(-1), i in consts, p.v0, p.theta,
+                           p.op if i in consts else p.bstep, p.decay, p.leaky, p.subtract, dt(0.0), timesteps, h * w, c, p.op,
+                           offsets[(i, 1)], timesteps * n, counts[i].reshape(-1), start * n,
+                           per_step[i],
+                           snap_steps if i in snaps else snap_steps[:0], snap, tile, v,
+                           *self._binary_args(p, plans, offsets, dt))
+                for k in p.pools:
+                    _pool_trains(trains, offsets[(i, 1)], offsets[(i, k)], (stop - start) * timesteps,
+                                 h, w, c, k)
+        spike_counts, totals, sums = {}, {}, {}
+        for i, p in enumerate(plans):
+            c, h, w = p.shape
+            cl = torch.from_numpy(counts[i]).view(batch, h, w, c).permute(0, 3, 1, 2)
+            spike_counts[p.name] = cl.to(torch.float32).reshape(batch, *p.flat_shape).contiguous()
+            totals[p.name] = per_step[i]
+            if i in snaps:
+                s = torch.from_numpy(snaps[i]).view(batch, -1, h, w, c).permute(1, 0, 4, 2, 3)
+                theta = torch.from_numpy(np.array(p.theta)).view(1, 1, c, 1, 1)
+                s = s.to(dtype) * theta.to(dtype)
+                sums[self.neuron_outputs[i]] = s.reshape(len(snap_steps), batch, *p.flat_shape)
+        return spike_counts, totals, sums
+
+
+def _no_binary(dt) -> tuple:
+    return (np.zeros(16, dt), np.zeros(8, np.int64), np.zeros(64, np.uint8), np.zeros(1, np.int64),
+            np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros(16, dt))
+
+
+def _as3(shape: tuple, name: str) -> tuple[int, int, int]:
+    if len(shape) == 1:
+        return (int(shape[0]), 1, 1)
+    if len(shape) == 3:
+        return tuple(int(s) for s in shape)
+    raise Unsupported(f"neuron {name} has a {len(shape)}-D per-sample shape")
+
+
+def _per_sample(a: np.ndarray, name: str) -> np.ndarray:
+    """A neuron parameter without a leading batch axis of 1 (per-sample values: refused)."""
+    if a.ndim == 4:
+        if a.shape[0] != 1:
+            raise Unsupported(f"neuron {name} has per-sample parameters")
+        return a[0]
+    return a
