@@ -237,9 +237,9 @@ if numba is not None:
         return rows_sum
 
     P1, P2, P4 = 8, 8, 4
-    """Outputs summed side by side for rows of 1, 2 and 4 16-lane chunks. Measured (T=32 frames, one
-    thread): 8 beats 4 by 10-30 % for 16-32 channels; for 64 channels 8 outputs (32 float32
-    accumulators) gain < 10 % and, in float64, spill registers (2x slower), so 4."""
+    """Outputs summed side by side for rows of 1, 2 and 4 16-lane chunks (T=32 frames, one
+    thread, 16-32 channels: 1 output 2x slower than 4; 4, 8 and 16 within 10 % of each other;
+    64 channels: 8 outputs, 32 accumulators, spill registers in float64 and run 2x slower)."""
     taps_sum_1x1, taps_sum_1xP = _taps_sum(1, 1), _taps_sum(1, P1)
     taps_sum_2x1, taps_sum_2xP = _taps_sum(2, 1), _taps_sum(2, P2)
     taps_sum_4x1, taps_sum_4xP = _taps_sum(4, 1), _taps_sum(4, P4)
