@@ -84,7 +84,7 @@ if numba is not None:
 
         return sig, codegen
 
-    def _vector_sums(context, builder, chunks, positions, elt):
+    def _vector_sums(builder, chunks, positions, elt):
         """positions x chunks zeroed vector accumulators (promoted to registers by LLVM)."""
         zero = llir.Constant(llir.VectorType(elt, LANES), None)
         return [[cgutils.alloca_once_value(builder, zero) for _ in range(chunks)]
@@ -131,7 +131,7 @@ if numba is not None:
             elt = context.get_data_type(tty.dtype)
             size = elt.get_abi_size(context.target_data)
             i64 = llir.IntType(64)
-            accs = _vector_sums(context, builder, chunks, positions, elt)
+            accs = _vector_sums(builder, chunks, positions, elt)
             bases = [builder.add(base, builder.mul(bstep, llir.Constant(i64, p)))
                      for p in range(positions)]
             with cgutils.for_range(builder, n) as loop:
@@ -206,7 +206,7 @@ if numba is not None:
             elt = context.get_data_type(tty.dtype)
             size = elt.get_abi_size(context.target_data)
             i64 = llir.IntType(64)
-            accs = _vector_sums(context, builder, chunks, unroll, elt)
+            accs = _vector_sums(builder, chunks, unroll, elt)
 
             def add_entry(index, acc_row):
                 off = builder.add(builder.load(builder.gep(odata, [index])), shift)
@@ -221,13 +221,11 @@ if numba is not None:
                 start = builder.mul(blocks, llir.Constant(i64, unroll))
                 with cgutils.for_range(builder, n, start=start) as loop:
                     add_entry(loop.index, accs[0])
-            vec = llir.VectorType(elt, LANES)
             for k in range(chunks):
                 for u in range(1, unroll):
                     total = builder.fadd(builder.load(accs[0][k]), builder.load(accs[u][k]))
                     builder.store(total, accs[0][k])
             _write_sums(builder, ddata, doff, llir.Constant(i64, 0), accs[:1], add, elt, size)
-            del vec
             return context.get_dummy_value()
 
         @intrinsic
