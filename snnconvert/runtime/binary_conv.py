@@ -376,9 +376,10 @@ if numba is not None:
         for the output whose top-left input is q0, and its table row at ``et[i] +
         pattern·OP``; scratch ``offs`` int64 [taps · G] and ``acc`` [OW · OP] of out's dtype.
 
-        direct (geom[6] == 0): sums all taps·G rows (zero patterns read a zero row), four
+        direct (geom[6] == 0): sums all taps·G rows (zero patterns read a zero row), 4-8
         outputs side by side; compact: each output first lists the rows of its nonzero groups
-        (branch-free) and sums only those, which pays when a row is 4+ vectors.
+        (a vector compress-store per 4 or 8 groups when G allows, else branch-free scalar code)
+        and sums only those, which pays when a row is 4+ vectors.
         """
         F = spikes.shape[0]
         _, OH, OW, O = out.shape
