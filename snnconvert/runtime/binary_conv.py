@@ -37,6 +37,8 @@ try:
     from numba import types
     from numba.core import cgutils
     from numba.extending import intrinsic
+
+    from .simd import nonzero64
 except ImportError:  # pragma: no cover - numba is a declared dependency
     numba = None
 
@@ -55,21 +57,6 @@ def _padded(n: int) -> int:
 
 if numba is not None:
     _jit = numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
-
-    @intrinsic
-    def _nonzero_bits64(typingctx, array, offset):
-        """Bit mask (bit j for byte offset+j) of the nonzero bytes among 64: one vector compare."""
-        sig = types.uint64(array, types.intp)
-
-        def codegen(context, builder, signature, args):
-            data = context.make_array(signature.args[0])(context, builder, args[0]).data
-            vec = llir.VectorType(llir.IntType(8), 64)
-            x = builder.load(builder.bitcast(builder.gep(data, [args[1]]), vec.as_pointer()),
-                             align=1)
-            mask = builder.icmp_unsigned("!=", x, llir.Constant(vec, None))
-            return builder.bitcast(mask, llir.IntType(64))
-
-        return sig, codegen
 
     @intrinsic
     def _store_u64(typingctx, array, offset, value):
@@ -275,7 +262,7 @@ if numba is not None:
                 dst = ((y + pt) * Wp + pl) * G
                 b = 0
                 while b + 64 <= n:
-                    _store_u64(packed, dst + b // 8, _nonzero_bits64(flat, src + b))
+                    _store_u64(packed, dst + b // 8, nonzero64(flat, src + b))
                     b += 64
                 while b < n:
                     packed[dst + b // 8] = _byte_pattern(flat, src + b)
@@ -289,7 +276,7 @@ if numba is not None:
                 dst = ((y + pt) * Wp + pl) * G
                 b = 0
                 while b + 64 <= n:
-                    m = _nonzero_bits64(flat, src + b)
+                    m = nonzero64(flat, src + b)
                     _store_u64(packed, dst + b // 4, _nibbles(m & np.uint64(0xFFFFFFFF)))
                     _store_u64(packed, dst + b // 4 + 8, _nibbles(m >> np.uint64(32)))
                     b += 64
