@@ -254,36 +254,29 @@ if numba is not None:
         _, H, W, C = spikes.shape
         pt, pl, bits, Wp, G = geom[0], geom[1], geom[4], geom[5], geom[7]
         flat = spikes.reshape(-1)
-        if bits == 8 and C % 8 == 0:
-            # 64 spike bytes -> 8 pattern bytes by one vector compare; rows of W·C bytes
-            n = W * C
-            for y in range(H):
-                src = (f * H + y) * n
-                dst = ((y + pt) * Wp + pl) * G
-                b = 0
-                while b + 64 <= n:
-                    _store_u64(packed, dst + b // 8, nonzero64(flat, src + b))
-                    b += 64
-                while b < n:
-                    packed[dst + b // 8] = _byte_pattern(flat, src + b)
-                    b += 8
-            return
-        if bits == 4 and C % 8 == 0:
-            # as above, each mask half spread to one nibble a byte (8 patterns per 32 spikes)
-            n = W * C
+        if C % 8 == 0 and (bits == 8 or bits == 4):
+            # 64 spike bytes -> 8 pattern bytes by one vector compare (4-bit groups: each mask
+            # half spread to one nibble a byte); rows of W·C bytes, 8 spikes at a time at the end
+            n = W * C  # a pattern byte holds ``bits`` spikes
             for y in range(H):
                 src = (f * H + y) * n
                 dst = ((y + pt) * Wp + pl) * G
                 b = 0
                 while b + 64 <= n:
                     m = nonzero64(flat, src + b)
-                    _store_u64(packed, dst + b // 4, _nibbles(m & np.uint64(0xFFFFFFFF)))
-                    _store_u64(packed, dst + b // 4 + 8, _nibbles(m >> np.uint64(32)))
+                    if bits == 8:
+                        _store_u64(packed, dst + b // 8, m)
+                    else:
+                        _store_u64(packed, dst + b // 4, _nibbles(m & np.uint64(0xFFFFFFFF)))
+                        _store_u64(packed, dst + b // 4 + 8, _nibbles(m >> np.uint64(32)))
                     b += 64
                 while b < n:
                     p = _byte_pattern(flat, src + b)
-                    packed[dst + b // 4] = p & 15
-                    packed[dst + b // 4 + 1] = p >> 4
+                    if bits == 8:
+                        packed[dst + b // bits] = p
+                    else:
+                        packed[dst + b // bits] = p & 15
+                        packed[dst + b // bits + 1] = p >> 4
                     b += 8
             return
         for y in range(H):
