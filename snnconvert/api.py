@@ -19,7 +19,7 @@ from .report import Report
 from .passes import PassContext, Pipeline, default_pipeline
 from .passes.calibrate_for_t import sample_count
 from .passes.maxpool_to_avgpool import swap_max_pools
-from .passes.pipeline import CALIBRATION_MODES, V_INIT_MODES
+from .passes.pipeline import CALIBRATION_MODES, DEFAULT_CALIBRATION, V_INIT_MODES
 from .targets import get_target
 from .targets.support import NodeSupport, refuse_unsupported
 from .targets.support import target_support as _target_support
@@ -32,7 +32,7 @@ AUTO_TIMESTEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 def convert(source: str | os.PathLike | onnx.ModelProto, calib: Data | None = None, *,
             timesteps: int | str = 32, norm: str = "percentile:99.99", per_channel: bool = True,
             v_init: str | float = "half", reset: str = "subtract", leak: float = 0.0,
-            maxpool_to_avgpool: bool = False, calibration: str = "fast", agreement: float = 0.99,
+            maxpool_to_avgpool: bool = False, calibration: str = DEFAULT_CALIBRATION, agreement: float = 0.99,
             pipeline: Pipeline | None = None, progress: bool = False,
             log: list[tuple[str, str]] | None = None, calib_labels: np.ndarray | None = None,
             target: str | None = None, encoding: str = "analog", readout: str = "membrane"
@@ -42,9 +42,10 @@ def convert(source: str | os.PathLike | onnx.ModelProto, calib: Data | None = No
 
     ``calib``: inputs, or any data stream (see :mod:`snnconvert.datasets`); calibration
     statistics stream over it (sharded and reduced exactly under torch.distributed), passes that
-    simulate read its first samples. ``calibration``: "fast" (default) fits every neuron layer for
-    ``timesteps`` (threshold search, bias and potential calibration); "full" first refits each
-    layer's Conv/Gemm weights by ridge least squares on its actual spiking input; "none" keeps the
+    simulate read its first samples. ``calibration``: "full" (default) fits every neuron layer for
+    ``timesteps``: a ridge least-squares refit of its Conv/Gemm weights on its actual spiking
+    input, then threshold search, bias and potential calibration; "fast" skips the weight refit
+    (about 2-3x cheaper, less accurate at low T on deep nets); "none" keeps the
     percentile thresholds and ``v_init``. ``timesteps="auto"`` picks the smallest T whose
     agreement with the ANN on held-out calibration samples reaches ``agreement`` (see
     :func:`choose_timesteps`). Returns the spiking IR (an ONNX model). ``log`` receives
@@ -320,7 +321,7 @@ def evaluate_conversion(source: str | os.PathLike | onnx.ModelProto, calib: Data
         return evaluate(snn, x, y, ts, target=target, ann=ann, progress=progress, workers=workers,
                         **(target_options or {}))
     per_t = tune_t is None and (convert_options.get("v_init") == "optimized"
-                                or convert_options.get("calibration", "fast") != "none")
+                                or convert_options.get("calibration", DEFAULT_CALIBRATION) != "none")
     groups = [[t] for t in ts] if per_t else [ts]
     report: EvalReport | None = None
     for group in groups:

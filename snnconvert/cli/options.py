@@ -6,6 +6,7 @@ from typing import Callable
 import click
 
 from ..errors import OptionError
+from ..passes.pipeline import CALIBRATION_MODES, DEFAULT_CALIBRATION
 
 
 def conversion_options(f: Callable) -> Callable:
@@ -22,13 +23,13 @@ def conversion_options(f: Callable) -> Callable:
                      type=click.Choice(["zero", "half", "optimized"]),
                      help="Initial membrane potential: 0, θ/2, or θ/2 + data-fitted bias correction "
                           "(the start that --calibration refines)."),
-        click.option("--calibration", default="fast", show_default=True,
-                     type=click.Choice(["none", "fast", "full"]),
-                     help="Fit the network for its T on the calibration data: fast = layer by layer "
-                          "threshold search, bias and potential calibration; full = fast after a "
-                          "least-squares refit of each layer's weights on its spiking input (label-"
-                          "free, slower); none = --norm "
-                          "thresholds and --v-init only."),
+        click.option("--calibration", default=DEFAULT_CALIBRATION, show_default=True,
+                     type=click.Choice(list(CALIBRATION_MODES)),
+                     help="Fit the network for its T on the calibration data, layer by layer: full = "
+                          "least-squares refit of each layer's weights on its spiking input, then "
+                          "threshold search, bias and potential calibration; fast = the same "
+                          "without the weight refit (2-3x cheaper); none = --norm thresholds and "
+                          "--v-init only."),
         click.option("--agreement", default=99.0, show_default=True,
                      type=click.FloatRange(0, 100, min_open=True),
                      help="-T auto: the agreement with the ANN (%) the chosen T must reach on "

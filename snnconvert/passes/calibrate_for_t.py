@@ -30,7 +30,7 @@ from .base import Pass, PassContext
 from .calibrate_potential import CalibratePotential
 from .correct_bias import CorrectBias
 from .layer_state import LayerState
-from .fit_weights import FitWeights, Synapse
+from .fit_weights import FitReadout, FitWeights, Synapse
 from .optimize_init import apply_bias_correction, bias_holder, can_fold_bias, open_thresholds
 from .search_thresholds import SearchThresholds
 
@@ -66,12 +66,13 @@ def sample_count(timesteps: int, samples: int = SAMPLES, sample_steps: int = SAM
 
 
 def spool_ann_activations(model: onnx.ModelProto, x: np.ndarray, chunk: int, spool: Spool,
-                          currents: bool = False) -> None:
+                          currents: bool = False, extra: Sequence[str] = ()) -> None:
     """Every neuron's ANN activation (ReLU output, unclipped) on ``x`` into ``spool`` under
-    "ann:<neuron output>" (with ``currents``, its input too, under "ann:<neuron input>"), one
-    item per chunk of ``chunk`` samples."""
+    "ann:<neuron output>" (with ``currents``, its input too, under "ann:<neuron input>"; and
+    any ``extra`` tensor under "ann:<name>"), one item per chunk of ``chunk`` samples."""
     names = [n.output for n in ir.neurons(model)]
     names += [n.input for n in ir.neurons(model) if currents and n.input not in names]
+    names += [e for e in extra if e not in names]
     for i, batch in enumerate(onnxrt.iterate(open_thresholds(model), x, names, batch_size=chunk)):
         for name, value in batch.items():
             spool.put("ann:" + name, i, value.astype(np.float32, copy=False))
@@ -103,15 +104,28 @@ def _synapse(model: onnx.ModelProto, net: SpikingNetwork, run: LayerwiseRun, spo
     output reaches only the neuron (directly or through a residual Add) and no other node reads
     its weight or bias."""
     holder = bias_holder(model.graph, n, channels)
-    if holder is None:
-        return None
+    return None if holder is None else _refittable(model, net, run, spool, holder, n.input)
+
+
+def _readout_holder(model: onnx.ModelProto) -> onnx.NodeProto | None:
+    """The Conv/Gemm computing the network's (first) output from the spiking layers, if `full`
+    may refit it (constant weights no other node reads; a neuron before it)."""
+    prod = g.producers(model.graph).get(model.graph.output[0].name)
+    return prod if prod is not None and prod.op_type in ("Conv", "Gemm") and ir.neurons(model) \
+        else None
+
+
+def _refittable(model: onnx.ModelProto, net: SpikingNetwork, run: LayerwiseRun, spool: Spool,
+                holder: onnx.NodeProto, ann_key: str) -> Synapse | None:
+    """``holder`` as a :class:`Synapse` fitted to the ANN values spooled under "ann:<ann_key>",
+    unless another node reads its weight or bias or its form is not supported."""
     users = g.consumers(model.graph)
     params = [p for p in holder.input[1:3] if p]
     if any(len(users.get(p, [])) != 1 or g.const_value(model.graph, p) is None for p in params) \
             or not Synapse.supports(holder, g.const_value(model.graph, holder.input[1])):
         return None
     source = holder.input[0]
-    ann = Chunks(spool, "ann:" + n.input, len(run.bounds))
+    ann = Chunks(spool, "ann:" + ann_key, len(run.bounds))
 
     def rate(c: int) -> torch.Tensor:
         value = run.evaluate(source, c)
@@ -142,19 +156,22 @@ class CalibrateForT(Pass):
 
     def __init__(self, steps: Sequence[LayerStep] | None = None, samples: int = SAMPLES,
                  sample_steps: int = SAMPLE_STEPS, chunk: int | None = None,
-                 memory: int = spool_budget, held_out: int = HELD_OUT) -> None:
+                 memory: int = spool_budget, held_out: int = HELD_OUT, readout: bool = True) -> None:
         """``chunk``: samples simulated together (default: about 1,024 samples × T); ``memory``:
         bytes of layer currents and ANN activations held in memory (the rest goes to disk);
         ``held_out``: at most this many calibration samples the fit does not use check the
-        result (0: no check)."""
+        result (0: no check); ``readout``: with a :class:`FitWeights` step, also refit the
+        Conv/Gemm computing the output (:class:`FitReadout`, same ridge)."""
         self.steps = list(default_steps() if steps is None else steps)
         self.samples, self.sample_steps = samples, sample_steps
-        self.chunk, self.memory, self.held_out = chunk, memory, held_out
+        self.chunk, self.memory, self.held_out, self.readout = chunk, memory, held_out, readout
         self.check: dict[str, tuple[float, float]] = {}
         """The last held-out check: (agreement, output error) calibrated and uncalibrated."""
         self.spilled = 0
         """Bytes the last run wrote to disk (layer currents and ANN activations past ``memory``)."""
         self.layers: dict[str, LayerState] = {}
+        self.readout_error: tuple[float, float] | None = None
+        """The last readout refit's output error per sample, before and after (None: none)."""
 
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> onnx.ModelProto:
         if is_empty(ctx.calib):
@@ -170,14 +187,19 @@ class CalibrateForT(Pass):
                      "static inputs")
             return model
         neurons = {n.name: n for n in ir.neurons(model)}
-        self.layers, self.check = {}, {}
+        self.layers, self.check, self.readout_error = {}, {}, None
         original = onnx.ModelProto()
         original.CopyFrom(model)
         with Spool(self.memory) as spool:
             net = SpikingNetwork(model)
-            run = LayerwiseRun(net, x, steps, spool, chunk=self.chunk)
-            weights = any(isinstance(s, FitWeights) for s in self.steps)
-            spool_ann_activations(model, x, run.chunk, spool, currents=weights)
+            fit = next((s for s in self.steps if isinstance(s, FitWeights)), None)
+            weights = fit is not None
+            head_node = _readout_holder(model) if weights and self.readout else None
+            output = model.graph.output[0].name
+            run = LayerwiseRun(net, x, steps, spool, chunk=self.chunk,
+                               keep=[head_node.input[0]] if head_node is not None else ())
+            spool_ann_activations(model, x, run.chunk, spool, currents=weights,
+                                  extra=[output] if head_node is not None else ())
             with torch.no_grad():
                 for name, currents in tqdm(run.layers(), total=len(neurons), desc=f"calibrating T={steps}",
                                            unit="layer", disable=not ctx.progress, leave=False):
@@ -200,6 +222,13 @@ class CalibrateForT(Pass):
                     layer.synapse = None
                     layer.current = layer.target = []
                     self.layers[name] = layer
+                syn = None if head_node is None else _refittable(model, net, run, spool, head_node, output)
+                if syn is not None:
+                    before, after = FitReadout(fit.ridge)(syn, len(run.bounds))
+                    self.readout_error = (before / len(x), after / len(x))
+                    ctx.info(self.name, f"refitted the readout {head_node.name or head_node.op_type} to "
+                             f"the ANN's output: squared error per sample {before / len(x):.4g} -> "
+                             f"{after / len(x):.4g}")
             self.spilled = spool.spilled
         for name, layer in self.layers.items():
             n = neurons[name]

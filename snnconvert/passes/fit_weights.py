@@ -89,6 +89,34 @@ class Synapse:
         return pads[:2] == pads[2:] and auto in (b"NOTSET", "NOTSET")
 
 
+def normal_equations(syn: Synapse, chunks: int, total: Callable[[int, torch.Tensor], torch.Tensor]
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(current matrix W, XᵀX, XᵀY, per output the sum of Y²) over ``chunks`` chunks, float64: X the design matrix of the
+    synapse's input rates, Y the goal of W·x: the ANN value less what else adds to the synapse's
+    output (a residual branch), i.e. ANN − total + W·x, ``total(c, W·x)`` being the time-mean of
+    the whole sum on chunk c ([b, C, ...] like the ANN value, the layout W·x is given in)."""
+    old = syn.matrix().to(torch.float64)
+    gram = torch.zeros(len(old), len(old), dtype=torch.float64)
+    cross = torch.zeros_like(old)
+    squares = torch.zeros(old.shape[1], dtype=torch.float64)
+    for c in range(chunks):
+        x = syn.features(syn.rate(c)).to(torch.float64)
+        ann = syn.ann_current(c)
+        mine = (x @ old).reshape(ann.shape[0], -1, ann.shape[1]).transpose(1, 2).reshape(ann.shape)
+        goal = ann.to(torch.float32) - total(c, mine) + mine
+        y = goal.reshape(ann.shape[0], ann.shape[1], -1).transpose(1, 2).reshape(-1, ann.shape[1])
+        gram += x.T @ x
+        cross += x.T @ y.to(torch.float64)
+        squares += (y.to(torch.float64) ** 2).sum(0)
+    return old, gram, cross, squares
+
+
+def ridge_solve(old: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor, ridge: float) -> torch.Tensor:
+    """argmin ‖XW − Y‖² + λ‖W − W_old‖², λ = ``ridge`` × the mean diagonal of XᵀX."""
+    lam = ridge * float(gram.diagonal().mean()) + 1e-12
+    return torch.linalg.solve(gram + lam * torch.eye(len(gram), dtype=torch.float64), cross + lam * old)
+
+
 class FitWeights:
     """Ridge least squares of the feeding Conv/Gemm on the layer's actual input rates."""
 
@@ -101,22 +129,13 @@ class FitWeights:
         syn: Synapse | None = getattr(layer, "synapse", None)
         if syn is None or layer.current[0].dim() == len(layer.sample_shape) + 1:
             return  # no refittable synapse, or an analog input the ANN's own (nothing to fix)
-        old = syn.matrix().to(torch.float64)
-        gram = torch.zeros(len(old), len(old), dtype=torch.float64)
-        cross = torch.zeros_like(old)
-        for c in range(len(layer.current)):
-            r = syn.rate(c)
-            x = syn.features(r).to(torch.float64)
-            out = layer.current[c].mean(0) if layer.current[c].dim() > len(layer.sample_shape) + 1 \
-                else layer.current[c]                           # mean current [b, C, ...]
-            goal = syn.ann_current(c).to(out.dtype) - out + (x @ old).reshape(
-                out.shape[0], -1, out.shape[1]).transpose(1, 2).reshape(out.shape)
-            y = goal.reshape(out.shape[0], out.shape[1], -1).transpose(1, 2).reshape(-1, out.shape[1])
-            gram += x.T @ x
-            cross += x.T @ y.to(torch.float64)
-        lam = self.ridge * float(gram.diagonal().mean()) + 1e-12
-        new = torch.linalg.solve(gram + lam * torch.eye(len(gram), dtype=torch.float64),
-                                 cross + lam * old)
+
+        def total(c: int, mine: torch.Tensor) -> torch.Tensor:  # the layer's mean input current
+            cur = layer.current[c]
+            return cur.mean(0) if cur.dim() > len(layer.sample_shape) + 1 else cur
+
+        old, gram, cross, _ = normal_equations(syn, len(layer.current), total)
+        new = ridge_solve(old, gram, cross, self.ridge)
         before, _ = layer.stats()
         syn.set_matrix(new.to(torch.float32))
         syn.refresh()
@@ -128,3 +147,26 @@ class FitWeights:
             syn.refresh()
             after = torch.minimum(after, before)
         layer.update(self.name, before[0], after[0])
+
+
+class FitReadout:
+    """`full`'s last step: the same ridge least squares for the Conv/Gemm that computes the
+    network's output from the last spiking layers (the readout averages it over T, so its mean is
+    W·r̄ + b exactly), fitted to the ANN's output; a class keeps its new weights only where its
+    squared error on the calibration samples drops (measured from the normal equations)."""
+
+    name = "fit-readout"
+
+    def __init__(self, ridge: float = 1e-2) -> None:
+        self.ridge = ridge
+
+    def __call__(self, syn: Synapse, chunks: int) -> tuple[float, float]:
+        """Refit ``syn`` on ``chunks`` chunks; (mean squared output error before, after) per
+        sample, summed over the outputs."""
+        old, gram, cross, squares = normal_equations(syn, chunks, lambda c, mine: mine)
+        new = ridge_solve(old, gram, cross, self.ridge)
+        err = lambda w: ((gram @ w) * w).sum(0) - 2 * (cross * w).sum(0) + squares  # ‖Xw − y‖²
+        before, after = err(old), err(new)
+        better = after < before
+        syn.set_matrix(torch.where(better[None, :], new, old).to(torch.float32))
+        return float(before.sum()), float(torch.minimum(before, after).sum())

@@ -23,6 +23,9 @@ from .replace_neurons import ReplaceNeurons
 
 V_INIT_MODES = ("zero", "half", "optimized")
 CALIBRATION_MODES = ("none", "fast", "full")
+DEFAULT_CALIBRATION = "full"
+"""The calibration a conversion gets unless told otherwise (the most accurate at every T measured:
+README, "Calibration for the chosen T")."""
 
 
 class Pipeline:
@@ -68,9 +71,10 @@ class Pipeline:
 def default_pipeline(norm: str = "percentile:99.99", per_channel: bool = True,
                      v_init: str | float = "half", reset: str = "subtract", leak: float = 0.0,
                      optimize_samples: int = 128, maxpool_to_avgpool: bool = False,
-                     calibration: str = "fast") -> Pipeline:
+                     calibration: str = DEFAULT_CALIBRATION) -> Pipeline:
     """The standard conversion: exact BN folding, soft-reset IF, robust normalization, θ/2 start;
-    with ``calibration`` "fast" (the default), then fitted layer by layer for ctx.timesteps."""
+    then, unless ``calibration`` is "none", fitted layer by layer for ctx.timesteps ("full", the
+    default: weight refit first; "fast": thresholds, bias and potentials only)."""
     if calibration not in CALIBRATION_MODES:
         raise ValueError(f"calibration must be one of {CALIBRATION_MODES}")
     passes: list[PassLike] = [

@@ -57,7 +57,9 @@ class LayerwiseRun:
     layer is visited."""
 
     def __init__(self, net: SpikingNetwork, x: np.ndarray, steps: int, spool: Spool,
-                 chunk: int | None = None) -> None:
+                 chunk: int | None = None, keep: Sequence[str] = ()) -> None:
+        """``keep``: tensors after the last neuron layer that :meth:`evaluate` must still give
+        once every layer has fired (the spikes they read are kept)."""
         net._use_plan(INVARIANT)
         self.net, self.steps, self.spool = net, steps, spool
         self.x = x
@@ -77,6 +79,12 @@ class LayerwiseRun:
             p = self._producer.get(self._nodes[i][0].input[0])
             if p is not None and ir.is_neuron(self._nodes[p][0]):
                 self._last_use[p] = i
+        for tensor in keep:  # read after the last layer: never dropped
+            reads = [tensor] + [n for j in self._cone(tensor) for n in self._nodes[j][0].input]
+            for name in reads:
+                p = self._producer.get(name)
+                if p is not None and ir.is_neuron(self._nodes[p][0]):
+                    self._last_use[p] = len(self._nodes)
         self._consts: dict[str, torch.Tensor] = {}
         self._spikes: dict[str, tuple[torch.Tensor, bool]] = {}  # neuron output -> (θ, time-varying)
         self._pending: str | None = None
