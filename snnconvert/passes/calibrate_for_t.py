@@ -5,8 +5,9 @@ at a time over chunks of samples (:class:`~snnconvert.runtime.layerwise.Layerwis
 layer's input current is the one the already calibrated layers before it actually produce;
 the layer steps (weight refit for `full`, threshold search, bias correction, potential
 calibration) fit that layer against the ANN's activation on the same samples, and its
-calibrated spikes flow on. The fitted θ, v(0), bias (folded into the preceding Conv/Gemm where
-possible) and weights are then written into the IR. Memory does not grow with the samples.
+calibrated spikes flow on; `full` then refits the Conv/Gemm computing the output to the ANN's
+output. The fitted θ, v(0), bias (folded into the preceding Conv/Gemm where possible) and
+weights are then written into the IR. Memory does not grow with the samples.
 """
 from __future__ import annotations
 
