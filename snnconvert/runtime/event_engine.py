@@ -41,7 +41,8 @@ try:
     import numba
     from numba import uint64
 
-    from .simd import BYTE_LANES, LANES, axpy16_sum, lowest_bit, neuron16, nonzero64
+    from .simd import (BYTE_LANES, LANES, bytes16_sum4, lowest_bit, neuron16, nonzero64, rows_add1, rows_add2,
+                       rows_add3, rows_add4, rows_add5, rows_add6, rows_add7, rows_add8)
 except ImportError:  # pragma: no cover - numba is a declared dependency
     numba = None
 
@@ -53,7 +54,7 @@ layer's train is still in cache when the next layer reads it."""
 
 # fields of one row of the synapse table (int64) that the kernel reads
 (F_SRC, F_SSTRIDE, F_TSTRIDE, F_HS, F_WS, F_CS, F_KH, F_KW, F_OW, F_OP, F_RUNS, F_W, F_YMAP,
- F_XMAP, F_XRUN, F_ROWCOL, F_AMP, F_AMPN, F_SHIFT, N_FIELDS) = range(20)
+ F_XMAP, F_XRUN, F_ROWCOL, F_AMPN, N_FIELDS) = range(18)
 
 
 if numba is not None:
@@ -61,13 +62,38 @@ if numba is not None:
     _inline = numba.njit(nogil=True, boundscheck=False, error_model="numpy", inline="always")
 
     @_inline
-    def _scatter(trains, g, b, t, wflat, imaps, amps, tile, woffs, scales):  # pragma: no cover
+    def _rows(tile, tb, wflat, woffs, shift, nf, nvec):  # pragma: no cover - compiled
+        """tile[tb : tb + 16 nvec] += the sum of the nf weight rows wflat[woffs[j] + shift:]."""
+        o = 0
+        while nvec - o >= 8:
+            rows_add8(tile, tb + 16 * o, wflat, woffs, shift + 16 * o, nf)
+            o += 8
+        r = nvec - o
+        tb += 16 * o
+        shift += 16 * o
+        if r == 1:
+            rows_add1(tile, tb, wflat, woffs, shift, nf)
+        elif r == 2:
+            rows_add2(tile, tb, wflat, woffs, shift, nf)
+        elif r == 3:
+            rows_add3(tile, tb, wflat, woffs, shift, nf)
+        elif r == 4:
+            rows_add4(tile, tb, wflat, woffs, shift, nf)
+        elif r == 5:
+            rows_add5(tile, tb, wflat, woffs, shift, nf)
+        elif r == 6:
+            rows_add6(tile, tb, wflat, woffs, shift, nf)
+        elif r == 7:
+            rows_add7(tile, tb, wflat, woffs, shift, nf)
+
+    @_inline
+    def _scatter(trains, g, b, t, wflat, imaps, tile, woffs):  # pragma: no cover - compiled
         """One step of one synapse, position by position: the channels of sample ``b``'s input
-        position that fired at step ``t`` (its bytes, 64 at a time) are listed with their
-        amplitudes, then each output row segment they reach gets the sum of their weight rows
-        (one load and one store of the segment per position, :func:`axpy16_sum`)."""
+        position that fired at step ``t`` (its bytes, 64 at a time) are listed (their weight
+        rows, prescaled by the spike's amplitude), then each output row segment they reach gets
+        the sum of their rows (one load and one store of the segment per position)."""
         src = g[F_SRC] + b * g[F_SSTRIDE] + t * g[F_TSTRIDE]
-        cs, amp, ampn, rowcol = g[F_CS], g[F_AMP], g[F_AMPN], g[F_ROWCOL]
+        cs, ampn, rowcol = g[F_CS], g[F_AMPN], g[F_ROWCOL]
         kh, kw, ow, op, hs, ws = g[F_KH], g[F_KW], g[F_OW], g[F_OP], g[F_HS], g[F_WS]
         runs, ymap, xmap, xrun = g[F_RUNS], g[F_YMAP], g[F_XMAP], g[F_XRUN]
         cstride = kh * kw * op
@@ -81,8 +107,7 @@ if numba is not None:
                 while mask:
                     c = c0 + np.int64(lowest_bit(mask))
                     mask &= mask - uint64(1)
-                    woffs[nf] = c * cstride
-                    scales[nf] = amps[uint64(amp + c * ampn + trains[uint64(base + c)])]
+                    woffs[nf] = (c * ampn + np.int64(trains[uint64(base + c)])) * cstride
                     nf += 1
             if nf == 0:
                 continue
@@ -95,23 +120,17 @@ if numba is not None:
                 wrow = g[F_W] + ky * kw * op
                 if runs:
                     r = uint64(xrun + 3 * ix)
-                    length = imaps[r + uint64(1)] * op
-                    tb = (oy * ow + imaps[r + uint64(2)]) * op
-                    wb = wrow + imaps[r] * op
-                    for o0 in range(0, length, 16):
-                        axpy16_sum(tile, tb + o0, wflat, wb + o0, woffs, scales, nf)
+                    _rows(tile, (oy * ow + imaps[r + uint64(2)]) * op, wflat, woffs,
+                          wrow + imaps[r] * op, nf, imaps[r + uint64(1)] * op // 16)
                 else:
                     for kx in range(kw):
                         ox = imaps[uint64(xmap + kx * ws + ix)]
-                        if ox < 0:
-                            continue
-                        tb = (oy * ow + ox) * op
-                        wb = wrow + kx * op
-                        for o0 in range(0, op, 16):
-                            axpy16_sum(tile, tb + o0, wflat, wb + o0, woffs, scales, nf)
+                        if ox >= 0:
+                            _rows(tile, (oy * ow + ox) * op, wflat, woffs, wrow + kx * op, nf,
+                                  op // 16)
 
     @_jit
-    def _run_layer(trains, synapses, wflat, imaps, amps, base, per_sample_base, v0, theta,
+    def _run_layer(trains, synapses, wflat, imaps, base, per_sample_base, v0, theta,
                    bstep, decay, leaky, subtract, zero, steps, hw, channels, op, out, out_stride,
                    counts, counts_off, per_step, snap_steps, snaps, tile, v, bc_on, bc_geo, table,
                    geom, packed, eq, et, offs, acc):  # pragma: no cover - compiled
@@ -132,7 +151,8 @@ if numba is not None:
         for j in range(synapses.shape[0]):
             widest = max(widest, synapses[j, F_CS])
         woffs = np.empty(widest, np.int64)
-        scales = np.empty(widest, theta.dtype)
+        direct = synapses.shape[0] == 0 and not bc_on
+        c8 = np.zeros(n, np.uint8)  # this sample's counts since the last flush
         for b in range(n_samples):
             bb = b * hw * op if per_sample_base else 0  # base: [hw, op] per sample, or [op]
             for i in range(n):
@@ -140,6 +160,10 @@ if numba is not None:
             for p in range(hw):
                 for o in range(op):
                     tile[uint64(p * op + o)] = base[uint64(bb + p * bstep + o)]
+            for i in range(n):
+                c8[i] = 0
+            cb = counts_off + b * n
+            snap = 0
             for t in range(steps):
                 if bc_on:  # the table look-up synapse: bc_geo = (train, H, W, C, OH, OW)
                     frame = bc_geo[1] * bc_geo[2] * bc_geo[3]
@@ -148,15 +172,22 @@ if numba is not None:
                     cur = tile[:bc_geo[4] * bc_geo[5] * op].reshape((1, bc_geo[4], bc_geo[5], op))
                     binary_conv_frames(spikes, cur, table, geom, packed, eq, et, offs, acc)
                 for j in range(synapses.shape[0]):
-                    _scatter(trains, synapses[j], b, t, wflat, imaps, amps, tile, woffs, scales)
+                    _scatter(trains, synapses[j], b, t, wflat, imaps, tile, woffs)
                 ob = out + b * out_stride + t * n
+                fired_now = 0
                 for p in range(hw):
                     tp = p * op
                     vp = p * channels
                     bp = bb + p * bstep
                     for o in range(0, wide, 16):
-                        neuron16(v, vp + o, tile, tp + o, base, bp + o, theta, o, decay, leaky,
-                                 subtract, trains, ob + vp + o)
+                        if direct:  # no synapse: the current is the base itself
+                            fired_now += neuron16(v, vp + o, base, bp + o, base, bp + o, theta, o,
+                                                  decay, leaky, subtract, trains, ob + vp + o,
+                                                  c8, vp + o)
+                        else:
+                            fired_now += neuron16(v, vp + o, tile, tp + o, base, bp + o, theta, o,
+                                                  decay, leaky, subtract, trains, ob + vp + o,
+                                                  c8, vp + o)
                     for o in range(wide, channels):
                         cur = tile[uint64(tp + o)]
                         tile[uint64(tp + o)] = base[uint64(bp + o)]
@@ -169,34 +200,17 @@ if numba is not None:
                         else:
                             v[uint64(vp + o)] = zero if fired else vi
                         trains[uint64(ob + vp + o)] = fired
-            _count(trains, out + b * out_stride, steps, n, counts, counts_off + b * n, per_step,
-                   snap_steps, snaps, b)
-
-    @_inline
-    def _count(trains, src, steps, n, counts, c_off, per_step, snap_steps, snaps, b):  # pragma: no cover
-        """Spike counts of one sample's train [steps, n] added to counts[c_off:c_off+n], spikes
-        per step added to per_step, running counts after the steps in ``snap_steps`` into
-        snaps[b] (64 neurons at a time, so the block's sums stay in registers)."""
-        acc = np.zeros(64, np.int32)
-        for i0 in range(0, n, 64):
-            i1 = min(n, i0 + 64)
-            for i in range(64):
-                acc[i] = 0
-            snap = 0
-            for t in range(steps):
-                row = src + t * n
-                s = 0
-                for i in range(i0, i1):
-                    x = np.int32(trains[uint64(row + i)])
-                    acc[i - i0] += x
-                    s += x
-                per_step[t] += s
+                        c8[uint64(vp + o)] += fired
+                        fired_now += fired
+                per_step[t] += fired_now
                 if snap < snap_steps.size and snap_steps[snap] == t + 1:
-                    for i in range(i0, i1):
-                        snaps[b, snap, i] = counts[uint64(c_off + i)] + acc[i - i0]
+                    for i in range(n):
+                        snaps[b, snap, i] = counts[uint64(cb + i)] + c8[i]
                     snap += 1
-            for i in range(i0, i1):
-                counts[uint64(c_off + i)] += acc[i - i0]
+                if (t + 1) % 255 == 0 or t + 1 == steps:  # uint8 counts: flushed before overflow
+                    for i in range(n):
+                        counts[uint64(cb + i)] += c8[i]
+                        c8[i] = 0
 
     @_jit
     def _pool_trains(trains, src, dst, frames, height, width, channels, k):  # pragma: no cover
@@ -205,19 +219,24 @@ if numba is not None:
         ph, pw = height // k, width // k
         fin = height * width * channels
         fout = ph * pw * channels
+        wide = channels // 16 * 16 if k == 2 else 0
         for f in range(frames):
             s0 = src + f * fin
             d0 = dst + f * fout
             for py in range(ph):
                 for px in range(pw):
                     d = d0 + (py * pw + px) * channels
-                    for c in range(channels):
+                    s = s0 + (py * k * width + px * k) * channels
+                    for c in range(0, wide, 16):  # 2 x 2 windows, 16 channels at a time
+                        bytes16_sum4(trains, d + c, trains, s + c, s + channels + c,
+                                     s + width * channels + c, s + (width + 1) * channels + c)
+                    for c in range(wide, channels):
                         trains[uint64(d + c)] = 0
                     for dy in range(k):
                         for dx in range(k):
-                            s = s0 + ((py * k + dy) * width + px * k + dx) * channels
-                            for c in range(channels):
-                                trains[uint64(d + c)] += trains[uint64(s + c)]
+                            s1 = s + (dy * width + dx) * channels
+                            for c in range(wide, channels):
+                                trains[uint64(d + c)] += trains[uint64(s1 + c)]
 
 
 def available() -> bool:
@@ -530,7 +549,7 @@ class EventEngine:
         """Lay out weights, tables and thresholds for ``dtype`` from the current parameter values
         and the prefix's outputs in ``env`` (for the first layer's shape)."""
         np_dtype = np.float64 if dtype == torch.float64 else np.float32
-        wa, ia, aa = _Arena(np_dtype), _Arena(np.int64), _Arena(np_dtype)
+        wa, ia = _Arena(np_dtype), _Arena(np.int64)
         plans: list[_LayerPlan] = []
 
         def array(name):
@@ -540,7 +559,7 @@ class EventEngine:
             rows, sources, shapes = [], [], []
             bc, bc_source = None, -1
             for syn in layer.synapses:
-                row, out_shape, binary = self._synapse_row(syn, plans, array, wa, ia, aa)
+                row, out_shape, binary = self._synapse_row(syn, plans, array, wa, ia)
                 shapes.append(out_shape)
                 if binary is not None and bc is None and _use_binary(syn.view.pool):
                     weight, amplitude, strides, pads, dilations, in_hw = binary
@@ -599,10 +618,10 @@ class EventEngine:
                 if pool > 1 and pool not in plans[layer].pools:
                     plans[layer].pools.append(pool)
         self._plans = plans
-        self._wflat, self._imaps, self._amps = wa.array(), ia.array(), aa.array()
+        self._wflat, self._imaps = wa.array(), ia.array()
         self._np_dtype = np_dtype
 
-    def _synapse_row(self, syn: _Synapse, plans, array, wa: _Arena, ia: _Arena, aa: _Arena):
+    def _synapse_row(self, syn: _Synapse, plans, array, wa: _Arena, ia: _Arena):
         view = syn.view
         src = plans[view.layer]
         c, h, w = src.shape
@@ -662,7 +681,7 @@ class EventEngine:
         if oh <= 0 or ow <= 0:
             raise Unsupported("a synapse has an empty output")
         op = _padded(o)
-        weights = np.zeros((c, kh, kw, op))
+        weights = np.zeros((c, kh, kw, op), amp.dtype)
         weights[..., :o] = wt.transpose(1, 2, 3, 0)
         runs = sw == 1 and dw == 1
         ymap = _tap_maps(hs, oh, kh, sh, pads[0], dh)
@@ -670,15 +689,16 @@ class EventEngine:
         xrun = _column_runs(xmap) if runs else np.zeros((ws, 3), np.int64)
         if runs:
             weights = weights[:, :, ::-1]
+        # a row per (channel, spikes in its pool window): weight x amplitude, as the dense
+        # path multiplies them (in the run's dtype)
+        weights = weights[:, None] * amp[:, :, None, None, None]
         rowcol = np.stack(np.divmod(np.arange(hs * ws, dtype=np.int64), ws), axis=1)
-        shift = int(np.log2(c)) if c <= 64 and c & (c - 1) == 0 else -1
         row = np.zeros(N_FIELDS, np.int64)
-        row[[F_HS, F_WS, F_CS, F_KH, F_KW, F_OW, F_OP, F_RUNS, F_AMPN, F_SHIFT]] = \
-            hs, ws, c, kh, kw, ow, op, int(runs), k * k + 1, shift
+        row[[F_HS, F_WS, F_CS, F_KH, F_KW, F_OW, F_OP, F_RUNS, F_AMPN]] = \
+            hs, ws, c, kh, kw, ow, op, int(runs), k * k + 1
         row[F_W] = wa.add(weights)
         row[F_YMAP], row[F_XMAP], row[F_XRUN], row[F_ROWCOL] = (ia.add(m) for m in (ymap, xmap, xrun,
                                                                                     rowcol))
-        row[F_AMP] = aa.add(amp)
         out_shape = (o,) if syn.kind == "gemm" else (o, oh, ow)
         return row, out_shape, binary
 
@@ -762,7 +782,7 @@ class EventEngine:
                 tile, v = scratch[(i, p.op)]
                 base = consts[i][start:stop] if i in consts else p.base
                 snap = snaps[i][start:stop] if i in snaps else no_snaps[start:stop]
-                _run_layer(trains, tables[i], self._wflat, self._imaps, self._amps,
+                _run_layer(trains, tables[i], self._wflat, self._imaps,
                            np.ascontiguousarray(base).reshape(-1), i in consts, p.v0, p.theta,
                            p.op if i in consts else p.bstep, p.decay, p.leaky, p.subtract, dt(0.0), timesteps, h * w, c, p.op,
                            offsets[(i, 1)], timesteps * n, counts[i].reshape(-1), start * n,

@@ -125,16 +125,16 @@ def axpy16_sum(typingctx, dst, dst_offset, src, src_offset, offsets, scales, cou
 
 @intrinsic
 def neuron16(typingctx, v, v_off, tile, t_off, base, b_off, theta, th_off, decay, leaky, subtract,
-             spikes, s_off):
+             spikes, s_off, counts, c_off):
     """One IF/LIF step of 16 neurons, vectorized: ``vi = (v * decay if leaky else v) + tile``;
     fired = vi >= theta; v = vi - theta (``subtract``) or 0 where fired, else vi; spikes
-    (uint8) = fired; tile = base (the next step's starting current).
+    (uint8) = fired; counts (uint8) += fired; tile = base (the next step's starting current).
     Returns how many fired. The arithmetic is the scalar kernels' (no fused multiply-add)."""
     sig = types.intp(v, types.intp, tile, types.intp, base, types.intp, theta, types.intp,
-                     v.dtype, types.boolean, types.boolean, spikes, types.intp)
+                     v.dtype, types.boolean, types.boolean, spikes, types.intp, counts, types.intp)
 
     def codegen(context, builder, signature, args):
-        (vv, vo, tv, to, bv, bo, thv, tho, dec, lk, sub, sv, so) = args
+        (vv, vo, tv, to, bv, bo, thv, tho, dec, lk, sub, sv, so, cv, co) = args
         sa = signature.args
         vp, vec, size = _vector_pointer(context, builder, sa[0], vv, vo)
         tp, _, _ = _vector_pointer(context, builder, sa[2], tv, to)
@@ -159,9 +159,86 @@ def neuron16(typingctx, v, v_off, tile, t_off, base, b_off, theta, th_off, decay
         sdata = context.make_array(sa[11])(context, builder, sv).data
         bytes16 = llir.VectorType(llir.IntType(8), LANES)
         sp = builder.bitcast(builder.gep(sdata, [so]), bytes16.as_pointer())
-        builder.store(builder.zext(fired, bytes16), sp, align=1)
+        ones = builder.zext(fired, bytes16)
+        builder.store(ones, sp, align=1)
+        cdata = context.make_array(sa[13])(context, builder, cv).data
+        cp = builder.bitcast(builder.gep(cdata, [co]), bytes16.as_pointer())
+        builder.store(builder.add(builder.load(cp, align=1), ones), cp, align=1)
         bits = builder.bitcast(fired, llir.IntType(LANES))
         n = builder.ctpop(bits)
         return builder.zext(n, llir.IntType(64))
+
+    return sig, codegen
+
+
+def _rows_add(chunks: int):
+    """Intrinsic ``rows_add(dst, dst_off, src, offs, shift, n)``: for k < ``chunks``,
+    ``dst[dst_off + 16k : +16] += sum_{j<n} src[offs[j] + shift + 16k : +16]``; the sums are
+    kept in registers (two independent ones, so that additions overlap) and ``dst`` is read and
+    written once."""
+    def codegen(context, builder, signature, args):
+        dv, doff, sv, ov, shift, n = args
+        dty, _, sty, oty = signature.args[:4]
+        ddata = context.make_array(dty)(context, builder, dv).data
+        sdata = context.make_array(sty)(context, builder, sv).data
+        odata = context.make_array(oty)(context, builder, ov).data
+        elt = context.get_data_type(sty.dtype)
+        size = elt.get_abi_size(context.target_data)
+        vec = llir.VectorType(elt, LANES)
+        i64 = llir.IntType(64)
+        accs = [[cgutils.alloca_once_value(builder, llir.Constant(vec, None)) for _ in range(chunks)]
+                for _ in range(2)]
+
+        def add(j, acc):
+            base = builder.add(builder.load(builder.gep(odata, [j])), shift)
+            for k in range(chunks):
+                p = builder.gep(sdata, [builder.add(base, llir.Constant(i64, LANES * k))])
+                row = builder.load(builder.bitcast(p, vec.as_pointer()), align=size)
+                builder.store(builder.fadd(builder.load(acc[k]), row), acc[k])
+
+        pairs = builder.lshr(n, llir.Constant(i64, 1))
+        with cgutils.for_range(builder, pairs) as loop:
+            j = builder.shl(loop.index, llir.Constant(i64, 1))
+            add(j, accs[0])
+            add(builder.add(j, llir.Constant(i64, 1)), accs[1])
+        odd = builder.trunc(n, llir.IntType(1))
+        with builder.if_then(odd):
+            add(builder.sub(n, llir.Constant(i64, 1)), accs[0])
+        for k in range(chunks):
+            p = builder.bitcast(builder.gep(ddata, [builder.add(doff, llir.Constant(i64, LANES * k))]),
+                                vec.as_pointer())
+            total = builder.fadd(builder.load(accs[0][k]), builder.load(accs[1][k]))
+            builder.store(builder.fadd(builder.load(p, align=size), total), p, align=size)
+        return context.get_dummy_value()
+
+    @intrinsic
+    def rows_add(typingctx, dst, dst_off, src, offs, shift, n):
+        return types.void(dst, types.intp, src, offs, types.intp, types.intp), codegen
+    return rows_add
+
+
+rows_add1, rows_add2, rows_add3, rows_add4 = (_rows_add(c) for c in (1, 2, 3, 4))
+rows_add5, rows_add6, rows_add7, rows_add8 = (_rows_add(c) for c in (5, 6, 7, 8))
+
+
+@intrinsic
+def bytes16_sum4(typingctx, dst, dst_off, src, o1, o2, o3, o4):
+    """``dst[dst_off:+16] = src[o1:+16] + src[o2:+16] + src[o3:+16] + src[o4:+16]`` (uint8):
+    one 2 x 2 pooling window of 16 channels' spike counts."""
+    sig = types.void(dst, types.intp, src, types.intp, types.intp, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        dv, do, sv, *offs = args
+        ddata = context.make_array(signature.args[0])(context, builder, dv).data
+        sdata = context.make_array(signature.args[2])(context, builder, sv).data
+        vec = llir.VectorType(llir.IntType(8), LANES)
+
+        def load(o):
+            return builder.load(builder.bitcast(builder.gep(sdata, [o]), vec.as_pointer()), align=1)
+
+        total = builder.add(builder.add(load(offs[0]), load(offs[1])),
+                            builder.add(load(offs[2]), load(offs[3])))
+        builder.store(total, builder.bitcast(builder.gep(ddata, [do]), vec.as_pointer()), align=1)
+        return context.get_dummy_value()
 
     return sig, codegen
