@@ -8,10 +8,14 @@ sample*: for one sample (or a small group), a neuron layer runs all T steps befo
 layer starts, and its spikes are stored as a compact uint8 train ``[samples, T, H, W, C]``
 (0/1, channel-last; the spike amplitude, the neuron's threshold per channel, is applied
 when the train is read). At each step a layer's synaptic current is built in a channel-last
-tile ``[H*W, O padded to 16]``: the bias (and the constant current of the first layer),
-then for every input that fired its weights added to the outputs it reaches (16-lane vector
-updates, :mod:`.simd`); the neuron update reads the tile and writes the next spikes
-directly. No float spike tensor, no transpose, no per-node dispatch.
+tile ``[H*W, O padded to 16]``: the bias (or the constant current of the first layer), then
+a Conv on binary spikes adds its output by table look-up (:mod:`.binary_conv`: sums of weight
+rows per 8-channel spike pattern), and the other synapses (a Conv or Gemm on pooled spike
+counts, identity and subsampled shortcuts) scatter: for each input position, the rows of its
+channels that fired (weights prescaled by the spike's amplitude) are summed in registers and
+added once to every output row segment they reach (:func:`.simd.rows_add`). The neuron step
+(:func:`.simd.neuron16`, 16 neurons a vector) reads the tile and writes the next spikes and
+counts directly. No float spike tensor, no transpose, no per-node dispatch.
 
 Supported between the prefix and the tail: Conv (any stride, padding, dilation; group 1),
 Gemm/MatMul (after Flatten/Reshape or on 1-D layers), IF/LIF neurons with reset by subtraction

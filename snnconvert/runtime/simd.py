@@ -91,37 +91,6 @@ def nonzero64(typingctx, array, offset):
 
 
 
-@intrinsic
-def axpy16_sum(typingctx, dst, dst_offset, src, src_offset, offsets, scales, count):
-    """``dst[dst_offset:+16] += sum_j scales[j] * src[src_offset + offsets[j]:+16]`` for j <
-    ``count``, added one j at a time in order (the sum is kept in a register: one load and
-    one store of ``dst`` for all j)."""
-    sig = types.void(dst, types.intp, src, types.intp, offsets, scales, types.intp)
-
-    def codegen(context, builder, signature, args):
-        dv, do, sv, so, ov, cv, n = args
-        dp, vec, size = _vector_pointer(context, builder, signature.args[0], dv, do)
-        sdata = context.make_array(signature.args[2])(context, builder, sv).data
-        odata = context.make_array(signature.args[4])(context, builder, ov).data
-        cdata = context.make_array(signature.args[5])(context, builder, cv).data
-        acc = cgutils.alloca_once(builder, vec)
-        builder.store(builder.load(dp, align=size), acc)
-        zeros = llir.Constant(llir.VectorType(llir.IntType(32), LANES), [0] * LANES)
-        with cgutils.for_range(builder, n) as loop:
-            j = loop.index
-            off = builder.add(so, builder.load(builder.gep(odata, [j])))
-            sp = builder.bitcast(builder.gep(sdata, [off]), vec.as_pointer())
-            a = builder.load(builder.gep(cdata, [j]))
-            splat = builder.insert_element(llir.Constant(vec, None), a,
-                                           llir.Constant(llir.IntType(32), 0))
-            splat = builder.shuffle_vector(splat, llir.Constant(vec, None), zeros)
-            builder.store(builder.fadd(builder.load(acc), builder.fmul(builder.load(sp, align=size),
-                                                                       splat)), acc)
-        builder.store(builder.load(acc), dp, align=size)
-        return context.get_dummy_value()
-
-    return sig, codegen
-
 
 @intrinsic
 def neuron16(typingctx, v, v_off, tile, t_off, base, b_off, theta, th_off, decay, leaky, subtract,
