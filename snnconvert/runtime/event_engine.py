@@ -282,7 +282,7 @@ class _Layer:
     node: onnx.NodeProto
     attrs: dict
     synapses: list[_Synapse]
-    biases: list[tuple[str, str]]   # (initializer or const name, how: "channel" | "full")
+    biases: list[str]               # constants added to the current (Conv/Gemm biases, Adds)
     consts: list[str]               # time-invariant tensors added to the current
 
 
@@ -292,7 +292,8 @@ class Unsupported(Exception):
 
 def _analyse(nodes, kinds: dict, tail: set, value: Callable, CONST: int,
              VARYING: int) -> tuple[list[_Layer], list[str]]:
-    """The engine layers of a graph and the tail's inputs, or Unsupported."""
+    """The engine's neuron layers of a graph and their output names (Unsupported if the part
+    between the prefix and the readout tail holds anything the engine does not run)."""
     producer = {}
     for node, attrs, kind in nodes:
         for o in node.output:
@@ -718,96 +719,99 @@ class EventEngine:
 
     # --------------------------------------------------------------- running
     def run(self, value: Callable, leaks: Callable, env: dict, batch: int, timesteps: int,
-            points: list[int], dtype: torch.dtype, key: tuple) -> tuple[dict, dict, dict]:
+            points: list[int], dtype: torch.dtype, key: tuple, record: bool = True
+            ) -> tuple[dict, dict, dict]:
         """Simulate ``batch`` samples for ``timesteps`` steps (``env``: the prefix's outputs).
 
-        Returns (spike counts per layer [batch, *shape] float32, per-step spike totals per layer
-        [timesteps], the running sums of each tail input [len(points), batch, *shape] at each
-        point (spikes x threshold summed over the steps up to it))."""
+        Returns (with ``record``: spike counts per layer [batch, *shape] float32; per-step spike
+        totals per layer [timesteps]; the running sums of each tail input [len(points), batch,
+        *shape] at each point: spikes x threshold summed over the steps up to it)."""
         if self._key != key:
             self._build(value, leaks, env, dtype)
             self._key = key
         plans = self._plans
-        per_sample = 0
-        for p in plans:
-            c, h, w = p.shape
-            per_sample += timesteps * c * h * w
-            per_sample += sum(timesteps * c * (h // k) * (w // k) for k in p.pools)
-        group = max(1, min(batch, GROUP_BYTES // max(1, per_sample)))
-        # train offsets inside one group's buffer
-        offsets: dict[tuple[int, int], int] = {}
-        size = 0
+        sizes = [int(np.prod(p.shape)) for p in plans]
+        frames = {}  # (layer, pool) -> bytes of one step of its train
         for i, p in enumerate(plans):
             c, h, w = p.shape
-            offsets[(i, 1)] = size
-            size += group * timesteps * c * h * w
+            frames[(i, 1)] = sizes[i]
             for k in p.pools:
-                offsets[(i, k)] = size
-                size += group * timesteps * c * (h // k) * (w // k)
+                frames[(i, k)] = c * (h // k) * (w // k)
+        group = max(1, min(batch, GROUP_BYTES // max(1, timesteps * sum(frames.values()))))
+        offsets, size = {}, 0  # train offsets inside one group's buffer
+        for key_, frame in frames.items():
+            offsets[key_] = size
+            size += group * timesteps * frame
         trains = np.zeros(size + BYTE_LANES, np.uint8)
         dt = self._np_dtype
         tables = []
         for p in plans:
             syn = p.synapses.copy()
-            for j, (layer, pool) in enumerate(p.sources):
-                c, h, w = plans[layer].shape
-                frame = c * (h // pool) * (w // pool)
-                syn[j, F_SRC] = offsets[(layer, pool)]
-                syn[j, F_TSTRIDE] = frame
-                syn[j, F_SSTRIDE] = timesteps * frame
+            for j, source in enumerate(p.sources):
+                syn[j, F_SRC] = offsets[source]
+                syn[j, F_TSTRIDE] = frames[source]
+                syn[j, F_SSTRIDE] = timesteps * frames[source]
             tables.append(syn)
-        counts = [np.zeros((batch, int(np.prod(p.shape))), np.int32) for p in plans]
+        counts = [np.zeros((batch if record else group, n), np.int32) for n in sizes]
         per_step = [np.zeros(timesteps, np.int64) for _ in plans]
         snap_steps = np.array(sorted(set(points)), np.int64)
-        wanted = {name for name in self.tail_inputs}
-        snaps = {i: np.zeros((batch, len(snap_steps), int(np.prod(p.shape))), np.int32)
-                 for i, p in enumerate(plans) if self.neuron_outputs[i] in wanted}
+        snaps = {i: np.zeros((batch, len(snap_steps), sizes[i]), np.int32)
+                 for i in range(len(plans)) if self.neuron_outputs[i] in self.tail_inputs}
         no_snaps = np.zeros((batch, 0, 1), np.int32)
-        scratch = {}
-        consts = {}
-        for i, p in enumerate(plans):
-            if p.consts:  # per-sample constant current, channel-last, on top of the bias
-                c, h, w = p.shape
-                total = None
-                for name in p.consts:
-                    t = env[name].detach().reshape(batch, c, h * w).permute(0, 2, 1).numpy()
-                    total = t if total is None else total + t
-                base = np.zeros((batch, h * w, p.op), dt)
-                bias = np.broadcast_to(p.base.reshape(-1, p.op), (h * w, p.op))
-                base[:, :, :c] = total if not p.base.any() else bias[None, :, :c] + total
-                consts[i] = base.reshape(batch, -1)
+        scratch = [(np.zeros(p.shape[1] * p.shape[2] * p.op + 64, dt), np.zeros(n, dt))
+                   for p, n in zip(plans, sizes)]
         for start in range(0, batch, group):
             stop = min(batch, start + group)
             for i, p in enumerate(plans):
                 c, h, w = p.shape
-                n = c * h * w
-                if (i, p.op) not in scratch:
-                    scratch[(i, p.op)] = (np.zeros(h * w * p.op + 64, dt), np.zeros(n, dt))
-                tile, v = scratch[(i, p.op)]
-                base = consts[i][start:stop] if i in consts else p.base
-                snap = snaps[i][start:stop] if i in snaps else no_snaps[start:stop]
-                _run_layer(trains, tables[i], self._wflat, self._imaps,
-                           np.ascontiguousarray(base).reshape(-1), i in consts, p.v0, p.theta,
-                           p.op if i in consts else p.bstep, p.decay, p.leaky, p.subtract, dt(0.0), timesteps, h * w, c, p.op,
-                           offsets[(i, 1)], timesteps * n, counts[i].reshape(-1), start * n,
-                           per_step[i],
-                           snap_steps if i in snaps else snap_steps[:0], snap, tile, v,
+                n = sizes[i]
+                tile, v = scratch[i]
+                base, bstep = (self._constant_current(p, env, start, stop, dt), p.op) if p.consts \
+                    else (p.base, p.bstep)
+                if record:
+                    counts[i][start:stop] = 0
+                else:
+                    counts[i][:stop - start] = 0
+                _run_layer(trains, tables[i], self._wflat, self._imaps, base, bool(p.consts),
+                           p.v0, p.theta, bstep, p.decay, p.leaky, p.subtract, dt(0.0), timesteps,
+                           h * w, c, p.op, offsets[(i, 1)], timesteps * n, counts[i].reshape(-1),
+                           start * n if record else 0, per_step[i],
+                           snap_steps if i in snaps else snap_steps[:0],
+                           snaps[i][start:stop] if i in snaps else no_snaps[start:stop], tile, v,
                            *self._binary_args(p, plans, offsets, dt))
                 for k in p.pools:
-                    _pool_trains(trains, offsets[(i, 1)], offsets[(i, k)], (stop - start) * timesteps,
-                                 h, w, c, k)
+                    _pool_trains(trains, offsets[(i, 1)], offsets[(i, k)],
+                                 (stop - start) * timesteps, h, w, c, k)
         spike_counts, totals, sums = {}, {}, {}
         for i, p in enumerate(plans):
             c, h, w = p.shape
-            cl = torch.from_numpy(counts[i]).view(batch, h, w, c).permute(0, 3, 1, 2)
-            spike_counts[p.name] = cl.to(torch.float32).reshape(batch, *p.flat_shape).contiguous()
             totals[p.name] = per_step[i]
+            if record:
+                cl = torch.from_numpy(counts[i]).view(batch, h, w, c).permute(0, 3, 1, 2)
+                spike_counts[p.name] = cl.to(torch.float32).reshape(batch, *p.flat_shape)
             if i in snaps:
                 s = torch.from_numpy(snaps[i]).view(batch, -1, h, w, c).permute(1, 0, 4, 2, 3)
                 theta = torch.from_numpy(np.array(p.theta)).view(1, 1, c, 1, 1)
                 s = s.to(dtype) * theta.to(dtype)
                 sums[self.neuron_outputs[i]] = s.reshape(len(snap_steps), batch, *p.flat_shape)
         return spike_counts, totals, sums
+
+    @staticmethod
+    def _constant_current(p: _LayerPlan, env: dict, start: int, stop: int, dt) -> np.ndarray:
+        """The time-invariant part of a layer's current for samples start:stop, channel-last
+        [samples, H*W, op] (flat): the prefix's outputs it adds, on top of its bias."""
+        c, h, w = p.shape
+        total = None
+        for name in p.consts:
+            t = env[name][start:stop].detach().reshape(stop - start, c, h * w).permute(0, 2, 1)
+            total = t.numpy() if total is None else total + t.numpy()
+        base = np.zeros((stop - start, h * w, p.op), dt)
+        if p.base.any():
+            bias = np.broadcast_to(p.base.reshape(-1, p.op), (h * w, p.op))
+            base[:, :, :c] = bias[None, :, :c] + total
+        else:
+            base[:, :, :c] = total
+        return base.reshape(-1)
 
 
 def _no_binary(dt) -> tuple:

@@ -625,7 +625,7 @@ class SpikingNetwork(nn.Module):
                tuple(float(v) for v in self.leaks.values()))
         counts, totals, sums = engine.run(
             lambda n: self._value(n, {}), lambda n: float(self.leaks[param_key(n)]), env, batch,
-            timesteps, points, x.dtype, key)
+            timesteps, points, x.dtype, key, record=self.record)
         self.spike_counts, self._per_step = {}, {}
         if self.record:
             self.spike_counts = counts
