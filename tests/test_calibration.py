@@ -290,3 +290,24 @@ def test_readout_refit_lowers_the_output_error_on_a_graph_built_here():
         before, after = pass_.readout_error
         assert after < before
         assert err[True] < 0.8 * err[False], (steps, err)
+
+
+def test_weight_refit_needs_more_samples_than_weights():
+    """A Gemm with more inputs than half the calibration rows keeps its weights under `full` (the
+    fit would follow the samples, not the layer); with enough samples it is refitted."""
+    rng = np.random.default_rng(3)
+    nodes = [helper.make_node("Conv", ["x", "W1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Flatten", ["r1"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "Wh", "bh"], ["h"], transB=1, name="hidden"),
+             helper.make_node("Relu", ["h"], ["rh"], name="relu2"),
+             helper.make_node("Gemm", ["rh", "Wo"], ["y"], transB=1, name="out")]
+    inits = {"W1": rng.normal(size=(6, 1, 3, 3)), "b1": rng.uniform(0.1, 0.6, 6),
+             "Wh": rng.normal(size=(16, 384)) * 0.1, "bh": rng.normal(size=16) * 0.1,
+             "Wo": rng.normal(size=(3, 16))}
+    ann = make_model(nodes, [vi("x", ["N", 1, 8, 8])], [vi("y", ["N", 3])], inits)
+    for samples, refitted in ((300, False), (1000, True)):
+        snn = api.convert(ann, background_images(samples, 0), timesteps=4, calibration="full")
+        w = [numpy_helper.to_array(i) for i in snn.graph.initializer if tuple(i.dims) == (16, 384)]
+        assert len(w) == 1
+        assert (not np.allclose(w[0], inits["Wh"], atol=1e-6)) == refitted, samples
