@@ -40,12 +40,13 @@ import torch
 from .. import ir
 from ..ops.base import explicit_pads
 from .binary_conv import BinaryConv, binary_conv_frames
+from .event_kernels import _column_runs, _padded, _tap_maps
 
 try:
     import numba
     from numba import uint64
 
-    from .simd import (BYTE_LANES, LANES, bytes16_sum4, lowest_bit, neuron16, nonzero64, rows_add1, rows_add2,
+    from .simd import (BYTE_LANES, bytes16_sum4, lowest_bit, neuron16, nonzero64, rows_add1, rows_add2,
                        rows_add3, rows_add4, rows_add5, rows_add6, rows_add7, rows_add8)
 except ImportError:  # pragma: no cover - numba is a declared dependency
     numba = None
@@ -450,33 +451,6 @@ def _analyse(nodes, kinds: dict, tail: set, value: Callable, CONST: int,
 
 
 # ------------------------------------------------------------------ numeric plan
-def _tap_maps(size: int, out_size: int, k: int, stride: int, pad: int, dil: int) -> np.ndarray:
-    """m[tap, i]: the output index input ``i`` reaches through kernel tap ``tap``, or -1."""
-    m = np.full((k, size), -1, np.int64)
-    for i in range(size):
-        for tap in range(k):
-            t = i + pad - tap * dil
-            if t >= 0 and t % stride == 0 and t // stride < out_size:
-                m[tap, i] = t // stride
-    return m
-
-
-def _column_runs(xmap: np.ndarray) -> np.ndarray:
-    """Stride-1, dilation-1 rows: the taps of input column i reach consecutive outputs; returns
-    (first reversed tap, number of taps, first output) per column, for reversed-column weights."""
-    k, size = xmap.shape
-    runs = np.zeros((size, 3), np.int64)
-    for i in range(size):
-        taps = [t for t in range(k) if xmap[t, i] >= 0]
-        if taps:
-            runs[i] = (k - 1 - taps[-1], len(taps), xmap[taps[-1], i])
-    return runs
-
-
-def _padded(n: int) -> int:
-    return -(-n // LANES) * LANES
-
-
 class _Arena:
     """Growing flat arrays (weights, int tables, amplitudes), each piece 64-byte aligned."""
 
