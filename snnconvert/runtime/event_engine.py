@@ -47,7 +47,8 @@ try:
     from numba import uint64
 
     from .simd import (BYTE_LANES, bytes16_sum4, lowest_bit, neuron16, nonzero64, rows_add1, rows_add2,
-                       rows_add3, rows_add4, rows_add5, rows_add6, rows_add7, rows_add8)
+                       rows_add3, rows_add4, rows_add5, rows_add6, rows_add7, rows_add8,
+                       spikes16_add)
 except ImportError:  # pragma: no cover - numba is a declared dependency
     numba = None
 
@@ -59,7 +60,9 @@ layer's train is still in cache when the next layer reads it."""
 
 # fields of one row of the synapse table (int64) that the kernel reads
 (F_SRC, F_SSTRIDE, F_TSTRIDE, F_HS, F_WS, F_CS, F_KH, F_KW, F_OW, F_OP, F_RUNS, F_W, F_YMAP,
- F_XMAP, F_XRUN, F_ROWCOL, F_AMPN, N_FIELDS) = range(18)
+ F_XMAP, F_XRUN, F_ROWCOL, F_AMPN, F_SELECT, F_OH, F_SY, F_SX, F_BEFORE, N_FIELDS) = range(23)
+# F_SELECT: a shortcut (identity or Slice-subsampled, channels zero-padded) of binary spikes,
+# added 16 channels at a time (F_W: the amplitudes [C] in the weight arena)
 
 
 if numba is not None:
@@ -134,6 +137,24 @@ if numba is not None:
                             _rows(tile, (oy * ow + ox) * op, wflat, woffs, wrow + kx * op, nf,
                                   op // 16)
 
+    @_inline
+    def _select(trains, g, b, t, wflat, tile):  # pragma: no cover - compiled
+        """One step of a shortcut synapse: output (oy, ox) channel ``before + c`` gets input
+        (oy·sy, ox·sx) channel c's spike times its amplitude, 16 channels a vector op."""
+        src = g[F_SRC] + b * g[F_SSTRIDE] + t * g[F_TSTRIDE]
+        cs, ws, op, oh, ow = g[F_CS], g[F_WS], g[F_OP], g[F_OH], g[F_OW]
+        sy, sx, before, amp = g[F_SY], g[F_SX], g[F_BEFORE], g[F_W]
+        wide = cs // 16 * 16
+        for oy in range(oh):
+            for ox in range(ow):
+                s = src + (oy * sy * ws + ox * sx) * cs
+                d = (oy * ow + ox) * op + before
+                for c in range(0, wide, 16):
+                    spikes16_add(tile, d + c, trains, s + c, wflat, amp + c)
+                for c in range(wide, cs):
+                    if trains[uint64(s + c)]:
+                        tile[uint64(d + c)] += wflat[uint64(amp + c)]
+
     @_jit
     def _run_layer(trains, synapses, wflat, imaps, base, per_sample_base, v0, theta,
                    bstep, decay, leaky, subtract, zero, steps, hw, channels, op, out, out_stride,
@@ -177,7 +198,10 @@ if numba is not None:
                     cur = tile[:bc_geo[4] * bc_geo[5] * op].reshape((1, bc_geo[4], bc_geo[5], op))
                     binary_conv_frames(spikes, cur, table, geom, packed, eq, et, offs, acc)
                 for j in range(synapses.shape[0]):
-                    _scatter(trains, synapses[j], b, t, wflat, imaps, tile, woffs)
+                    if synapses[j, F_SELECT]:
+                        _select(trains, synapses[j], b, t, wflat, tile)
+                    else:
+                        _scatter(trains, synapses[j], b, t, wflat, imaps, tile, woffs)
                 ob = out + b * out_stride + t * n
                 fired_now = 0
                 for p in range(hw):
@@ -660,6 +684,12 @@ class EventEngine:
         if oh <= 0 or ow <= 0:
             raise Unsupported("a synapse has an empty output")
         op = _padded(o)
+        if syn.kind == "select" and k == 1 and not any(view.spatial_pad):
+            row = np.zeros(N_FIELDS, np.int64)
+            row[[F_SELECT, F_HS, F_WS, F_CS, F_OH, F_OW, F_OP, F_SY, F_SX, F_BEFORE]] = \
+                1, hs, ws, c, oh, ow, op, sh, sw, view.channel_pad[0]
+            row[F_W] = wa.add(theta)
+            return row, (o, oh, ow), None
         weights = np.zeros((c, kh, kw, op), amp.dtype)
         weights[..., :o] = wt.transpose(1, 2, 3, 0)
         runs = sw == 1 and dw == 1

@@ -211,3 +211,24 @@ def bytes16_sum4(typingctx, dst, dst_off, src, o1, o2, o3, o4):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def spikes16_add(typingctx, dst, dst_off, spikes, s_off, amp, a_off):
+    """``dst[dst_off:+16] += spikes[s_off:+16] * amp[a_off:+16]`` (spikes uint8 0/1, so each
+    lane adds exactly its amplitude or zero): 16 channels of a shortcut at once."""
+    sig = types.void(dst, types.intp, spikes, types.intp, amp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        dv, do, sv, so, av, ao = args
+        sa = signature.args
+        dp, vec, size = _vector_pointer(context, builder, sa[0], dv, do)
+        ap, _, _ = _vector_pointer(context, builder, sa[4], av, ao)
+        sdata = context.make_array(sa[2])(context, builder, sv).data
+        bytes16 = llir.VectorType(llir.IntType(8), LANES)
+        s = builder.load(builder.bitcast(builder.gep(sdata, [so]), bytes16.as_pointer()), align=1)
+        x = builder.fmul(builder.uitofp(s, vec), builder.load(ap, align=size))
+        builder.store(builder.fadd(builder.load(dp, align=size), x), dp, align=size)
+        return context.get_dummy_value()
+
+    return sig, codegen
