@@ -343,6 +343,34 @@ if numba is not None:
             k += cs
 
     @_jit
+    def binary_conv_row(out, rowbase, oy, OW, OP, table, geom, packed, eq, et, offs
+                        ):  # pragma: no cover - compiled
+        """Output row ``oy`` of the frame packed in ``packed`` (:func:`pack_frame`):
+        ``out[rowbase + ox·OP + o] +=`` its conv (OP: O padded to 16; a row's OW·OP values
+        contiguous)."""
+        sh, sw, Wp, compact, G = geom[2], geom[3], geom[5], geom[6], geom[7]
+        n_entries = eq.shape[0]
+        q_row = oy * sh * Wp
+        if compact == 0:
+            _sum_taps_row(out, rowbase, OP, table, packed, q_row * G, sw * G, eq, et, OP, OW, True)
+            return
+        for ox in range(OW):
+            b = (q_row + ox * sw) * G
+            n = 0
+            if G % 8 == 0:
+                for i in range(0, n_entries, 8):
+                    n = _compact8(offs, n, packed, b + eq[i], et, i, OP)
+            elif G % 4 == 0:
+                for i in range(0, n_entries, 4):
+                    n = _compact4(offs, n, packed, b + eq[i], et, i, OP)
+            else:
+                for i in range(n_entries):
+                    p = np.int64(packed[b + eq[i]])
+                    offs[n] = et[i] + p * OP
+                    n += p != 0
+            _sum_rows(out, rowbase + ox * OP, table, offs, n, OP // LANES, True)
+
+    @_jit
     def binary_conv_frames(spikes, out, table, geom, packed, eq, et, offs, acc
                            ):  # pragma: no cover - compiled
         """out [F, OH, OW, O] += conv(spikes [F, H, W, C] 0/1 · amplitude) by table look-up.
@@ -374,16 +402,15 @@ if numba is not None:
             for oy in range(OH):
                 rowbase = (f * OH + oy) * OW * O
                 q_row = oy * sh * Wp
+                if direct:
+                    binary_conv_row(outf, rowbase, oy, OW, OP, table, geom, packed, eq, et, offs)
+                    continue
                 if compact == 0:
-                    if direct:
-                        _sum_taps_row(outf, rowbase, O, table, packed, q_row * G, sw * G, eq, et,
-                                      OP, OW, True)
-                    else:
-                        _sum_taps_row(acc, 0, OP, table, packed, q_row * G, sw * G, eq, et, OP,
-                                      OW, False)
-                        for ox in range(OW):
-                            for o in range(O):
-                                outf[rowbase + ox * O + o] += acc[ox * OP + o]
+                    _sum_taps_row(acc, 0, OP, table, packed, q_row * G, sw * G, eq, et, OP, OW,
+                                  False)
+                    for ox in range(OW):
+                        for o in range(O):
+                            outf[rowbase + ox * O + o] += acc[ox * OP + o]
                     continue
                 for ox in range(OW):
                     b = (q_row + ox * sw) * G
@@ -399,12 +426,9 @@ if numba is not None:
                             p = np.int64(packed[b + eq[i]])
                             offs[n] = et[i] + p * OP
                             n += p != 0
-                    if direct:
-                        _sum_rows(outf, rowbase + ox * O, table, offs, n, nchunks, True)
-                    else:
-                        _sum_rows(acc, 0, table, offs, n, nchunks, False)
-                        for o in range(O):
-                            outf[rowbase + ox * O + o] += acc[o]
+                    _sum_rows(acc, 0, table, offs, n, nchunks, False)
+                    for o in range(O):
+                        outf[rowbase + ox * O + o] += acc[o]
 
 
 def available() -> bool:

@@ -39,7 +39,7 @@ import torch
 
 from .. import ir
 from ..ops.base import explicit_pads
-from .binary_conv import BinaryConv, binary_conv_frames
+from .binary_conv import BinaryConv, binary_conv_row, pack_frame
 from .event_kernels import _column_runs, _padded, _tap_maps
 
 try:
@@ -155,6 +155,41 @@ if numba is not None:
                     if trains[uint64(s + c)]:
                         tile[uint64(d + c)] += wflat[uint64(amp + c)]
 
+    @_inline
+    def _neurons(v, tile, base, bb, bstep, theta, decay, leaky, subtract, zero, trains, ob, c8,
+                 p0, p1, channels, op, direct):  # pragma: no cover - compiled
+        """One IF/LIF step of the neurons at positions p0:p1: current from the tile (or, with
+        ``direct``, the base itself), spikes to the train at ``ob``, counts to c8; the tile
+        reset to the base. Returns how many fired."""
+        wide = channels // 16 * 16
+        fired_now = 0
+        for p in range(p0, p1):
+            tp = p * op
+            vp = p * channels
+            bp = bb + p * bstep
+            for o in range(0, wide, 16):
+                if direct:  # no synapse: the current is the base itself
+                    fired_now += neuron16(v, vp + o, base, bp + o, base, bp + o, theta, o,
+                                          decay, leaky, subtract, trains, ob + vp + o, c8, vp + o)
+                else:
+                    fired_now += neuron16(v, vp + o, tile, tp + o, base, bp + o, theta, o,
+                                          decay, leaky, subtract, trains, ob + vp + o, c8, vp + o)
+            for o in range(wide, channels):
+                cur = tile[uint64(tp + o)]
+                tile[uint64(tp + o)] = base[uint64(bp + o)]
+                vi = v[uint64(vp + o)] * decay if leaky else v[uint64(vp + o)]
+                vi = vi + cur
+                th = theta[o]
+                fired = vi >= th
+                if subtract:
+                    v[uint64(vp + o)] = vi - (th if fired else zero)
+                else:
+                    v[uint64(vp + o)] = zero if fired else vi
+                trains[uint64(ob + vp + o)] = fired
+                c8[uint64(vp + o)] += fired
+                fired_now += fired
+        return fired_now
+
     @_jit
     def _run_layer(trains, synapses, wflat, imaps, base, per_sample_base, v0, theta,
                    bstep, decay, leaky, subtract, zero, steps, hw, channels, op, out, out_stride,
@@ -172,7 +207,6 @@ if numba is not None:
         hw*channels]: the running counts after each step in ``snap_steps`` (1-based)."""
         n = hw * channels
         n_samples = snaps.shape[0]
-        wide = channels // 16 * 16
         widest = 1
         for j in range(synapses.shape[0]):
             widest = max(widest, synapses[j, F_CS])
@@ -191,46 +225,29 @@ if numba is not None:
             cb = counts_off + b * n
             snap = 0
             for t in range(steps):
-                if bc_on:  # the table look-up synapse: bc_geo = (train, H, W, C, OH, OW)
-                    frame = bc_geo[1] * bc_geo[2] * bc_geo[3]
-                    s0 = bc_geo[0] + (b * steps + t) * frame
-                    spikes = trains[s0:s0 + frame].reshape((1, bc_geo[1], bc_geo[2], bc_geo[3]))
-                    cur = tile[:bc_geo[4] * bc_geo[5] * op].reshape((1, bc_geo[4], bc_geo[5], op))
-                    binary_conv_frames(spikes, cur, table, geom, packed, eq, et, offs, acc)
                 for j in range(synapses.shape[0]):
                     if synapses[j, F_SELECT]:
                         _select(trains, synapses[j], b, t, wflat, tile)
                     else:
                         _scatter(trains, synapses[j], b, t, wflat, imaps, tile, woffs)
                 ob = out + b * out_stride + t * n
-                fired_now = 0
-                for p in range(hw):
-                    tp = p * op
-                    vp = p * channels
-                    bp = bb + p * bstep
-                    for o in range(0, wide, 16):
-                        if direct:  # no synapse: the current is the base itself
-                            fired_now += neuron16(v, vp + o, base, bp + o, base, bp + o, theta, o,
-                                                  decay, leaky, subtract, trains, ob + vp + o,
-                                                  c8, vp + o)
-                        else:
-                            fired_now += neuron16(v, vp + o, tile, tp + o, base, bp + o, theta, o,
-                                                  decay, leaky, subtract, trains, ob + vp + o,
-                                                  c8, vp + o)
-                    for o in range(wide, channels):
-                        cur = tile[uint64(tp + o)]
-                        tile[uint64(tp + o)] = base[uint64(bp + o)]
-                        vi = v[uint64(vp + o)] * decay if leaky else v[uint64(vp + o)]
-                        vi = vi + cur
-                        th = theta[o]
-                        fired = vi >= th
-                        if subtract:
-                            v[uint64(vp + o)] = vi - (th if fired else zero)
-                        else:
-                            v[uint64(vp + o)] = zero if fired else vi
-                        trains[uint64(ob + vp + o)] = fired
-                        c8[uint64(vp + o)] += fired
-                        fired_now += fired
+                if bc_on:  # the table look-up synapse: bc_geo = (train, H, W, C, OH, OW)
+                    # row by row, each followed by its neurons' step (the row still in L1)
+                    frame = bc_geo[1] * bc_geo[2] * bc_geo[3]
+                    s0 = bc_geo[0] + (b * steps + t) * frame
+                    spikes = trains[s0:s0 + frame].reshape((1, bc_geo[1], bc_geo[2], bc_geo[3]))
+                    pack_frame(spikes, 0, packed, geom)
+                    ow = bc_geo[5]
+                    fired_now = 0
+                    for oy in range(bc_geo[4]):
+                        binary_conv_row(tile, oy * ow * op, oy, ow, op, table, geom, packed, eq,
+                                        et, offs)
+                        fired_now += _neurons(v, tile, base, bb, bstep, theta, decay, leaky,
+                                              subtract, zero, trains, ob, c8, oy * ow,
+                                              (oy + 1) * ow, channels, op, False)
+                else:
+                    fired_now = _neurons(v, tile, base, bb, bstep, theta, decay, leaky, subtract,
+                                         zero, trains, ob, c8, 0, hw, channels, op, direct)
                 per_step[t] += fired_now
                 if snap < snap_steps.size and snap_steps[snap] == t + 1:
                     for i in range(n):
