@@ -1,11 +1,13 @@
 """Convert every shared model and print one table: converts?, ANN and SNN accuracy at T=16/32/64, time.
 
 Trained models use benchmarks/data/<model>_{calib,test}.npz (written by prepare_data.py): the
-first --mnist-n (default 1,000) MNIST test images, the first --cifar-n (default 200,
-class-balanced) CIFAR-10 test images. The imagenet-arch-light graphs have meaningless weights:
+first --mnist-n (default 1,000) MNIST test images, the first --cifar-n (default 1,000, all
+prepared, class-balanced) CIFAR-10 test images. The "± SE" column is the binomial standard
+error of an accuracy near the ANN's on that many images, √(p(1−p)/n): differences within about
+one SE are noise (on 200 CIFAR images 1 pt is 2 images). The imagenet-arch-light graphs have meaningless weights:
 they are calibrated on 4 random inputs and run once at T=4 on 2 images, or their refusal is shown.
 
-    .venv/bin/python benchmarks/bench_models.py [--only NAME] [--mnist-n 1000] [--cifar-n 200]
+    .venv/bin/python benchmarks/bench_models.py [--only NAME] [--mnist-n 1000] [--cifar-n 1000]
 """
 from __future__ import annotations
 
@@ -95,14 +97,20 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:5.1f}"
 
 
+def standard_error(p: float | None, n: int) -> float | None:
+    """Binomial standard error of an accuracy ``p`` measured on ``n`` images."""
+    return None if p is None or n <= 0 else float(np.sqrt(p * (1 - p) / n))
+
+
 def print_table(rows: list[Row]) -> None:
-    head = f"{'model':20s} {'converts':8s} {'n_test':>6s} {'ANN %':>6s} " + " ".join(
+    head = f"{'model':20s} {'converts':8s} {'n_test':>6s} {'ANN %':>6s} {'± SE':>5s} " + " ".join(
         f"{'T=' + str(t):>6s}" for t in TIMESTEPS) + f" {'convert s':>9s}  note"
     print(head)
     print("-" * len(head))
     for r in rows:
         snn = " ".join(f"{_pct((r.snn or {}).get(t)):>6s}" for t in TIMESTEPS)
-        print(f"{r.model:20s} {r.converts:8s} {r.n_test:>6d} {_pct(r.ann):>6s} {snn} "
+        print(f"{r.model:20s} {r.converts:8s} {r.n_test:>6d} {_pct(r.ann):>6s} "
+              f"{_pct(standard_error(r.ann, r.n_test)):>5s} {snn} "
               f"{r.seconds:>9.1f}  {r.note}")
 
 
@@ -110,7 +118,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", action="append", help="model name (repeatable)")
     parser.add_argument("--mnist-n", type=int, default=1000)
-    parser.add_argument("--cifar-n", type=int, default=200)
+    parser.add_argument("--cifar-n", type=int, default=1000)
     parser.add_argument("--tune-t", type=int, default=None,
                         help="one conversion tuned for this T, evaluated at every T (default: the "
                              "default conversion, calibrated for each T)")

@@ -24,6 +24,7 @@ from .. import graph as g
 from .. import ir, onnxrt
 from ..datasets import head, is_empty
 from ..errors import DataError
+from ..ops.shapes import tensor_shapes
 from ..runtime import SpikingNetwork
 from ..runtime.layerwise import Chunks, LayerwiseRun
 from ..runtime.spool import BUDGET as spool_budget, Spool
@@ -44,6 +45,13 @@ SAMPLE_STEPS = 8192
 """Calibration samples × T: bounds the calibration time (memory is bounded by chunks, see
 :mod:`snnconvert.runtime.layerwise`)."""
 
+SAMPLE_WORK = 1 << 38
+"""Calibration samples × T × the network's multiply-accumulates per sample (:func:`macs`): a
+network smaller than ResNet-20 (37 M MACs, which :data:`SAMPLE_STEPS` bounds first) reads up to
+:data:`SAMPLES` at high T for no more work than ResNet-20's. Measured (1,000 test images, T=16 /
+32 / 64): resnet_2b's agreement with the ANN 93.6 / 95.8 / 97.7 -> 94.3 / 96.3 / 98.2 %
+(cifar10_small's at T=16 / 32: 90.0 / 93.8 -> 89.2 / 93.5)."""
+
 
 HELD_OUT = 256
 MIN_HELD_OUT = 100
@@ -61,9 +69,30 @@ def default_steps(potential: bool = True, weights: bool = False) -> list[LayerSt
         [CalibratePotential()] if potential else [])
 
 
-def sample_count(timesteps: int, samples: int = SAMPLES, sample_steps: int = SAMPLE_STEPS) -> int:
-    """Calibration samples one simulation at T uses (samples × T bounded by ``sample_steps``)."""
-    return max(16, min(samples, sample_steps // timesteps))
+def sample_count(timesteps: int, samples: int = SAMPLES, sample_steps: int = SAMPLE_STEPS,
+                 work: int = 0, macs: int = 0) -> int:
+    """Calibration samples one simulation at T uses: at most ``samples``, and samples × T
+    bounded by ``sample_steps`` or, if that allows more, samples × T × ``macs`` by ``work``."""
+    budget = sample_steps // timesteps
+    if work and macs:
+        budget = max(budget, work // (macs * timesteps))
+    return max(16, min(samples, budget))
+
+
+def macs(model: onnx.ModelProto) -> int:
+    """Multiply-accumulates of one sample through the Conv/Gemm/MatMul nodes with constant
+    weights (the bulk of a simulation step's work)."""
+    shapes = tensor_shapes(model)
+    total = 0
+    for node in model.graph.node:
+        w = g.const_value(model.graph, node.input[1]) if node.op_type in ("Conv", "Gemm", "MatMul") \
+            and len(node.input) > 1 else None
+        out = shapes.get(node.output[0])
+        if w is None or out is None:
+            continue
+        positions = out[1:] if node.op_type == "Conv" else out[:-1] if node.op_type == "MatMul" else ()
+        total += int(w.size) * int(np.prod(positions, dtype=np.int64))
+    return total
 
 
 def spool_ann_activations(model: onnx.ModelProto, x: np.ndarray, chunk: int, spool: Spool,
@@ -157,8 +186,10 @@ class CalibrateForT(Pass):
 
     def __init__(self, steps: Sequence[LayerStep] | None = None, samples: int = SAMPLES,
                  sample_steps: int = SAMPLE_STEPS, chunk: int | None = None,
-                 memory: int = spool_budget, held_out: int = HELD_OUT, readout: bool = False) -> None:
-        """``chunk``: samples simulated together (default: about 1,024 samples × T); ``memory``:
+                 memory: int = spool_budget, held_out: int = HELD_OUT, readout: bool = False,
+                 work: int = SAMPLE_WORK) -> None:
+        """``work``: see :data:`SAMPLE_WORK` (0: samples × T bounded by ``sample_steps`` alone);
+        ``chunk``: samples simulated together (default: about 1,024 samples × T); ``memory``:
         bytes of layer currents and ANN activations held in memory (the rest goes to disk);
         ``held_out``: at most this many calibration samples the fit does not use check the
         result (0: no check); ``readout``: with a :class:`FitWeights` step, also refit the
@@ -166,7 +197,7 @@ class CalibrateForT(Pass):
         measured, it helped ResNet-20 at T=4/16/32 but cost 0.4 pt there at T=8, up to 0.35 pt
         on the sinabs CNN and 0.4 pt on the bundled example at T=16 (README)."""
         self.steps = list(default_steps() if steps is None else steps)
-        self.samples, self.sample_steps = samples, sample_steps
+        self.samples, self.sample_steps, self.work = samples, sample_steps, work
         self.chunk, self.memory, self.held_out, self.readout = chunk, memory, held_out, readout
         self.check: dict[str, tuple[float, float]] = {}
         """The last held-out check: (agreement, output error) calibrated and uncalibrated."""
@@ -182,7 +213,8 @@ class CalibrateForT(Pass):
                             hint="Pass --calib C.npz, or choose --calibration none.")
         t0 = time.perf_counter()
         steps = ctx.timesteps
-        x = head(ctx.calib, sample_count(steps, self.samples, self.sample_steps))
+        x = head(ctx.calib, sample_count(steps, self.samples, self.sample_steps, self.work,
+                                         macs(model) if self.work else 0))
         rank = len(model.graph.input[0].type.tensor_type.shape.dim)
         if rank and x.ndim != rank:
             ctx.info(self.name, f"skipped: calibration samples of shape {list(x.shape[1:])} are "

@@ -10,9 +10,13 @@ it is negative: measured on ResNet-20 at T=8, fitting only where the ANN fires d
 ``ridge`` times the mean diagonal of the normal matrix. One pass over the calibration chunks
 accumulates the normal equations (features: C_in·k·k, plus 1 for the bias). An output channel
 keeps its new weights only where they lower that channel's measured layer error. With fewer
-than :data:`ROWS_PER_FEATURE` rows of the design matrix (samples × positions) per feature the
-layer is left as it is: the fit would follow the calibration samples, not the layer (a 576-input
-Gemm fitted on 512 samples lost 1.2 pt on cifar10_small's 1,000 test images at T=16).
+than :data:`ROWS_PER_FEATURE` rows of the design matrix (samples × positions) per feature, one
+ridge would follow the calibration samples, not the layer (a 576-input Gemm fitted on 512
+samples lost 1.2 pt on cifar10_small's 1,000 test images at T=16): there each output channel
+chooses its ridge among :data:`RIDGES`, or keeps its weights, by cross-validation over
+:data:`FOLDS` folds of the samples (the fit on the other folds scored on each one). Not
+everywhere: on ResNet-20's convolutions (many rows) it chose strong ridges in the deep layers
+and cost 1.8 pt at T=16 — the layer's own least-squares error is not the network's.
 """
 from __future__ import annotations
 
@@ -93,31 +97,88 @@ class Synapse:
 
 
 ROWS_PER_FEATURE = 2
-"""Design-matrix rows per feature a weight refit needs (fewer: the layer keeps its weights)."""
+"""Design-matrix rows per feature below which a refit is cross-validated (see module doc)."""
 
 
-def normal_equations(syn: Synapse, chunks: int, total: Callable[[int, torch.Tensor], torch.Tensor]
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """(current matrix W, XᵀX, XᵀY, per output the sum of Y², rows of X) over ``chunks`` chunks, float64: X the design matrix of the
-    synapse's input rates, Y the goal of W·x: the ANN value less what else adds to the synapse's
-    output (a residual branch), i.e. ANN − total + W·x, ``total(c, W·x)`` being the time-mean of
-    the whole sum on chunk c ([b, C, ...] like the ANN value, the layout W·x is given in)."""
+FOLDS = 2
+"""Folds of the calibration samples (by sample, alternating) that cross-validate the ridge."""
+
+RIDGES = (1e-3, 1e-2, 1e-1, 1.0)
+"""Ridge strengths (× the mean diagonal of XᵀX) each output channel chooses from by
+cross-validation; keeping the old weights is the last choice."""
+
+
+@dataclass
+class NormalEquations:
+    """XᵀX, XᵀY and the sum of Y² per output over each fold's design-matrix rows (float64), the
+    current matrix W and the number of rows of X."""
+
+    old: torch.Tensor
+    gram: list[torch.Tensor]
+    cross: list[torch.Tensor]
+    squares: list[torch.Tensor]
+    rows: int
+
+    def total(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return sum(self.gram[1:], self.gram[0].clone()), sum(self.cross[1:], self.cross[0].clone()), \
+            sum(self.squares[1:], self.squares[0].clone())
+
+    @staticmethod
+    def error(gram: torch.Tensor, cross: torch.Tensor, squares: torch.Tensor, w: torch.Tensor
+              ) -> torch.Tensor:
+        """‖Xw − y‖² per output, from the normal equations."""
+        return ((gram @ w) * w).sum(0) - 2 * (cross * w).sum(0) + squares
+
+    def cross_validated(self, ridges: tuple[float, ...] = RIDGES) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W, per output the index into ``ridges`` chosen, len(ridges) for the old weights): per
+        output, the ridge (or none: the old weights) whose fit on the other folds has the lowest
+        squared error on each held-out fold, summed over the folds; W solved on every row."""
+        k = len(self.gram)
+        gram, cross, squares = self.total()
+        scores = torch.zeros(len(ridges) + 1, self.old.shape[1], dtype=torch.float64)
+        for f in range(k):
+            rest = (gram - self.gram[f], cross - self.cross[f])
+            for i, r in enumerate(ridges):
+                w = ridge_solve(self.old, *rest, r)
+                scores[i] += self.error(self.gram[f], self.cross[f], self.squares[f], w)
+            scores[-1] += self.error(self.gram[f], self.cross[f], self.squares[f], self.old)
+        choice = scores.argmin(0)
+        new = self.old.clone()
+        for i, r in enumerate(ridges):
+            if bool((choice == i).any()):
+                w = ridge_solve(self.old, gram, cross, r)
+                new[:, choice == i] = w[:, choice == i]
+        return new, choice
+
+
+def normal_equations(syn: Synapse, chunks: int, total: Callable[[int, torch.Tensor], torch.Tensor],
+                     folds: int = 1) -> NormalEquations:
+    """The normal equations of the synapse's refit over ``chunks`` chunks, the samples dealt
+    into ``folds`` folds in turn: X the design matrix of the synapse's input rates, Y the goal
+    of W·x: the ANN value less what else adds to the synapse's output (a residual branch), i.e.
+    ANN − total + W·x, ``total(c, W·x)`` being the time-mean of the whole sum on chunk c ([b, C,
+    ...] like the ANN value, the layout W·x is given in)."""
     old = syn.matrix().to(torch.float64)
-    gram = torch.zeros(len(old), len(old), dtype=torch.float64)
-    cross = torch.zeros_like(old)
-    squares = torch.zeros(old.shape[1], dtype=torch.float64)
-    rows = 0
+    gram = [torch.zeros(len(old), len(old), dtype=torch.float64) for _ in range(folds)]
+    cross = [torch.zeros_like(old) for _ in range(folds)]
+    squares = [torch.zeros(old.shape[1], dtype=torch.float64) for _ in range(folds)]
+    rows, seen = 0, 0
     for c in range(chunks):
         x = syn.features(syn.rate(c)).to(torch.float64)
         ann = syn.ann_current(c)
-        mine = (x @ old).reshape(ann.shape[0], -1, ann.shape[1]).transpose(1, 2).reshape(ann.shape)
+        b = ann.shape[0]
+        mine = (x @ old).reshape(b, -1, ann.shape[1]).transpose(1, 2).reshape(ann.shape)
         goal = ann.to(torch.float32) - total(c, mine) + mine
-        y = goal.reshape(ann.shape[0], ann.shape[1], -1).transpose(1, 2).reshape(-1, ann.shape[1])
-        gram += x.T @ x
-        cross += x.T @ y.to(torch.float64)
-        squares += (y.to(torch.float64) ** 2).sum(0)
+        y = goal.reshape(b, ann.shape[1], -1).transpose(1, 2).reshape(-1, ann.shape[1]).to(torch.float64)
+        fold = ((torch.arange(b) + seen) % folds).repeat_interleave(len(x) // b)
+        for f in range(folds):
+            xf, yf = (x, y) if folds == 1 else (x[fold == f], y[fold == f])
+            gram[f] += xf.T @ xf
+            cross[f] += xf.T @ yf
+            squares[f] += (yf ** 2).sum(0)
         rows += len(x)
-    return old, gram, cross, squares, rows
+        seen += b
+    return NormalEquations(old, gram, cross, squares, rows)
 
 
 def ridge_solve(old: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor, ridge: float) -> torch.Tensor:
@@ -133,6 +194,9 @@ class FitWeights:
 
     def __init__(self, ridge: float = 1e-2) -> None:
         self.ridge = ridge
+        self.choice: torch.Tensor | None = None
+        """The last cross-validated refit's choice per output channel (index into :data:`RIDGES`;
+        len(RIDGES): the old weights kept); None where the rows sufficed for ``ridge``."""
 
     def __call__(self, layer: LayerState) -> None:
         syn: Synapse | None = getattr(layer, "synapse", None)
@@ -143,10 +207,13 @@ class FitWeights:
             cur = layer.current[c]
             return cur.mean(0) if cur.dim() > len(layer.sample_shape) + 1 else cur
 
-        old, gram, cross, _, rows = normal_equations(syn, len(layer.current), total)
-        if rows < ROWS_PER_FEATURE * len(gram):
-            return
-        new = ridge_solve(old, gram, cross, self.ridge)
+        eq = normal_equations(syn, len(layer.current), total, FOLDS)
+        if eq.rows < ROWS_PER_FEATURE * len(eq.old):
+            new, self.choice = eq.cross_validated()
+        else:
+            gram, cross, _ = eq.total()
+            new, self.choice = ridge_solve(eq.old, gram, cross, self.ridge), None
+        old = eq.old
         before, _ = layer.stats()
         syn.set_matrix(new.to(torch.float32))
         syn.refresh()
@@ -164,7 +231,9 @@ class FitReadout:
     """`full`'s last step: the same ridge least squares for the Conv/Gemm that computes the
     network's output from the last spiking layers (the readout averages it over T, so its mean is
     W·r̄ + b exactly), fitted to the ANN's output; a class keeps its new weights only where its
-    squared error on the calibration samples drops (measured from the normal equations)."""
+    squared error on the calibration samples drops (measured from the normal equations), or, with
+    fewer than :data:`ROWS_PER_FEATURE` rows per feature, chooses by cross-validation as
+    :class:`FitWeights` does."""
 
     name = "fit-readout"
 
@@ -174,10 +243,13 @@ class FitReadout:
     def __call__(self, syn: Synapse, chunks: int) -> tuple[float, float]:
         """Refit ``syn`` on ``chunks`` chunks; (mean squared output error before, after) per
         sample, summed over the outputs."""
-        old, gram, cross, squares, _ = normal_equations(syn, chunks, lambda c, mine: mine)
-        new = ridge_solve(old, gram, cross, self.ridge)
-        err = lambda w: ((gram @ w) * w).sum(0) - 2 * (cross * w).sum(0) + squares  # ‖Xw − y‖²
-        before, after = err(old), err(new)
-        better = after < before
-        syn.set_matrix(torch.where(better[None, :], new, old).to(torch.float32))
-        return float(before.sum()), float(torch.minimum(before, after).sum())
+        eq = normal_equations(syn, chunks, lambda c, mine: mine, FOLDS)
+        old, (gram, cross, squares) = eq.old, eq.total()
+        err = lambda w: NormalEquations.error(gram, cross, squares, w)
+        if eq.rows < ROWS_PER_FEATURE * len(old):
+            new, _ = eq.cross_validated()
+        else:
+            new = ridge_solve(old, gram, cross, self.ridge)
+            new = torch.where((err(new) < err(old))[None, :], new, old)
+        syn.set_matrix(new.to(torch.float32))
+        return float(err(old).sum()), float(err(new).sum())
