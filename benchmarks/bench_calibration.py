@@ -3,11 +3,12 @@ calibration seconds and peak memory, one thread.
 
 Settings: zero (v(0)=0, 99.99 % per-channel bound), half (θ/2, the default before calibration
 for T), optimized (`--v-init optimized`, fitted per T), fast (`--calibration fast`: threshold
-search, bias and potential calibration per T, the previous default), full (`--calibration full`:
-least-squares weight refit, then fast's steps), default (no option: what a user gets, now full;
-it repeats the full row, so list one of the two). Each
-setting runs in its own process, so the peak resident memory it reports (after calibration, and
-over the whole run with evaluation) is its own.
+search, bias and potential calibration per T), refit (`--calibration refit`: least-squares
+weight refit, then fast's steps), full (`--calibration full`: refit, then the label-free
+distillation at T, passes/distill.py), default (no option: what a user gets, now refit; it
+repeats the refit row, so list one of the two). Each setting runs in its own process, so the
+peak resident memory it reports (after calibration, and over the whole run with evaluation) is
+its own; calibration seconds are wall time, with the process's CPU time beside them in the JSON.
 
     .venv/bin/python benchmarks/bench_calibration.py sinabs-mnist-cnn --timesteps 4,8,16,32
     .venv/bin/python benchmarks/bench_calibration.py resnet20-cifar10 --timesteps 4,8,16,32 \
@@ -34,10 +35,11 @@ SETTINGS = {
     "half": dict(calibration="none", v_init="half"),
     "optimized": dict(calibration="none", v_init="optimized"),
     "fast": dict(calibration="fast"),
+    "refit": dict(calibration="refit"),
     "full": dict(calibration="full"),
     "default": dict(),
 }
-PER_T = {"optimized", "fast", "full", "default"}
+PER_T = {"optimized", "fast", "refit", "full", "default"}
 
 
 def _peak_mb() -> float:
@@ -45,7 +47,7 @@ def _peak_mb() -> float:
 
 
 def run_setting(name: str, model: str, ts: list[int], limit: int | None, calib_limit: int | None,
-                batch: int, out) -> None:
+                batch: int, out, progress: bool = False) -> None:
     """Convert (once, or once per T) and evaluate; put the row on ``out``."""
     import torch
 
@@ -61,17 +63,19 @@ def run_setting(name: str, model: str, ts: list[int], limit: int | None, calib_l
     path = model_path(model)
     ann = load_model(path)
     ann_pred = ann_outputs(ann, x).argmax(1)
-    acc, agree, seconds, calib_peak = {}, {}, {}, 0.0
+    acc, agree, seconds, cpu_seconds, calib_peak = {}, {}, {}, {}, 0.0
     for group in ([[t] for t in ts] if name in PER_T else [ts]):
-        t0 = time.perf_counter()
-        snn = sc.convert(ann, calib, timesteps=max(group), **SETTINGS[name])
+        t0, c0 = time.perf_counter(), time.process_time()
+        snn = sc.convert(ann, calib, timesteps=max(group), progress=progress, **SETTINGS[name])
         seconds[max(group)] = time.perf_counter() - t0
+        cpu_seconds[max(group)] = time.process_time() - c0
         calib_peak = max(calib_peak, _peak_mb())
         res = SpikingNetwork(snn).simulate(x, group, batch_size=batch)
         for t in group:
             pred = res.predictions(t)
             acc[t], agree[t] = float(np.mean(pred == y)), float(np.mean(pred == ann_pred))
     out.put({"setting": name, "accuracy": acc, "agreement": agree, "calib_seconds": seconds,
+             "calib_cpu_seconds": cpu_seconds,
              "calib_peak_mb": calib_peak, "peak_mb": _peak_mb(),
              "ann_accuracy": float(np.mean(ann_pred == y)), "n": len(x), "n_calib": len(calib)})
 
@@ -80,11 +84,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", choices=sorted(MODELS))
     ap.add_argument("--timesteps", default="4,8,16,32")
-    ap.add_argument("--settings", default="zero,half,optimized,fast,default")
+    ap.add_argument("--settings", default="zero,half,optimized,fast,default,full")
     ap.add_argument("--limit", type=int, default=None, help="test samples (first N)")
     ap.add_argument("--calib-limit", type=int, default=None, help="calibration samples (first N)")
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--progress", action="store_true", help="progress bars of the calibration")
     args = ap.parse_args()
     ts = sorted(int(t) for t in args.timesteps.split(","))
     ctx = mp.get_context("spawn")
@@ -92,7 +97,7 @@ def main() -> None:
     for name in args.settings.split(","):
         queue = ctx.Queue()
         proc = ctx.Process(target=run_setting, args=(name, args.model, ts, args.limit, args.calib_limit,
-                                                        args.batch_size, queue))
+                                                        args.batch_size, queue, args.progress))
         proc.start()
         row = queue.get()
         proc.join()

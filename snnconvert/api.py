@@ -42,11 +42,13 @@ def convert(source: str | os.PathLike | onnx.ModelProto, calib: Data | None = No
 
     ``calib``: inputs, or any data stream (see :mod:`snnconvert.datasets`); calibration
     statistics stream over it (sharded and reduced exactly under torch.distributed), passes that
-    simulate read its first samples. ``calibration``: "full" (default) fits every neuron layer for
+    simulate read its first samples. ``calibration``: "refit" (default) fits every neuron layer for
     ``timesteps``: a ridge least-squares refit of its Conv/Gemm weights on its actual spiking
     input, then threshold search, bias and potential calibration; "fast" skips the weight refit
-    (about 2-3x cheaper, less accurate at low T on deep nets); "none" keeps the
-    percentile thresholds and ``v_init``. ``timesteps="auto"`` picks the smallest T whose
+    (about 2-3x cheaper, less accurate at low T on deep nets); "full" adds, after "refit", a
+    label-free distillation of the whole network at T (surrogate-gradient training to the
+    ANN's output on the calibration samples, kept only where held-out samples say it helps;
+    see :mod:`snnconvert.passes.distill`); "none" keeps the percentile thresholds and ``v_init``. ``timesteps="auto"`` picks the smallest T whose
     agreement with the ANN on held-out calibration samples reaches ``agreement`` (see
     :func:`choose_timesteps`). Returns the spiking IR (an ONNX model). ``log`` receives
     (step, message) pairs. ``encoding`` and ``readout`` are recorded in the IR (see

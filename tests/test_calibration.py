@@ -220,7 +220,7 @@ def test_chunked_calibration_gives_the_same_network(digits):
 
 
 def test_weight_refit_lowers_the_layer_error_it_targets(digits):
-    """`full`'s least-squares refit of the Conv/Gemm weights on the actual spiking input: measured
+    """`refit`'s least-squares refit of the Conv/Gemm weights on the actual spiking input: measured
     on held-out samples, the layers' squared error to the ANN falls, and the network agrees
     with the ANN more often than after `fast`."""
     ann = frontend.load_model("tests/fixtures/digits_resnet.onnx")  # Conv, residual Add, Gemm
@@ -234,10 +234,10 @@ def test_weight_refit_lowers_the_layer_error_it_targets(digits):
     after = layer_errors(tuned, held_out, steps, ann=base)
     assert sum(after.values()) < 0.9 * sum(before.values()), (before, after)
     agree = {}
-    for mode in ("fast", "full"):
+    for mode in ("fast", "refit"):
         snn = api.convert(ann, calib, timesteps=steps, calibration=mode)
         agree[mode] = api.evaluate(snn, held_out, None, [steps], ann=ann).rows[0].agreement
-    assert agree["full"] > agree["fast"], agree
+    assert agree["refit"] > agree["fast"], agree
 
 
 def test_held_out_check_keeps_the_better_network(digits, monkeypatch):
@@ -276,7 +276,7 @@ def test_weight_refit_on_a_graph_built_here():
 
 
 def test_readout_refit_lowers_the_output_error_on_a_graph_built_here():
-    """`full` also refits the Gemm computing the output from the last layer's spikes to the ANN's
+    """`refit` can also refit the Gemm computing the output from the last layer's spikes to the ANN's
     output: on held-out images the SNN's readout is closer to the ANN's output, at several T."""
     ann = background_ann(1)
     calib, held_out = background_images(300, 0), background_images(200, 1)

@@ -25,11 +25,14 @@ def conversion_options(f: Callable) -> Callable:
                           "(the start that --calibration refines)."),
         click.option("--calibration", default=DEFAULT_CALIBRATION, show_default=True,
                      type=click.Choice(list(CALIBRATION_MODES)),
-                     help="Fit the network for its T on the calibration data, layer by layer: full = "
+                     help="Fit the network for its T on the calibration data, layer by layer: refit = "
                           "least-squares refit of each layer's weights on its spiking input, then "
                           "threshold search, bias and potential calibration; fast = the same "
-                          "without the weight refit (2-3x cheaper); none = --norm thresholds and "
-                          "--v-init only."),
+                          "without the weight refit (2-3x cheaper); full = refit, then the whole "
+                          "network trained at T to reproduce the ANN's output (label-free "
+                          "surrogate-gradient distillation, kept only if it lowers the error on "
+                          "held-out calibration samples; costs minutes on CPU); none = --norm "
+                          "thresholds and --v-init only."),
         click.option("--agreement", default=99.0, show_default=True,
                      type=click.FloatRange(0, 100, min_open=True),
                      help="-T auto: the agreement with the ANN (%) the chosen T must reach on "

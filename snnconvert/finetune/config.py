@@ -32,7 +32,7 @@ class FinetuneConfig:
                   clipped ReLU before SNN fine-tuning (0 = off); ``sharpen_to`` is the final
                   sharpness s (activation ramps from lo=s to hi=1-s, in units of θ).
     lr            Adam's learning rate for parameters of RMS >= 0.05; smaller parameters get
-                  lr · rms / 0.05 (see trainer.scale_for)
+                  lr · rms / 0.05 (see runtime.training.scale_for)
     precision     "bf16": forward passes under bfloat16 autocast (matmuls and convolutions; the
                   loss in float32), for GPUs; "fp32" otherwise
     logit_scale   the loss is CE(scale · readout); None fits the scale (temperature scaling)

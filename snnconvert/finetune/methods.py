@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from torch import nn
 
 from .. import ir
 from ..runtime import SpikingNetwork, param_key
@@ -123,10 +122,3 @@ def adjust_thresholds(net: SpikingNetwork, noisy: dict[str, torch.Tensor | float
                              1.0 + step, 1.0).to(theta.dtype)
         theta.mul_(factor)
         net.params[p.v_init].mul_(factor)
-
-
-@torch.no_grad()
-def keep_thresholds_positive(net: SpikingNetwork, floors: dict[str, torch.Tensor]) -> None:
-    for key, floor in floors.items():
-        param: nn.Parameter = net.params[key]
-        param.copy_(torch.maximum(param, floor))

@@ -20,6 +20,7 @@ from ..datasets import ArraySource, Data, as_source, batches, head, head_labelle
 from ..datasets import check as check_source
 from ..errors import DataError, OptionError
 from ..runtime import SpikingNetwork
+from ..runtime.training import keep_thresholds_positive, scale_for, threshold_floors
 from ..passes.add_delays import add_delays
 from . import checkpoint as ckpt
 from . import delays as dcls
@@ -102,16 +103,6 @@ def _autocast(device: torch.device, precision: str):
 PROGRESS_EVERY = 50
 """Steps between progress-bar loss/accuracy updates (each one reads the device's counters)."""
 
-LR_REFERENCE_RMS = 0.05
-
-
-def scale_for(param: torch.Tensor) -> float:
-    """Learning-rate factor min(1, rms(param) / 0.05): Adam steps are ~lr in absolute size, so
-    small weights (e.g. a bias-free net fed raw x/255) need proportionally smaller steps."""
-    rms = float(param.detach().pow(2).mean().sqrt())
-    return min(1.0, max(rms, 1e-8) / LR_REFERENCE_RMS)
-
-
 class Trainer:
     """State of one fine-tuning run (network, optimizer, schedule, history).
 
@@ -141,8 +132,7 @@ class Trainer:
             param.requires_grad_(cfg.train_thresholds or key not in thresholds)
         for param in self.net.leaks.values():
             param.requires_grad_(cfg.train_leak)
-        self.floors = {k: 1e-3 * self.net.params[k].detach().abs().mean().clamp(min=1e-8)
-                       for k in thresholds}
+        self.floors = threshold_floors(self.net, thresholds)
         self.joint: joint_mod.JointModel | None = None
         extra: list[dict] = []
         if cfg.method == "joint":
@@ -346,7 +336,7 @@ class Trainer:
             if phase == "snn2ann" and cfg.ata:
                 methods.adjust_thresholds(self.net, self._sync_noisy(noisy, n_local, n_global),
                                           self.table, cfg.ata_tolerance, cfg.ata_step)
-            methods.keep_thresholds_positive(self.net, self.floors)
+            keep_thresholds_positive(self.net, self.floors)
             if positions:
                 dcls.clamp_positions(self.net, self.delay_tops)
             if n_local:

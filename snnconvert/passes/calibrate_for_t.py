@@ -3,7 +3,7 @@
 The network runs at T = ctx.timesteps on a subset of the calibration data, one neuron layer
 at a time over chunks of samples (:class:`~snnconvert.runtime.layerwise.LayerwiseRun`): a
 layer's input current is the one the already calibrated layers before it actually produce;
-the layer steps (weight refit for `full`, threshold search, bias correction, potential
+the layer steps (weight refit for `refit` and `full`, threshold search, bias correction, potential
 calibration) fit that layer against the ANN's activation on the same samples, and its
 calibrated spikes flow on (optionally, with ``readout``, the Conv/Gemm computing the output is
 then refitted to the ANN's output). The fitted θ, v(0), bias (folded into the preceding
@@ -63,7 +63,7 @@ can overfit the per-neuron potentials)."""
 
 
 def default_steps(potential: bool = True, weights: bool = False) -> list[LayerStep]:
-    """(With ``weights``, the `full` calibration: weight refit first, then) threshold search, bias
+    """(With ``weights``, the `refit` calibration: weight refit first, then) threshold search, bias
     correction and (unless ``potential`` is False, which keeps v(0) as set) potential calibration."""
     return ([FitWeights()] if weights else []) + [SearchThresholds(), CorrectBias()] + (
         [CalibratePotential()] if potential else [])
@@ -130,7 +130,7 @@ def output_agreement(snn: onnx.ModelProto, reference: onnx.ModelProto, x: np.nda
 
 def _synapse(model: onnx.ModelProto, net: SpikingNetwork, run: LayerwiseRun, spool: Spool,
              n: ir.Neuron, channels: int) -> Synapse | None:
-    """The Conv/Gemm feeding neuron layer ``n`` whose weights `full` may refit, if any: its
+    """The Conv/Gemm feeding neuron layer ``n`` whose weights `refit` may refit, if any: its
     output reaches only the neuron (directly or through a residual Add) and no other node reads
     its weight or bias."""
     holder = bias_holder(model.graph, n, channels)
@@ -138,7 +138,7 @@ def _synapse(model: onnx.ModelProto, net: SpikingNetwork, run: LayerwiseRun, spo
 
 
 def _readout_holder(model: onnx.ModelProto) -> onnx.NodeProto | None:
-    """The Conv/Gemm computing the network's (first) output from the spiking layers, if `full`
+    """The Conv/Gemm computing the network's (first) output from the spiking layers, if `refit`
     may refit it (constant weights no other node reads; a neuron before it)."""
     prod = g.producers(model.graph).get(model.graph.output[0].name)
     return prod if prod is not None and prod.op_type in ("Conv", "Gemm") and ir.neurons(model) \

@@ -1,4 +1,4 @@
-"""Layer step of `--calibration full`: the synaptic weights refitted by ridge least squares on rates.
+"""Layer step of `--calibration refit` (and `full`): the synaptic weights refitted by ridge least squares on rates.
 
 The SNN layer's input is not the ANN's: the layers before it spike with quantization and
 clipping errors, so W applied to their rates misses the ANN pre-activation even where every
@@ -228,7 +228,7 @@ class FitWeights:
 
 
 class FitReadout:
-    """`full`'s last step: the same ridge least squares for the Conv/Gemm that computes the
+    """`refit`'s opt-in last step: the same ridge least squares for the Conv/Gemm that computes the
     network's output from the last spiking layers (the readout averages it over T, so its mean is
     W·r̄ + b exactly), fitted to the ANN's output; a class keeps its new weights only where its
     squared error on the calibration samples drops (measured from the normal equations), or, with

@@ -2,6 +2,7 @@
 
 fold-batchnorm → replace-neurons → calibrate → normalize-thresholds → init-membrane
 [→ optimize-init when v_init = "optimized"] [→ calibrate-for-T unless calibration = "none"]
+[→ distill-for-T when calibration = "full"]
 
 Users reorder, drop or add passes (any callable ``(model, ctx) -> model`` with a ``name``).
 """
@@ -14,6 +15,7 @@ import onnx
 from .base import PassContext, PassLike
 from .calibrate import Calibrate
 from .calibrate_for_t import CalibrateForT, default_steps
+from .distill import DistillForT, RememberANN
 from .fold_batchnorm import FoldBatchNorm
 from .init_membrane import InitMembrane
 from .maxpool_to_avgpool import MaxPoolToAvgPool
@@ -22,8 +24,8 @@ from .optimize_init import OptimizeInit
 from .replace_neurons import ReplaceNeurons
 
 V_INIT_MODES = ("zero", "half", "optimized")
-CALIBRATION_MODES = ("none", "fast", "full")
-DEFAULT_CALIBRATION = "full"
+CALIBRATION_MODES = ("none", "fast", "refit", "full")
+DEFAULT_CALIBRATION = "refit"
 """The calibration a conversion gets unless told otherwise (the most accurate at every T measured:
 README, "Calibration for the chosen T")."""
 
@@ -73,8 +75,9 @@ def default_pipeline(norm: str = "percentile:99.99", per_channel: bool = True,
                      optimize_samples: int = 128, maxpool_to_avgpool: bool = False,
                      calibration: str = DEFAULT_CALIBRATION) -> Pipeline:
     """The standard conversion: exact BN folding, soft-reset IF, robust normalization, θ/2 start;
-    then, unless ``calibration`` is "none", fitted layer by layer for ctx.timesteps ("full", the
-    default: weight refit first; "fast": thresholds, bias and potentials only)."""
+    then, unless ``calibration`` is "none", fitted layer by layer for ctx.timesteps ("refit", the
+    default: weight refit first; "fast": thresholds, bias and potentials only; "full": refit,
+    then the whole network distilled from the ANN at T by surrogate-gradient training)."""
     if calibration not in CALIBRATION_MODES:
         raise ValueError(f"calibration must be one of {CALIBRATION_MODES}")
     passes: list[PassLike] = [
@@ -87,8 +90,12 @@ def default_pipeline(norm: str = "percentile:99.99", per_channel: bool = True,
     ]
     if v_init == "optimized":
         passes.append(OptimizeInit(samples=optimize_samples))
+    if calibration == "full":
+        passes.append(RememberANN())
     if calibration != "none":
         # v(0) = 0 asked for (hard-reset targets such as NIR hold no initial potential): keep it
         passes.append(CalibrateForT(default_steps(potential=v_init != "zero",
-                                                  weights=calibration == "full")))
+                                                  weights=calibration in ("refit", "full"))))
+    if calibration == "full":
+        passes.append(DistillForT())
     return Pipeline(passes)

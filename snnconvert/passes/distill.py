@@ -1,0 +1,294 @@
+"""Label-free weight calibration at T by distillation (the last step of `full` calibration).
+
+After the layer-by-layer calibration, the whole converted network is trained at T = ctx.timesteps
+by backpropagation through time with the surrogate gradient of the torch runtime (the fine-tuning
+machinery: :class:`~snnconvert.runtime.SpikingNetwork` and :mod:`snnconvert.runtime.training`),
+without labels: the loss is the squared difference between the SNN's readout and the ANN's output
+on the same input. The inputs are the calibration samples and, against over-fitting a few hundred
+of them, mixup blends of two of them (the ANN labels any input, so no knowledge of the data's
+domain is needed). Weights, biases, thresholds and initial potentials all learn, at a small rate.
+
+A share of the calibration samples is held out of the training: after every epoch the network is
+scored on them (output error and agreement of the predictions with the ANN's, at T); the epoch
+with the lowest error is kept, and the distillation is dropped when it did not lower the held-out
+error or lowered the agreement.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import onnx
+import torch
+from tqdm.auto import tqdm
+
+from .. import ir, onnxrt
+from ..datasets import head, is_empty
+from ..errors import DataError
+from ..runtime import SpikingNetwork, param_key
+from ..runtime.training import keep_thresholds_positive, scale_for, threshold_floors, threshold_keys
+from .base import Pass, PassContext
+from .optimize_init import open_thresholds
+
+REFERENCE = "reference-ann"
+"""Key in ``ctx.stats`` of the ANN the distillation matches (set by :class:`RememberANN`)."""
+
+
+class RememberANN(Pass):
+    """Keep the network as it is now, its neurons opened (the ANN), as the reference later passes
+    match: placed before the passes that change weights (calibration for T)."""
+
+    name = "remember-ann"
+
+    def run(self, model: onnx.ModelProto, ctx: PassContext) -> onnx.ModelProto:
+        ctx.stats[REFERENCE] = open_thresholds(model)
+        return model
+
+
+@dataclass
+class EpochScore:
+    """Held-out score after an epoch (epoch 0: before training)."""
+
+    epoch: int
+    agreement: float
+    error: float
+    divergence: float
+    train_loss: float | None
+    seconds: float
+
+
+class DistillForT(Pass):
+    """Train the converted network at T to reproduce the ANN's output, label-free (module doc)."""
+
+    name = "distill-for-T"
+
+    def __init__(self, epochs: int = 6, lr: float = 3e-4, batch_size: int = 16, samples: int = 1024,
+                 sample_steps: int = 8192, held_out: float = 0.2, min_held_out: int = 32,
+                 mixup: float = 0.5, loss: str = "mse", temperature: float = 1.0, layers: float = 1.0,
+                 method: str = "rates", ema: float = 0.9, surrogate: str = "atan", alpha: float = 2.0,
+                 seed: int = 0) -> None:
+        """``samples``: at most this many calibration samples, of which the share ``held_out`` (at
+        least ``min_held_out``; with fewer samples nothing is distilled) scores each epoch;
+        ``sample_steps``: training samples × T per epoch are bounded by it (the cost);
+        ``mixup``: share of each batch replaced by blends λ·a + (1 − λ)·b of two samples, λ
+        uniform in [0, 1] (0: no mixup); ``loss``: on the output, "mse" or "kl" (at
+        ``temperature``); ``layers``: weight of the per-layer terms (each layer's rate vs the ANN's
+        activation, squared error relative to the activation's mean square; the output term is
+        then relative too); ``method``: "rates" (straight-through: the SNN's rates forward from a
+        no-grad run at T, the clip activation's gradient backward; memory independent of T) or
+        "bptt" (backpropagation through the T steps with the surrogate gradient); ``ema``: the
+        weights scored and kept are this exponential moving average over the steps (0: the last)."""
+        self.epochs, self.lr, self.batch_size = epochs, lr, batch_size
+        self.samples, self.sample_steps = samples, sample_steps
+        self.held_out, self.min_held_out, self.mixup = held_out, min_held_out, mixup
+        self.surrogate, self.alpha, self.seed = surrogate, alpha, seed
+        self.loss, self.temperature, self.layers, self.method = loss, temperature, layers, method
+        self.ema = ema
+        if loss not in LOSSES or method not in METHODS:
+            raise ValueError(f"loss must be one of {LOSSES}, method one of {METHODS}")
+        self.history: list[EpochScore] = []
+        self.kept: bool | None = None
+
+    def run(self, model: onnx.ModelProto, ctx: PassContext) -> onnx.ModelProto:
+        if is_empty(ctx.calib):
+            raise DataError("distillation for T needs calibration data",
+                            hint="Pass --calib C.npz, or choose another --calibration.")
+        steps = ctx.timesteps
+        x = head(ctx.calib, self.samples)
+        rank = len(model.graph.input[0].type.tensor_type.shape.dim)
+        self.history, self.kept = [], None
+        if rank and x.ndim != rank:
+            ctx.info(self.name, "skipped: time-varying calibration samples (it trains on static inputs)")
+            return model
+        n_hold = max(self.min_held_out, int(round(self.held_out * len(x))))
+        if len(x) - n_hold < n_hold:
+            ctx.info(self.name, f"skipped: {len(x)} calibration sample(s) are too few to hold "
+                     f"{n_hold} out and train on the rest")
+            return model
+        train, hold = x[:len(x) - n_hold], x[len(x) - n_hold:]
+        train = train[:max(self.batch_size, self.sample_steps // steps)]
+        teacher = ctx.stats.get(REFERENCE)
+        tuned, self.history = distill(model, open_thresholds(model) if teacher is None else teacher,
+                                      train, hold, steps, epochs=self.epochs, lr=self.lr,
+                                      batch_size=self.batch_size, mixup=self.mixup, loss=self.loss,
+                                      temperature=self.temperature, layers=self.layers,
+                                      method=self.method, ema=self.ema, surrogate=self.surrogate, alpha=self.alpha,
+                                      seed=self.seed, progress=ctx.progress)
+        start = self.history[0]
+        best = min(self.history, key=lambda s: s.divergence)
+        self.kept = best.epoch > 0 and best.agreement >= start.agreement
+        seconds = sum(s.seconds for s in self.history)
+        ctx.stats[self.name] = [vars(s) for s in self.history]
+        ctx.info(self.name, f"trained at T={steps} on {len(train)} calibration sample(s) for "
+                 f"{len(self.history) - 1} epoch(s) ({seconds:.1f} s); on {len(hold)} held out: "
+                 f"divergence from the ANN {start.divergence:.4g} -> {best.divergence:.4g}, output "
+                 f"error {start.error:.4g} -> {best.error:.4g}, agreement {100 * start.agreement:.1f} "
+                 f"% -> {100 * best.agreement:.1f} % (epoch {best.epoch}): "
+                 + ("kept" if self.kept else "dropped"))
+        return tuned if self.kept else model
+
+
+LOSSES = ("mse", "kl")
+METHODS = ("bptt", "rates")
+
+
+def distill_loss(out: torch.Tensor, target: torch.Tensor, kind: str, temperature: float = 1.0
+                 ) -> torch.Tensor:
+    """Mean squared difference of the outputs ("mse"), or the KL divergence of the SNN's softmax
+    from the ANN's at ``temperature``, times its square ("kl"); per sample, averaged."""
+    out, target = out.reshape(len(out), -1), target.reshape(len(target), -1)
+    if kind == "mse":
+        return torch.mean((out - target) ** 2)
+    log_p = torch.log_softmax(target / temperature, 1)
+    log_q = torch.log_softmax(out / temperature, 1)
+    return torch.sum(log_p.exp() * (log_p - log_q), 1).mean() * temperature ** 2
+
+
+def _score(net: SpikingNetwork, x: np.ndarray, target: np.ndarray, steps: int, batch: int = 64
+           ) -> tuple[float, float, float]:
+    """(agreement of the argmax with ``target``'s, mean squared output difference, KL divergence
+    of the output's softmax from the target's) at ``steps``."""
+    with torch.no_grad():
+        out = torch.cat([net(torch.from_numpy(x[i:i + batch]), steps) for i in range(0, len(x), batch)])
+    out, ref = out.reshape(len(x), -1), torch.from_numpy(target.reshape(len(x), -1))
+    return (float(torch.mean((out.argmax(1) == ref.argmax(1)).double())),
+            float(torch.mean((out - ref) ** 2)), float(distill_loss(out, ref, "kl")))
+
+
+def distill(model: onnx.ModelProto, teacher: onnx.ModelProto, train: np.ndarray, hold: np.ndarray,
+            steps: int, epochs: int = 4, lr: float = 1e-4, batch_size: int = 16, mixup: float = 1.0,
+            loss: str = "mse", temperature: float = 1.0, layers: float = 0.0, method: str = "bptt",
+            ema: float = 0.0,
+            surrogate: str = "atan",
+            alpha: float = 2.0, seed: int = 0, progress: bool = False,
+            on_epoch: Callable[[EpochScore, SpikingNetwork], None] | None = None
+            ) -> tuple[onnx.ModelProto, list[EpochScore]]:
+    """Train ``model`` at ``steps`` to match ``teacher``'s output on ``train`` (and mixup blends);
+    returns the network after the epoch whose divergence from the teacher on ``hold`` was the
+    lowest (epoch 0: ``model`` as it came) and the held-out scores of every epoch
+    (``on_epoch`` sees each score and the network after that epoch)."""
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    ir.drop_derived(work)
+    net = SpikingNetwork(work, surrogate=surrogate, alpha=alpha)
+    floors = threshold_floors(net, threshold_keys(net))
+    params = [p for p in net.params.values()]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam([{"params": [p], "lr": lr * scale_for(p)} for p in params], lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
+    output = teacher.graph.output[0].name
+    acts = {n.name: n.output for n in ir.neurons(work)} if layers else {}
+    names = [output] + [o for o in acts.values() if o != output]
+    sess = onnxrt.session(onnxrt.with_outputs(teacher, names))
+    feed = sess.get_inputs()[0].name
+
+    def run_teacher(xb: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(names, sess.run(names, {feed: np.ascontiguousarray(xb, np.float32)})))
+
+    def label(xb: np.ndarray) -> np.ndarray:
+        return run_teacher(xb)[output]
+
+    rates: dict[str, torch.Tensor] = {}
+
+    def record(name, current, lead, fire):
+        spikes = fire(current)
+        rates[name] = spikes.sum(0) / steps
+        return spikes
+
+    thresholds = {n.name: param_key(n.node.input[1]) for n in ir.neurons(work)}
+
+    def straight_through(xb: torch.Tensor) -> torch.Tensor:
+        """The SNN's rates forward (a no-grad run at T), clip(current, 0, θ)'s gradient backward."""
+        net.record = True
+        with torch.no_grad():
+            net(xb, steps)
+        counts, net.record = dict(net.spike_counts), False
+
+        def hook(name, current, lead, fire):
+            theta = net.params[thresholds[name]]
+            act = torch.minimum(torch.relu(current), theta)
+            rate = theta.detach() * counts[name].reshape(act.shape) / steps
+            rates[name] = act + (rate - act).detach()
+            return rates[name]
+
+        net.neuron_hook = hook
+        try:
+            return net(xb, 1)
+        finally:
+            net.neuron_hook = None
+
+    hold_target = np.concatenate([label(hold[i:i + 256]) for i in range(0, len(hold), 256)])
+    t0 = time.perf_counter()
+    history = [EpochScore(0, *_score(net, hold, hold_target, steps), None, time.perf_counter() - t0)]
+    best = model
+    if on_epoch is not None:
+        on_epoch(history[0], net)
+    rng = np.random.default_rng(seed)
+    shadow = {k: p.detach().clone() for k, p in net.params.items()} if ema else {}
+    batches = math.ceil(len(train) / batch_size)
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        order = rng.permutation(len(train))
+        total, seen = 0.0, 0
+        bar = tqdm(range(batches), desc=f"distilling T={steps}, epoch {epoch}/{epochs}", unit="batch",
+                   disable=not progress, leave=False)
+        for b in bar:
+            xb = train[order[b * batch_size:(b + 1) * batch_size]]
+            mixed = int(round(mixup * len(xb)))
+            if mixed:
+                lam = rng.uniform(0.0, 1.0, size=(mixed,) + (1,) * (xb.ndim - 1)).astype(np.float32)
+                other = train[rng.integers(0, len(train), size=mixed)]
+                xb = np.concatenate([xb[mixed:], lam * xb[:mixed] + (1 - lam) * other])
+            ref = run_teacher(xb)
+            target = torch.from_numpy(ref[output].reshape(len(xb), -1))
+            xt = torch.from_numpy(np.ascontiguousarray(xb, np.float32))
+            if method == "rates":
+                out = straight_through(xt)
+            else:
+                net.neuron_hook, net.time_chunk = (record, None) if layers else (None, "auto")
+                try:
+                    out = net(xt, steps)
+                finally:
+                    net.neuron_hook, net.time_chunk = None, "auto"
+            value = distill_loss(out, target, loss, temperature)
+            if layers:
+                value = value / target.pow(2).mean().clamp(min=1e-12)
+                terms = [torch.mean((rates[name] - torch.from_numpy(ref[o])) ** 2)
+                         / float(np.mean(ref[o] ** 2) + 1e-12) for name, o in acts.items()]
+                value = value + layers * torch.stack(terms).mean()
+                rates.clear()
+            opt.zero_grad(set_to_none=True)
+            value.backward()
+            opt.step()
+            keep_thresholds_positive(net, floors)
+            if ema:
+                with torch.no_grad():
+                    for k, p in net.params.items():
+                        shadow[k].mul_(ema).add_(p.detach(), alpha=1 - ema)
+            total += float(value.detach()) * len(xb)
+            seen += len(xb)
+            bar.set_postfix(loss=f"{total / seen:.4g}")
+        bar.close()
+        sched.step()
+        if ema:  # score (and keep) the averaged weights; training goes on from its own
+            live = {k: p.detach().clone() for k, p in net.params.items()}
+            _load(net, shadow)
+        history.append(EpochScore(epoch, *_score(net, hold, hold_target, steps), total / max(seen, 1),
+                                  time.perf_counter() - t0))
+        if on_epoch is not None:
+            on_epoch(history[-1], net)
+        if history[-1].divergence < min(h.divergence for h in history[:-1]):
+            best = net.export()
+        if ema:
+            _load(net, live)
+    return best, history
+
+
+@torch.no_grad()
+def _load(net: SpikingNetwork, values: dict[str, torch.Tensor]) -> None:
+    for k, p in net.params.items():
+        p.copy_(values[k])

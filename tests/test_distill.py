@@ -1,0 +1,113 @@
+"""`full` calibration's label-free distillation at T (passes/distill.py): measured on held-out
+samples it lowers the SNN's output error to the ANN, its guard drops a training that hurts, and
+the CLI reaches it."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from helpers import model as make_model
+from helpers import vi
+from snnconvert import api, ir, onnxrt
+from snnconvert.passes import PassContext, default_pipeline
+from snnconvert.passes.distill import DistillForT
+from snnconvert.runtime import SpikingNetwork
+
+
+def small_ann(seed: int = 1):
+    """x[N,1,8,8] -> Conv 3x3 -> ReLU -> Conv 3x3 -> ReLU -> Flatten -> Gemm (built here)."""
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("Conv", ["x", "W1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "W2", "b2"], ["c2"], pads=[1, 1, 1, 1], strides=[2, 2],
+                              name="conv2"),
+             helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+             helper.make_node("Flatten", ["r2"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "Wf", "bf"], ["y"], transB=1, name="fc")]
+    inits = {"W1": rng.normal(size=(6, 1, 3, 3)) * 0.5, "b1": rng.uniform(0.0, 0.3, 6),
+             "W2": rng.normal(size=(8, 6, 3, 3)) * 0.3, "b2": rng.normal(size=8) * 0.1,
+             "Wf": rng.normal(size=(5, 128)) * 0.3, "bf": np.zeros(5)}
+    return make_model(nodes, [vi("x", ["N", 1, 8, 8])], [vi("y", ["N", 5])], inits)
+
+
+def images(n: int, seed: int) -> np.ndarray:
+    """Smooth random blobs in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:8, 0:8]
+    out = np.zeros((n, 1, 8, 8), np.float32)
+    for i in range(n):
+        for _ in range(3):
+            cy, cx, s = rng.uniform(0, 8), rng.uniform(0, 8), rng.uniform(1, 3)
+            out[i, 0] += rng.uniform(0.3, 1) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * s * s))
+    return np.clip(out, 0, 1)
+
+
+def output_error(snn, ann, x: np.ndarray, steps: int) -> float:
+    ref = onnxrt.outputs(ann, x)
+    out = SpikingNetwork(snn).simulate(x, steps).readout[steps]
+    return float(np.mean((out - ref) ** 2))
+
+
+def converted(ann, calib, steps: int, distill: DistillForT | None):
+    """`refit` (distill None), or `full` with the given distillation pass."""
+    ctx = PassContext(calib=calib, timesteps=steps)
+    pipe = default_pipeline(calibration="refit" if distill is None else "full")
+    if distill is not None:
+        pipe.replace("distill-for-T", distill)
+    return pipe(ann, ctx), ctx
+
+
+def test_distillation_lowers_the_output_error_on_held_out_samples():
+    """On a conv net built here, at T=2: after `refit`, the distillation brings the SNN's readout
+    closer to the ANN's output on images neither step saw, and the pass keeps it."""
+    ann = small_ann()
+    calib, held_out = images(300, 0), images(300, 1)
+    base, _ = converted(ann, calib, 2, None)
+    distill = DistillForT(epochs=3, lr=1e-3, batch_size=16)
+    tuned, ctx = converted(ann, calib, 2, distill)
+    assert distill.kept, ctx.log[-1]
+    before, after = output_error(base, ann, held_out, 2), output_error(tuned, ann, held_out, 2)
+    assert after < 0.85 * before, (before, after)
+    scores = ctx.stats["distill-for-T"]
+    assert len(scores) == 4 and min(s["error"] for s in scores[1:]) < scores[0]["error"]
+
+
+def test_the_guard_drops_a_distillation_that_hurts():
+    """A learning rate far too large wrecks the network: the held-out samples show it, and the
+    pass returns the network as it came (identical to `refit`'s)."""
+    ann = small_ann()
+    calib = images(300, 0)
+    base, _ = converted(ann, calib, 2, None)
+    distill = DistillForT(epochs=1, lr=1.0, batch_size=16)
+    tuned, ctx = converted(ann, calib, 2, distill)
+    assert distill.kept is False and ctx.log[-1][1].endswith("dropped"), ctx.log[-1]
+    assert distill.history[1].error > distill.history[0].error
+    weights = lambda m: {i.name: numpy_helper.to_array(i).tolist() for i in m.graph.initializer}
+    assert weights(tuned) == weights(base)
+
+
+def test_too_few_calibration_samples_skip_the_distillation():
+    ann = small_ann()
+    distill = DistillForT()
+    tuned, ctx = converted(ann, images(40, 0), 2, distill)
+    assert distill.kept is None and "too few" in dict(ctx.log)["distill-for-T"]
+
+
+def test_cli_full_calibration_distills(tmp_path, capsys):
+    """`--calibration full` runs the distillation and says what it did; `refit` does not."""
+    from snnconvert.cli import main
+
+    onnx.save(small_ann(), tmp_path / "ann.onnx")
+    np.savez(tmp_path / "calib.npz", x=images(200, 0))
+    for level in ("full", "refit"):
+        out = tmp_path / f"{level}.snn.onnx"
+        with pytest.raises(SystemExit) as exc:
+            main([str(tmp_path / "ann.onnx"), "--calib", str(tmp_path / "calib.npz"), "-T", "2",
+                  "--calibration", level, "-o", str(out)])
+        stdout = capsys.readouterr().out
+        assert exc.value.code == 0 and out.exists()
+        assert ("distill-for-T" in stdout) == (level == "full"), stdout
+        assert ("held out" in stdout) == (level == "full")
+        assert ("distill-for-T" in ir.get_meta(onnx.load(out), "passes")) == (level == "full")
