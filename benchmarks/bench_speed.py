@@ -127,8 +127,9 @@ def bench_model(name, path, calib, test, batch, args) -> dict:
     feed = {sess.get_inputs()[0].name: x}
     xt = torch.from_numpy(x)
     result: dict = {"batch": batch, "by_T": {}}
+    converted = {}  # T -> the converted network (the exact check reuses it)
     for t in args.timesteps:
-        ir = sc.convert(path, calib, timesteps=t)
+        ir = converted[t] = sc.convert(path, calib, timesteps=t)
         nets = {"event": SpikingNetwork(ir, synapses="auto"), "dense": SpikingNetwork(ir, synapses="dense")}
         best = {k: [np.inf, np.inf] for k in ("ann", "event", "dense")}
         peaks = {}
@@ -171,7 +172,7 @@ def bench_model(name, path, calib, test, batch, args) -> dict:
     main_t = 32 if 32 in result["by_T"] else args.timesteps[0]
     result.update({k: v for k, v in result["by_T"][main_t].items()})
     if args.exact_images:
-        ir = sc.convert(path, calib, timesteps=main_t)
+        ir = converted[main_t]
         result["exact_float64"] = exact_spikes(ir, np.ascontiguousarray(test[:args.exact_images]), main_t)
         e = result["exact_float64"]
         print(f"{'':18s} float64 spike counts, event{' (engine)' if e['event_engine'] else ''} vs dense, "
