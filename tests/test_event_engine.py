@@ -8,7 +8,7 @@ import torch
 from onnx import helper
 
 from snnconvert import ir
-from snnconvert.runtime import SpikingNetwork
+from snnconvert.runtime import SpikingNetwork, event_engine
 
 from helpers import model, vi
 
@@ -131,6 +131,43 @@ def test_engine_fires_the_dense_spikes_in_float64(kind):
         total += float(counts.sum())
     assert total > 1000  # every layer fires: the comparison means something
     assert all(float(c.sum()) > 0 for c in dense.spike_counts.values())
+    torch.testing.assert_close(out_e, out_d, rtol=0, atol=1e-10)
+
+
+def constant_first(pooled: bool, reset: str = "subtract", leak: float = 0.0, seed: int = 0,
+                   c: int = 16):
+    """conv -> IF (a constant current, c channels) -> (AvgPool 2x2 ->) conv -> IF -> Flatten ->
+    Gemm (readout tail)."""
+    g = _Graph(seed)
+    a = g.neuron(g.conv("x", 3, c, pads=[1, 1, 1, 1]), (c, H, H), reset=reset, leak=leak)
+    src = g.op("AveragePool", [a], kernel_shape=[2, 2], strides=[2, 2]) if pooled else a
+    hh = H // 2 if pooled else H
+    b = g.neuron(g.conv(src, c, 16, pads=[1, 1, 1, 1]), (16, hh, hh))
+    g.gemm(g.op("Flatten", [b]), 16 * hh * hh, 5)
+    return g.build("y", 5)
+
+
+@pytest.mark.parametrize("kind", [dict(pooled=True), dict(pooled=False),
+                                  dict(pooled=True, reset="zero", leak=0.2),
+                                  dict(pooled=False, c=32, seed=2, leak=0.1)])
+def test_constant_current_layer_runs_time_major_with_the_dense_spikes(kind, monkeypatch):
+    pools = []
+    real = event_engine.constant_layer
+
+    def spy(*args):
+        pools.append(args[16])
+        return real(*args)
+
+    monkeypatch.setattr(event_engine, "constant_layer", spy)
+    m, x = constant_first(**kind), _x(7, seed=3)
+    event, out_e = _run64(m, "event", x, steps=20)
+    dense, out_d = _run64(m, "dense", x, steps=20)
+    assert pools and set(pools) == {2 if kind["pooled"] else 1}  # the time-major kernel ran
+    assert event.spike_counts.keys() == dense.spike_counts.keys()
+    for name, counts in dense.spike_counts.items():
+        assert float(counts.sum()) > 100, name
+        assert torch.equal(event.spike_counts[name], counts), name
+        assert event._per_step[name] == dense._per_step[name], name
     torch.testing.assert_close(out_e, out_d, rtol=0, atol=1e-10)
 
 

@@ -15,7 +15,10 @@ counts, identity and subsampled shortcuts) scatter: for each input position, the
 channels that fired (weights prescaled by the spike's amplitude) are summed in registers and
 added once to every output row segment they reach (:func:`.simd.rows_add`). The neuron step
 (:func:`.simd.neuron16`, 16 neurons a vector) reads the tile and writes the next spikes and
-counts directly. No float spike tensor, no transpose, no per-node dispatch.
+counts directly. No float spike tensor, no transpose, no per-node dispatch. A layer whose
+current is constant (the first one: bias plus the prefix's output) runs time-major instead
+(:func:`.event_layers.constant_layer`: 64 neurons' potentials stay in registers for all T
+steps), reading the prefix's NCHW output as it is and writing the 2 x 2 pooled counts directly.
 
 Supported between the prefix and the tail: Conv (any stride, padding, dilation; group 1),
 Gemm/MatMul (after Flatten/Reshape or on 1-D layers), IF/LIF neurons with reset by subtraction
@@ -40,7 +43,8 @@ import torch
 from .. import ir
 from ..ops.base import explicit_pads
 from .binary_conv import BinaryConv, binary_conv_row, pack_frame
-from .event_kernels import _column_runs, _padded, _tap_maps
+from .event_kernels import _aligned_zeros, _column_runs, _padded, _tap_maps
+from .event_layers import constant_layer, supports_constant_layer
 
 try:
     import numba
@@ -761,10 +765,15 @@ class EventEngine:
             self._key = key
         plans = self._plans
         sizes = [int(np.prod(p.shape)) for p in plans]
+        snapped = {i for i in range(len(plans)) if self.neuron_outputs[i] in self.tail_inputs}
+        read_whole = {s for p in plans for s in p.sources} | \
+            {(p.binary_source, 1) for p in plans if p.binary is not None}
+        fused = [_time_major_pool(p, i in snapped) for i, p in enumerate(plans)]
         frames = {}  # (layer, pool) -> bytes of one step of its train
         for i, p in enumerate(plans):
             c, h, w = p.shape
-            frames[(i, 1)] = sizes[i]
+            # a time-major layer writes its whole train only when someone reads it
+            frames[(i, 1)] = 0 if fused[i] == 2 and (i, 1) not in read_whole else sizes[i]
             for k in p.pools:
                 frames[(i, k)] = c * (h // k) * (w // k)
         per_sample = max(1, timesteps * sum(frames.values()))
@@ -773,8 +782,8 @@ class EventEngine:
         offsets, size = {}, 0  # train offsets inside one group's buffer
         for key_, frame in frames.items():
             offsets[key_] = size
-            size += group * timesteps * frame
-        trains = np.zeros(size + BYTE_LANES, np.uint8)
+            size += -(-group * timesteps * frame // 64) * 64
+        trains = _aligned_zeros(size + BYTE_LANES, np.uint8)
         dt = self._np_dtype
         tables = []
         for p in plans:
@@ -787,10 +796,10 @@ class EventEngine:
         counts = [np.zeros((batch if record else group, n), np.int32) for n in sizes]
         per_step = [np.zeros(timesteps, np.int64) for _ in plans]
         snap_steps = np.array(sorted(set(points)), np.int64)
-        snaps = {i: np.zeros((batch, len(snap_steps), sizes[i]), np.int32)
-                 for i in range(len(plans)) if self.neuron_outputs[i] in self.tail_inputs}
+        snaps = {i: np.zeros((batch, len(snap_steps), sizes[i]), np.int32) for i in snapped}
         no_snaps = np.zeros((batch, 0, 1), np.int32)
-        scratch = [(np.zeros(p.shape[1] * p.shape[2] * p.op + 64, dt), np.zeros(n, dt))
+        stage, soffs, c32 = _aligned_zeros(128, dt), np.zeros(4, np.int64), np.zeros(64, np.int32)
+        scratch = [(_aligned_zeros(p.shape[1] * p.shape[2] * p.op + 64, dt), _aligned_zeros(n, dt))
                    for p, n in zip(plans, sizes)]
         for start in range(0, batch, group):
             stop = min(batch, start + group)
@@ -798,12 +807,25 @@ class EventEngine:
                 c, h, w = p.shape
                 n = sizes[i]
                 tile, v = scratch[i]
-                base, bstep = (self._constant_current(p, env, start, stop, dt), p.op) if p.consts \
-                    else (p.base, p.bstep)
                 if record:
                     counts[i][start:stop] = 0
                 else:
                     counts[i][:stop - start] = 0
+                k0 = fused[i]
+                if k0:  # a constant current: time-major
+                    constant_layer(trains, self._consts(p, env, start, stop, dt), p.base, p.bstep,
+                                   p.v0, p.theta, p.decay, p.leaky, p.subtract, timesteps, h, w, c,
+                                   offsets[(i, 1)], timesteps * n, frames[(i, 1)] > 0, k0,
+                                   offsets[(i, k0)], timesteps * frames[(i, k0)],
+                                   counts[i].reshape(-1), start * n if record else 0, per_step[i],
+                                   stop - start, stage, soffs, c32)
+                    for k in p.pools:
+                        if k != k0:
+                            _pool_trains(trains, offsets[(i, 1)], offsets[(i, k)],
+                                         (stop - start) * timesteps, h, w, c, k)
+                    continue
+                base, bstep = (self._constant_current(p, env, start, stop, dt), p.op) if p.consts \
+                    else (p.base, p.bstep)
                 _run_layer(trains, tables[i], self._wflat, self._imaps, base, bool(p.consts),
                            p.v0, p.theta, bstep, p.decay, p.leaky, p.subtract, dt(0.0), timesteps,
                            h * w, c, p.op, offsets[(i, 1)], timesteps * n, counts[i].reshape(-1),
@@ -829,6 +851,18 @@ class EventEngine:
         return spike_counts, totals, sums
 
     @staticmethod
+    def _consts(p: _LayerPlan, env: dict, start: int, stop: int, dt) -> np.ndarray:
+        """The prefix's outputs a layer adds to its bias, summed, for samples start:stop:
+        [samples, C, H*W] (flat, as the prefix made them; empty if none)."""
+        total = None
+        for name in p.consts:
+            t = env[name][start:stop].detach().reshape(-1).numpy()
+            total = t if total is None else total + t
+        if total is None:
+            return np.zeros(0, dt)
+        return np.ascontiguousarray(total, dt)
+
+    @staticmethod
     def _constant_current(p: _LayerPlan, env: dict, start: int, stop: int, dt) -> np.ndarray:
         """The time-invariant part of a layer's current for samples start:stop, channel-last
         [samples, H*W, op] (flat): the prefix's outputs it adds, on top of its bias."""
@@ -844,6 +878,17 @@ class EventEngine:
         else:
             base[:, :, :c] = total
         return base.reshape(-1)
+
+
+def _time_major_pool(p: _LayerPlan, snapped: bool) -> int:
+    """0 if the layer runs step-major (:func:`_run_layer`); else it runs time-major
+    (:func:`.event_layers.constant_layer`, its current is constant) with this pool fused (2:
+    its only consumers read it 2 x 2 pooled, 1: none fused)."""
+    c, h, w = p.shape
+    if len(p.synapses) or p.binary is not None or snapped:
+        return 0
+    k = 2 if p.pools == [2] and supports_constant_layer(c, 2, h, w) else 1
+    return k if supports_constant_layer(c, k, h, w) else 0
 
 
 def _no_binary(dt) -> tuple:
