@@ -343,31 +343,37 @@ if numba is not None:
             k += cs
 
     @_jit
+    def _list_rows(offs, packed, b, eq, et, G, OP):  # pragma: no cover - compiled
+        """Into ``offs``, the table rows of the nonzero groups of the output whose top-left
+        pattern byte is ``b`` (compact layout); returns how many."""
+        n_entries = eq.shape[0]
+        n = 0
+        if G % 8 == 0:
+            for i in range(0, n_entries, 8):
+                n = _compact8(offs, n, packed, b + eq[i], et, i, OP)
+        elif G % 4 == 0:
+            for i in range(0, n_entries, 4):
+                n = _compact4(offs, n, packed, b + eq[i], et, i, OP)
+        else:
+            for i in range(n_entries):
+                p = np.int64(packed[b + eq[i]])
+                offs[n] = et[i] + p * OP
+                n += p != 0
+        return n
+
+    @_jit
     def binary_conv_row(out, rowbase, oy, OW, OP, table, geom, packed, eq, et, offs
                         ):  # pragma: no cover - compiled
         """Output row ``oy`` of the frame packed in ``packed`` (:func:`pack_frame`):
         ``out[rowbase + ox·OP + o] +=`` its conv (OP: O padded to 16; a row's OW·OP values
         contiguous)."""
         sh, sw, Wp, compact, G = geom[2], geom[3], geom[5], geom[6], geom[7]
-        n_entries = eq.shape[0]
         q_row = oy * sh * Wp
         if compact == 0:
             _sum_taps_row(out, rowbase, OP, table, packed, q_row * G, sw * G, eq, et, OP, OW, True)
             return
         for ox in range(OW):
-            b = (q_row + ox * sw) * G
-            n = 0
-            if G % 8 == 0:
-                for i in range(0, n_entries, 8):
-                    n = _compact8(offs, n, packed, b + eq[i], et, i, OP)
-            elif G % 4 == 0:
-                for i in range(0, n_entries, 4):
-                    n = _compact4(offs, n, packed, b + eq[i], et, i, OP)
-            else:
-                for i in range(n_entries):
-                    p = np.int64(packed[b + eq[i]])
-                    offs[n] = et[i] + p * OP
-                    n += p != 0
+            n = _list_rows(offs, packed, (q_row + ox * sw) * G, eq, et, G, OP)
             _sum_rows(out, rowbase + ox * OP, table, offs, n, OP // LANES, True)
 
     @_jit
@@ -394,7 +400,6 @@ if numba is not None:
         sh, sw, bits, Wp, compact, G = geom[2], geom[3], geom[4], geom[5], geom[6], geom[7]
         OP = (O + LANES - 1) // LANES * LANES
         nchunks = OP // LANES
-        n_entries = eq.shape[0]
         outf = out.reshape(-1)
         direct = O == OP
         for f in range(F):
@@ -413,19 +418,7 @@ if numba is not None:
                             outf[rowbase + ox * O + o] += acc[ox * OP + o]
                     continue
                 for ox in range(OW):
-                    b = (q_row + ox * sw) * G
-                    n = 0
-                    if G % 8 == 0:
-                        for i in range(0, n_entries, 8):
-                            n = _compact8(offs, n, packed, b + eq[i], et, i, OP)
-                    elif G % 4 == 0:
-                        for i in range(0, n_entries, 4):
-                            n = _compact4(offs, n, packed, b + eq[i], et, i, OP)
-                    else:
-                        for i in range(n_entries):
-                            p = np.int64(packed[b + eq[i]])
-                            offs[n] = et[i] + p * OP
-                            n += p != 0
+                    n = _list_rows(offs, packed, (q_row + ox * sw) * G, eq, et, G, OP)
                     _sum_rows(acc, 0, table, offs, n, nchunks, False)
                     for o in range(O):
                         outf[rowbase + ox * O + o] += acc[o]
