@@ -13,6 +13,11 @@ its own; calibration seconds are wall time, with the process's CPU time beside t
     .venv/bin/python benchmarks/bench_calibration.py sinabs-mnist-cnn --timesteps 4,8,16,32
     .venv/bin/python benchmarks/bench_calibration.py resnet20-cifar10 --timesteps 4,8,16,32 \
         --limit 1000 --calib-limit 500 --json r.json
+
+``--test-set full --skip 2000`` scores on the rest of the test split (MNIST 10,000 images, CIFAR-10
+the 10,000 JPEG ones, read from the shared data) instead of the prepared first 2,000 / 1,000:
+images no setting was chosen on. Beside accuracy, the JSON gives per T the images the SNN gets
+right where the ANN is wrong ("gained") and the reverse ("lost").
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_accuracy import DATA, model_path  # noqa: E402
-from datasets import MODELS  # noqa: E402
+from datasets import MODELS, evaluation_set  # noqa: E402
 
 SETTINGS = {
     "zero": dict(calibration="none", v_init="zero"),
@@ -47,7 +52,7 @@ def _peak_mb() -> float:
 
 
 def run_setting(name: str, model: str, ts: list[int], limit: int | None, calib_limit: int | None,
-                batch: int, out, progress: bool = False) -> None:
+                batch: int, out, progress: bool = False, test_set: str = "prepared", skip: int = 0) -> None:
     """Convert (once, or once per T) and evaluate; put the row on ``out``."""
     import torch
 
@@ -58,12 +63,12 @@ def run_setting(name: str, model: str, ts: list[int], limit: int | None, calib_l
     from snnconvert.runtime import SpikingNetwork
 
     calib = np.load(DATA / f"{model}_calib.npz")["x"][:calib_limit]
-    test = np.load(DATA / f"{model}_test.npz")
-    x, y = test["x"][:limit], test["y"][:limit]
+    x, y = evaluation_set(model, test_set, skip, limit)
     path = model_path(model)
     ann = load_model(path)
     ann_pred = ann_outputs(ann, x).argmax(1)
     acc, agree, seconds, cpu_seconds, calib_peak = {}, {}, {}, {}, 0.0
+    gained, lost = {}, {}
     for group in ([[t] for t in ts] if name in PER_T else [ts]):
         t0, c0 = time.perf_counter(), time.process_time()
         snn = sc.convert(ann, calib, timesteps=max(group), progress=progress, **SETTINGS[name])
@@ -74,10 +79,14 @@ def run_setting(name: str, model: str, ts: list[int], limit: int | None, calib_l
         for t in group:
             pred = res.predictions(t)
             acc[t], agree[t] = float(np.mean(pred == y)), float(np.mean(pred == ann_pred))
+            gained[t] = [skip + int(i) for i in np.flatnonzero((pred == y) & (ann_pred != y))]
+            lost[t] = [skip + int(i) for i in np.flatnonzero((pred != y) & (ann_pred == y))]
     out.put({"setting": name, "accuracy": acc, "agreement": agree, "calib_seconds": seconds,
              "calib_cpu_seconds": cpu_seconds,
+             "gained": gained, "lost": lost,
              "calib_peak_mb": calib_peak, "peak_mb": _peak_mb(),
-             "ann_accuracy": float(np.mean(ann_pred == y)), "n": len(x), "n_calib": len(calib)})
+             "ann_accuracy": float(np.mean(ann_pred == y)), "n": len(x), "n_calib": len(calib),
+             "test_set": test_set, "skip": skip})
 
 
 def main() -> None:
@@ -85,7 +94,10 @@ def main() -> None:
     ap.add_argument("model", choices=sorted(MODELS))
     ap.add_argument("--timesteps", default="4,8,16,32")
     ap.add_argument("--settings", default="zero,half,optimized,fast,default,full")
-    ap.add_argument("--limit", type=int, default=None, help="test samples (first N)")
+    ap.add_argument("--test-set", choices=("prepared", "full"), default="prepared",
+                    help="prepared: benchmarks/data's test file; full: the whole test split (shared data)")
+    ap.add_argument("--skip", type=int, default=0, help="leave out the first N test samples")
+    ap.add_argument("--limit", type=int, default=None, help="test samples (first N after --skip)")
     ap.add_argument("--calib-limit", type=int, default=None, help="calibration samples (first N)")
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--json", type=Path, default=None)
@@ -97,19 +109,25 @@ def main() -> None:
     for name in args.settings.split(","):
         queue = ctx.Queue()
         proc = ctx.Process(target=run_setting, args=(name, args.model, ts, args.limit, args.calib_limit,
-                                                        args.batch_size, queue, args.progress))
+                                                        args.batch_size, queue, args.progress,
+                                                        args.test_set, args.skip))
         proc.start()
         row = queue.get()
         proc.join()
         rows.append(row)
         if len(rows) == 1:
-            print(f"{args.model}: ANN {100 * row['ann_accuracy']:.2f} % on {row['n']} test samples, "
+            where = "" if args.test_set == "prepared" and not args.skip else \
+                f" ({args.test_set} test split from image {args.skip})"
+            print(f"{args.model}: ANN {100 * row['ann_accuracy']:.2f} % on {row['n']} test samples{where}, "
                   f"{row['n_calib']} calibration samples; one thread")
             print(f"{'setting':10s} " + " ".join(f"{'T=' + str(t):>7s}" for t in ts)
                   + "   calib s per T" + " " * 12 + "calib peak MB  run peak MB")
         secs = "/".join(f"{row['calib_seconds'][t]:.0f}" for t in sorted(row["calib_seconds"]))
         print(f"{name:10s} " + " ".join(f"{100 * row['accuracy'][t]:7.2f}" for t in ts)
               + f"   {secs:26s} {row['calib_peak_mb']:8.0f} {row['peak_mb']:12.0f}", flush=True)
+        print(f"{'  agree':10s} " + " ".join(f"{100 * row['agreement'][t]:7.2f}" for t in ts)
+              + "   vs the ANN: images gained/lost " + " ".join(
+                  f"+{len(row['gained'][t])}/-{len(row['lost'][t])}" for t in ts), flush=True)
     if args.json:
         args.json.write_text(json.dumps({"model": args.model, "timesteps": ts, "rows": rows}, indent=2))
 

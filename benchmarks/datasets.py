@@ -169,3 +169,18 @@ def preprocess(name: str, images: np.ndarray) -> np.ndarray:
     elif spec.layout == "N784x1":
         x = x.reshape(len(x), -1, 1)
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def evaluation_set(name: str, test_set: Literal["prepared", "full"] = "prepared", skip: int = 0,
+                limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A model's test inputs and labels: the prepared file (benchmarks/data, the first 2,000 MNIST /
+    1,000 CIFAR-10 images) or the whole test split ("full": MNIST 10,000, CIFAR-10 the 10,000 JPEG
+    ones, class-interleaved), without its first ``skip`` images, then the first ``limit``."""
+    if test_set == "prepared":
+        d = np.load(DATA_DIR / f"{name}_test.npz")
+        x, y = d["x"], d["y"]
+    else:
+        images, y = mnist("test") if MODELS[name].dataset == "mnist" else cifar10_test()
+        x = preprocess(name, images)
+    stop = None if limit is None else skip + limit
+    return x[skip:stop], y[skip:stop]
