@@ -324,23 +324,25 @@ def test_weight_refit_cross_validates_where_rows_are_few():
 
 def test_small_networks_calibrate_on_more_samples_at_high_t(digits):
     """Samples × T is bounded by the work it costs: a network far smaller than ResNet-20 reads
-    every calibration sample (up to SAMPLES) at T=32; ResNet-20's budget is unchanged."""
-    from snnconvert.passes.calibrate_for_t import SAMPLE_STEPS, SAMPLE_WORK, macs, sample_count
+    every calibration sample (up to SAMPLES) at T=32; samples × T² bounds ResNet-20's where that
+    allows more than samples × T: 1,024 up to T=16, 512 at T=32, 128 at T=64."""
+    from snnconvert.passes.calibrate_for_t import SAMPLE_WORK, macs, sample_count
 
     ann = frontend.load_model(DIGITS_CNN)
     calib = digits["x_train"][:600]
     log: list = []
-    for work, used in ((SAMPLE_WORK, 600), (0, SAMPLE_STEPS // 32)):
+    for work, square, used in ((SAMPLE_WORK, 0, 600), (0, 0, 256), (0, 1 << 19, 512)):
         ctx = PassContext(calib=calib, timesteps=32, log=log)
         pipe = default_pipeline(calibration="none")
-        pipe.passes.append(CalibrateForT(work=work))
+        pipe.passes.append(CalibrateForT(work=work, square=square))
         pipe(ann, ctx)
         assert any(f"at T=32 on {used} sample(s)" in m for _, m in log), (work, log)
         log.clear()
     assert macs(ann) * 32 * 600 < SAMPLE_WORK
     resnet20 = 40_551_040  # its Conv/Gemm MACs per image
     assert [sample_count(t, work=SAMPLE_WORK, macs=resnet20) for t in (8, 16, 32, 64)] == \
-        [sample_count(t) for t in (8, 16, 32, 64)] == [1024, 512, 256, 128]
+        [sample_count(t) for t in (8, 16, 32, 64)] == [1024, 1024, 512, 128]
+    assert [sample_count(t, square=0) for t in (8, 16, 32, 64)] == [1024, 512, 256, 128]
 
 
 def _equations(x: torch.Tensor, y: torch.Tensor, old: torch.Tensor, folds: int = 2):
