@@ -247,16 +247,16 @@ def test_held_out_check_keeps_the_better_network(digits, monkeypatch):
 
     ann = frontend.load_model(DIGITS_CNN)
     calib = digits["x_train"][:600]  # T=32 fits 256 (samples × T bounded alone), 256 more check
-    snn, pass_ = calibrated(ann, calib, 32, None, work=0)
+    snn, pass_ = calibrated(ann, calib, 32, None, work=0, square=0)
     (agree_c, err_c), (agree_u, err_u) = pass_.check["calibrated"], pass_.check["uncalibrated"]
     assert err_c < err_u and agree_c >= agree_u - 0.01, pass_.check
-    base, _ = calibrated(ann, calib, 32, [], work=0)
+    base, _ = calibrated(ann, calib, 32, [], work=0, square=0)
     thresholds = lambda m: [n.threshold.tolist() for n in ir.neurons(m)]
     assert thresholds(snn) != thresholds(base)
     # a network as it came that wins on both measures is kept as it came
     scores = iter([(0.5, 1.0), (0.9, 0.5)])
     monkeypatch.setattr(calibrate_for_t, "output_agreement", lambda *a: next(scores))
-    dropped, pass_ = calibrated(ann, calib, 32, None, work=0)
+    dropped, pass_ = calibrated(ann, calib, 32, None, work=0, square=0)
     assert thresholds(dropped) == thresholds(base)
 
 
