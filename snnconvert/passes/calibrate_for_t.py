@@ -52,9 +52,9 @@ before). Why T²: the fitted means (bias, initial potentials, weights) are estim
 per-sample errors of the size of the quantization step θ/T, so for the same precision a fit at
 T needs samples in proportion to 1/T². Measured on ResNet-20 (1,000 test images, 1,000
 calibration images; agreement with the ANN / accuracy): T=16, 512 -> 1,000 samples: 85.8 ->
-86.8 % / 77.5 -> 77.9 %; T=32, 256 -> 512: 79.9 -> 80.8 % accuracy; T=64, 128 -> 256: 95.6 -> 95.8
-% / 81.7 -> 81.3 % (no gain for twice the time, so T=64 keeps 128). Calibration CPU time at T=16
-and 32 doubles (about 200 -> 390 s on one thread)."""
+86.8 % / 77.5 -> 77.9 %; T=32 on 512: 91.8 % / 80.8 %; T=64, 128 -> 256: 96.0 -> 95.8 % / 81.2 ->
+81.3 % (no gain for twice the time, so T=64 keeps 128). Calibration CPU time at T=16 and 32
+doubles (about 200 -> 390 s on one thread)."""
 
 SAMPLE_WORK = 1 << 38
 """Calibration samples × T × the network's multiply-accumulates per sample (:func:`macs`): a
