@@ -79,9 +79,18 @@ def test_the_guard_drops_a_distillation_that_hurts():
     pass returns the network as it came (identical to `refit`'s)."""
     ann = small_ann()
     calib = images(300, 0)
-    base, _ = converted(ann, calib, 2, None)
+    entered = []
+
+    def keep(model, ctx):
+        entered.append(model)
+        return model
+
+    keep.name = "keep"
     distill = DistillForT(epochs=1, lr=1.0, batch_size=16)
-    tuned, ctx = converted(ann, calib, 2, distill)
+    ctx = PassContext(calib=calib, timesteps=2)
+    pipe = default_pipeline(calibration="full").replace("distill-for-T", distill)
+    tuned = pipe.insert_before("distill-for-T", keep)(ann, ctx)
+    base = entered[0]
     assert distill.kept is False and ctx.log[-1][1].endswith("dropped"), ctx.log[-1]
     assert distill.history[1].error > distill.history[0].error
     weights = lambda m: {i.name: numpy_helper.to_array(i).tolist() for i in m.graph.initializer}
@@ -111,3 +120,47 @@ def test_cli_full_calibration_distills(tmp_path, capsys):
         assert ("distill-for-T" in stdout) == (level == "full"), stdout
         assert ("held out" in stdout) == (level == "full")
         assert ("distill-for-T" in ir.get_meta(onnx.load(out), "passes")) == (level == "full")
+
+
+def test_epochs_rank_by_held_out_agreement_then_divergence():
+    """By default an epoch that agrees with the ANN on more held-out samples wins even where its
+    divergence is higher (the divergence only breaks ties); `select="divergence"` ranks the other
+    way."""
+    from snnconvert.passes.distill import EpochScore, rank
+
+    start = EpochScore(0, agreement=0.80, error=1.0, divergence=0.50, train_loss=None, seconds=0.0)
+    agrees = EpochScore(1, agreement=0.83, error=1.2, divergence=0.60, train_loss=0.1, seconds=0.0)
+    tie = EpochScore(2, agreement=0.83, error=1.1, divergence=0.55, train_loss=0.1, seconds=0.0)
+    scores = [start, agrees, tie]
+    assert max(scores, key=lambda s: rank(s, "agreement")) is tie
+    assert max(scores, key=lambda s: rank(s, "divergence")) is start
+    assert DistillForT().select == "agreement"
+    with pytest.raises(ValueError, match="select"):
+        DistillForT(select="loss")
+
+
+def test_the_fit_for_t_never_sees_the_held_out_samples(monkeypatch):
+    """`full` sets the last 20 % of the calibration samples aside before calibrate-for-T (its fit
+    reads the other 240 of 300) and the distillation is judged on exactly those 60; the context's
+    calibration data is as it came afterwards."""
+    ann = small_ann()
+    calib = images(300, 0)
+    distill = DistillForT(epochs=1, lr=1e-3, batch_size=16)
+    held = []
+    import snnconvert.passes.distill as module
+
+    real_distill = module.distill
+
+    def spy(model, teacher, train, hold, *args, **kwargs):
+        held.append((train, hold))
+        return real_distill(model, teacher, train, hold, *args, **kwargs)
+
+    monkeypatch.setattr(module, "distill", spy)
+    _, ctx = converted(ann, calib, 2, distill)
+    log = dict(ctx.log)
+    assert "on 240 sample(s)" in log["calibrate-for-T"], log["calibrate-for-T"]
+    assert "60 of 300 calibration samples set aside" in log["remember-ann"]
+    train, hold = held[0]
+    np.testing.assert_array_equal(hold, calib[240:])
+    np.testing.assert_array_equal(train, calib[:240])
+    assert ctx.calib is calib

@@ -1,17 +1,19 @@
 """Label-free weight calibration at T by distillation (the last step of `full` calibration).
 
 After the layer-by-layer calibration, the whole converted network is trained at T = ctx.timesteps
-by backpropagation through time with the surrogate gradient of the torch runtime (the fine-tuning
-machinery: :class:`~snnconvert.runtime.SpikingNetwork` and :mod:`snnconvert.runtime.training`),
+(straight-through rates by default, or backpropagation through time with the surrogate gradient
+of the torch runtime: :class:`~snnconvert.runtime.SpikingNetwork`, :mod:`snnconvert.runtime.training`),
 without labels: the loss is the squared difference between the SNN's readout and the ANN's output
-on the same input. The inputs are the calibration samples and, against over-fitting a few hundred
-of them, mixup blends of two of them (the ANN labels any input, so no knowledge of the data's
-domain is needed). Weights, biases, thresholds and initial potentials all learn, at a small rate.
+on the same input, plus per-layer rate terms. The inputs are the calibration samples and, against
+over-fitting a few hundred of them, mixup blends of two of them (the ANN labels any input, so no
+knowledge of the data's domain is needed). Weights, biases, thresholds and initial potentials all
+learn, at a small rate.
 
-A share of the calibration samples is held out of the training: after every epoch the network is
-scored on them (output error and agreement of the predictions with the ANN's, at T); the epoch
-with the lowest error is kept, and the distillation is dropped when it did not lower the held-out
-error or lowered the agreement.
+A share of the calibration samples is held out: :class:`RememberANN` sets it aside before the fit
+for T, so neither that fit nor the training sees it. After every epoch the network is scored on
+it (agreement of the predictions with the ANN's, divergence, output error, at T); the epoch that
+agrees most (ties: lower divergence) is kept, and the distillation is dropped unless that epoch
+agrees more than the network it started from (or as much, with a lower divergence).
 """
 from __future__ import annotations
 
@@ -35,16 +37,49 @@ from .optimize_init import open_thresholds
 
 REFERENCE = "reference-ann"
 """Key in ``ctx.stats`` of the ANN the distillation matches (set by :class:`RememberANN`)."""
+HELD_OUT = "distill-held-out"
+"""Key in ``ctx.stats`` of (the held-out samples, the calibration data as it came), set aside by
+:class:`RememberANN` so that the fit for T never sees the samples that judge the distillation."""
+SAMPLES, HELD_OUT_SHARE, MIN_HELD_OUT = 1024, 0.2, 32
+
+
+def held_out_count(n: int, share: float = HELD_OUT_SHARE, minimum: int = MIN_HELD_OUT) -> int:
+    """Samples of ``n`` held out of the training (``share``, at least ``minimum``); 0 when the
+    rest would be fewer than those held out (too few to distill)."""
+    n_hold = max(minimum, int(round(share * n)))
+    return n_hold if n - n_hold >= n_hold else 0
+
+
+def _static(model: onnx.ModelProto, x: np.ndarray) -> bool:
+    rank = len(model.graph.input[0].type.tensor_type.shape.dim)
+    return not rank or x.ndim == rank
 
 
 class RememberANN(Pass):
     """Keep the network as it is now, its neurons opened (the ANN), as the reference later passes
-    match: placed before the passes that change weights (calibration for T)."""
+    match: placed before the passes that change weights (calibration for T). It also sets aside
+    the distillation's held-out samples (the last ``held_out`` share of the first ``samples``):
+    the passes until :class:`DistillForT` see the calibration data without them, so that the
+    held-out score of the network they fit is not flattered by samples it was fitted on."""
 
     name = "remember-ann"
 
+    def __init__(self, samples: int = SAMPLES, held_out: float = HELD_OUT_SHARE,
+                 min_held_out: int = MIN_HELD_OUT) -> None:
+        self.samples, self.held_out, self.min_held_out = samples, held_out, min_held_out
+
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> onnx.ModelProto:
         ctx.stats[REFERENCE] = open_thresholds(model)
+        ctx.stats.pop(HELD_OUT, None)
+        if is_empty(ctx.calib) or not self.held_out:
+            return model
+        x = head(ctx.calib, self.samples)
+        n_hold = held_out_count(len(x), self.held_out, self.min_held_out)
+        if n_hold and _static(model, x):
+            ctx.stats[HELD_OUT] = (x[len(x) - n_hold:], ctx.calib)
+            ctx.calib = x[:len(x) - n_hold]
+            ctx.info(self.name, f"{n_hold} of {len(x)} calibration samples set aside to judge the "
+                     "distillation (the fit for T does not see them)")
         return model
 
 
@@ -65,30 +100,34 @@ class DistillForT(Pass):
 
     name = "distill-for-T"
 
-    def __init__(self, epochs: int = 6, lr: float = 3e-4, batch_size: int = 16, samples: int = 1024,
-                 sample_steps: int = 8192, held_out: float = 0.2, min_held_out: int = 32,
+    def __init__(self, epochs: int = 8, lr: float = 3e-4, batch_size: int = 16, samples: int = SAMPLES,
+                 sample_steps: int = 16384, held_out: float = HELD_OUT_SHARE,
+                 min_held_out: int = MIN_HELD_OUT,
                  mixup: float = 0.5, loss: str = "mse", temperature: float = 1.0, layers: float = 1.0,
-                 method: str = "rates", ema: float = 0.9, surrogate: str = "atan", alpha: float = 2.0,
-                 seed: int = 0) -> None:
+                 method: str = "rates", ema: float = 0.9, select: str = "agreement",
+                 surrogate: str = "atan", alpha: float = 2.0, seed: int = 0) -> None:
         """``samples``: at most this many calibration samples, of which the share ``held_out`` (at
         least ``min_held_out``; with fewer samples nothing is distilled) scores each epoch;
         ``sample_steps``: training samples × T per epoch are bounded by it (the cost);
         ``mixup``: share of each batch replaced by blends λ·a + (1 − λ)·b of two samples, λ
         uniform in [0, 1] (0: no mixup); ``loss``: on the output, "mse" or "kl" (at
         ``temperature``); ``layers``: weight of the per-layer terms (each layer's rate vs the ANN's
-        activation, squared error relative to the activation's mean square; the output term is
+        activation, squared error relative to the activation's mean square; an "mse" output term is
         then relative too); ``method``: "rates" (straight-through: the SNN's rates forward from a
         no-grad run at T, the clip activation's gradient backward; memory independent of T) or
         "bptt" (backpropagation through the T steps with the surrogate gradient); ``ema``: the
-        weights scored and kept are this exponential moving average over the steps (0: the last)."""
+        weights scored and kept are this exponential moving average over the steps (0: the last);
+        ``select``: how held-out scores rank the epochs (:func:`rank`). When :class:`RememberANN`
+        set samples aside, those are the held-out ones (``held_out`` is then its)."""
         self.epochs, self.lr, self.batch_size = epochs, lr, batch_size
         self.samples, self.sample_steps = samples, sample_steps
         self.held_out, self.min_held_out, self.mixup = held_out, min_held_out, mixup
         self.surrogate, self.alpha, self.seed = surrogate, alpha, seed
         self.loss, self.temperature, self.layers, self.method = loss, temperature, layers, method
-        self.ema = ema
-        if loss not in LOSSES or method not in METHODS:
-            raise ValueError(f"loss must be one of {LOSSES}, method one of {METHODS}")
+        self.ema, self.select = ema, select
+        if loss not in LOSSES or method not in METHODS or select not in SELECTIONS:
+            raise ValueError(f"loss must be one of {LOSSES}, method one of {METHODS}, select one of "
+                             f"{SELECTIONS}")
         self.history: list[EpochScore] = []
         self.kept: bool | None = None
 
@@ -97,28 +136,32 @@ class DistillForT(Pass):
             raise DataError("distillation for T needs calibration data",
                             hint="Pass --calib C.npz, or choose another --calibration.")
         steps = ctx.timesteps
-        x = head(ctx.calib, self.samples)
-        rank = len(model.graph.input[0].type.tensor_type.shape.dim)
         self.history, self.kept = [], None
-        if rank and x.ndim != rank:
+        hold, calib = ctx.stats.pop(HELD_OUT, (None, ctx.calib))
+        x = head(ctx.calib, self.samples)  # without the samples RememberANN set aside, if it did
+        ctx.calib = calib  # as it came
+        if not _static(model, x):
             ctx.info(self.name, "skipped: time-varying calibration samples (it trains on static inputs)")
             return model
-        n_hold = max(self.min_held_out, int(round(self.held_out * len(x))))
-        if len(x) - n_hold < n_hold:
-            ctx.info(self.name, f"skipped: {len(x)} calibration sample(s) are too few to hold "
-                     f"{n_hold} out and train on the rest")
-            return model
-        train, hold = x[:len(x) - n_hold], x[len(x) - n_hold:]
+        if hold is None:
+            n_hold = held_out_count(len(x), self.held_out, self.min_held_out)
+            if not n_hold:
+                ctx.info(self.name, f"skipped: {len(x)} calibration sample(s) are too few to hold "
+                         "some out and train on the rest")
+                return model
+            x, hold = x[:len(x) - n_hold], x[len(x) - n_hold:]
+        train = x
         train = train[:max(self.batch_size, self.sample_steps // steps)]
         teacher = ctx.stats.get(REFERENCE)
         tuned, self.history = distill(model, open_thresholds(model) if teacher is None else teacher,
                                       train, hold, steps, epochs=self.epochs, lr=self.lr,
                                       batch_size=self.batch_size, mixup=self.mixup, loss=self.loss,
                                       temperature=self.temperature, layers=self.layers,
-                                      method=self.method, ema=self.ema, surrogate=self.surrogate, alpha=self.alpha,
+                                      method=self.method, ema=self.ema, select=self.select,
+                                      surrogate=self.surrogate, alpha=self.alpha,
                                       seed=self.seed, progress=ctx.progress)
         start = self.history[0]
-        best = min(self.history, key=lambda s: s.divergence)
+        best = max(self.history, key=lambda s: rank(s, self.select))
         self.kept = best.epoch > 0 and best.agreement >= start.agreement
         seconds = sum(s.seconds for s in self.history)
         ctx.stats[self.name] = [vars(s) for s in self.history]
@@ -133,6 +176,15 @@ class DistillForT(Pass):
 
 LOSSES = ("mse", "kl")
 METHODS = ("bptt", "rates")
+SELECTIONS = ("agreement", "divergence")
+
+
+def rank(score: EpochScore, select: str) -> tuple[float, ...]:
+    """How an epoch's held-out score ranks (higher is better): by "agreement" with the ANN's
+    predictions, ties broken by the lower divergence; or by the lower "divergence" alone."""
+    if select == "agreement":
+        return (score.agreement, -score.divergence)
+    return (-score.divergence,)
 
 
 def distill_loss(out: torch.Tensor, target: torch.Tensor, kind: str, temperature: float = 1.0
@@ -161,14 +213,13 @@ def _score(net: SpikingNetwork, x: np.ndarray, target: np.ndarray, steps: int, b
 def distill(model: onnx.ModelProto, teacher: onnx.ModelProto, train: np.ndarray, hold: np.ndarray,
             steps: int, epochs: int = 4, lr: float = 1e-4, batch_size: int = 16, mixup: float = 1.0,
             loss: str = "mse", temperature: float = 1.0, layers: float = 0.0, method: str = "bptt",
-            ema: float = 0.0,
-            surrogate: str = "atan",
+            ema: float = 0.0, select: str = "divergence", surrogate: str = "atan",
             alpha: float = 2.0, seed: int = 0, progress: bool = False,
             on_epoch: Callable[[EpochScore, SpikingNetwork], None] | None = None
             ) -> tuple[onnx.ModelProto, list[EpochScore]]:
     """Train ``model`` at ``steps`` to match ``teacher``'s output on ``train`` (and mixup blends);
-    returns the network after the epoch whose divergence from the teacher on ``hold`` was the
-    lowest (epoch 0: ``model`` as it came) and the held-out scores of every epoch
+    returns the network after the epoch that ranked best on ``hold`` (:func:`rank` by ``select``;
+    epoch 0: ``model`` as it came) and the held-out scores of every epoch
     (``on_epoch`` sees each score and the network after that epoch)."""
     work = onnx.ModelProto()
     work.CopyFrom(model)
@@ -256,7 +307,8 @@ def distill(model: onnx.ModelProto, teacher: onnx.ModelProto, train: np.ndarray,
                     net.neuron_hook, net.time_chunk = None, "auto"
             value = distill_loss(out, target, loss, temperature)
             if layers:
-                value = value / target.pow(2).mean().clamp(min=1e-12)
+                if loss == "mse":  # relative, as the layer terms (the KL has no scale of its own)
+                    value = value / target.pow(2).mean().clamp(min=1e-12)
                 terms = [torch.mean((rates[name] - torch.from_numpy(ref[o])) ** 2)
                          / float(np.mean(ref[o] ** 2) + 1e-12) for name, o in acts.items()]
                 value = value + layers * torch.stack(terms).mean()
@@ -281,7 +333,7 @@ def distill(model: onnx.ModelProto, teacher: onnx.ModelProto, train: np.ndarray,
                                   time.perf_counter() - t0))
         if on_epoch is not None:
             on_epoch(history[-1], net)
-        if history[-1].divergence < min(h.divergence for h in history[:-1]):
+        if rank(history[-1], select) > max(rank(h, select) for h in history[:-1]):
             best = net.export()
         if ema:
             _load(net, live)
