@@ -59,8 +59,10 @@ class RememberANN(Pass):
     """Keep the network as it is now, its neurons opened (the ANN), as the reference later passes
     match: placed before the passes that change weights (calibration for T). It also sets aside
     the distillation's held-out samples (the last ``held_out`` share of the first ``samples``):
-    the passes until :class:`DistillForT` see the calibration data without them, so that the
-    held-out score of the network they fit is not flattered by samples it was fitted on."""
+    the passes until :class:`DistillForT` see only the rest of those first ``samples`` (the fit
+    for T reads at most 1,024 anyway; its own held-out check, which reads the samples after the
+    ones it fits, then has none), so that the held-out score of the network they fit is not
+    flattered by samples it was fitted on. :class:`DistillForT` restores the data as it came."""
 
     name = "remember-ann"
 
@@ -150,8 +152,7 @@ class DistillForT(Pass):
                          "some out and train on the rest")
                 return model
             x, hold = x[:len(x) - n_hold], x[len(x) - n_hold:]
-        train = x
-        train = train[:max(self.batch_size, self.sample_steps // steps)]
+        train = x[:max(self.batch_size, self.sample_steps // steps)]
         teacher = ctx.stats.get(REFERENCE)
         tuned, self.history = distill(model, open_thresholds(model) if teacher is None else teacher,
                                       train, hold, steps, epochs=self.epochs, lr=self.lr,
