@@ -15,7 +15,7 @@ from snnconvert.passes import PassContext, default_pipeline
 from snnconvert.passes.calibrate_for_t import CalibrateForT, ann_activations
 from snnconvert.passes.calibrate_potential import CalibratePotential
 from snnconvert.passes.correct_bias import CorrectBias
-from snnconvert.passes.fit_weights import FitWeights
+from snnconvert.passes.fit_weights import SIGNIFICANCE, FitWeights, sign_test
 from snnconvert.passes.search_thresholds import SearchThresholds
 from snnconvert.runtime import SpikingNetwork
 from snnconvert.runtime.counting import _stats_torch, layer_stats
@@ -276,20 +276,77 @@ def test_weight_refit_on_a_graph_built_here():
 
 
 def test_readout_refit_lowers_the_output_error_on_a_graph_built_here():
-    """`refit` can also refit the Gemm computing the output from the last layer's spikes to the ANN's
-    output: on held-out images the SNN's readout is closer to the ANN's output, at several T."""
+    """`refit` also refits the Gemm computing the output from the last layer's spikes to the ANN's
+    output: on held-out images the SNN's readout is closer to the ANN's output, at several T, and
+    agrees with the ANN's predictions more often; judged (the default), the refit is kept here."""
     ann = background_ann(1)
     calib, held_out = background_images(300, 0), background_images(200, 1)
     reference = onnxrt.outputs(ann, held_out)
     for steps in (2, 4):
-        err = {}
-        for readout in (False, True):
+        err, agree = {}, {}
+        for readout in (False, True, "judged"):
             snn, pass_ = calibrated(ann, calib, steps, [FitWeights(), SearchThresholds()], readout=readout)
             out = SpikingNetwork(snn).simulate(held_out, steps).readout[steps]
             err[readout] = float(np.mean((out - reference) ** 2))
-        before, after = pass_.readout_error
-        assert after < before
+            agree[readout] = float(np.mean(out.argmax(1) == reference.argmax(1)))
+        fit = pass_.readout_fit
+        assert fit.kept and fit.after < fit.before and sign_test(fit.wins, fit.losses) < SIGNIFICANCE, fit
         assert err[True] < 0.8 * err[False], (steps, err)
+        assert err["judged"] == err[True] and agree[True] > agree[False], (steps, agree)
+
+
+def _readout_synapse(rates: torch.Tensor, ann: torch.Tensor, weight: torch.Tensor, chunk: int = 100):
+    """A Gemm readout (transB=1, with bias) over ``rates`` [N, in], fitted to ``ann`` [N, out]."""
+    from snnconvert.passes.fit_weights import Synapse
+
+    node = helper.make_node("Gemm", ["r", "W", "b"], ["y"], transB=1, name="readout")
+    w, b = weight.clone().float(), torch.zeros(len(weight))
+    return Synapse(node, w, b, lambda c: rates[c * chunk:(c + 1) * chunk],
+                   lambda c: ann[c * chunk:(c + 1) * chunk], lambda: None, lambda *_: None)
+
+
+def test_readout_refit_is_kept_only_where_it_agrees_with_the_ann_more_often():
+    """The readout refit is judged label-free on its own fit samples, cross-validated: kept where
+    the readout as it came is wrong (the refit agrees with the ANN far more often on fresh
+    samples, and its output error is lower), dropped where the readout is already the ANN's and
+    the refit would follow the noise of few samples (fresh samples: lower agreement, higher
+    error). Without the judge both refits are kept."""
+    from snnconvert.passes.fit_weights import FitReadout
+
+    assert sign_test(23, 12) == pytest.approx(0.0448, abs=1e-4) and sign_test(2, 0) == 0.25
+    assert sign_test(0, 0) == 1
+    gen = torch.Generator().manual_seed(0)
+    features, classes = 24, 6
+    truth = torch.randn(classes, features, generator=gen)
+    fresh = torch.rand(4000, features, generator=gen)
+    for samples, old, noise, keep in ((400, truth + 0.7 * torch.randn(classes, features, generator=gen), 0.1, True),
+                                      (60, truth, 1.5, False)):
+        rates = torch.rand(samples, features, generator=gen)
+        ann = rates @ truth.T + noise * torch.randn(samples, classes, generator=gen)
+        target = fresh @ truth.T + noise * torch.randn(len(fresh), classes, generator=gen)
+        always = _readout_synapse(rates, ann, old)
+        FitReadout(judge=False)(always, (samples + 99) // 100)
+        judged = _readout_synapse(rates, ann, old)
+        fit = FitReadout()(judged, (samples + 99) // 100)
+        score = lambda w: (float(((fresh @ w.T - target) ** 2).mean()),
+                           float(((fresh @ w.T).argmax(1) == target.argmax(1)).float().mean()))
+        (err_old, agree_old), (err_new, agree_new) = score(old), score(always.weight)
+        assert fit.kept == keep, (samples, fit)
+        assert torch.equal(judged.weight, always.weight if keep else old.float())
+        assert (err_new < err_old and agree_new > agree_old) == keep, (err_old, err_new, agree_old, agree_new)
+
+
+def test_folds_do_not_split_a_class_interleaved_calibration_set_by_class():
+    """Calibration sets ordered 0, 1, ..., 9, 0, 1, ... (the prepared CIFAR-10 ones) dealt into two
+    folds in turn would fit on the odd classes and score on the even ones; the folds are dealt
+    by a hash of the sample index: every class has about half its samples in each fold."""
+    from snnconvert.passes.fit_weights import deal
+
+    labels = np.arange(1000) % 10
+    for folds in (2, 8):
+        fold = np.concatenate([deal(start, 100, folds).numpy() for start in range(0, 1000, 100)])
+        share = np.array([[np.mean(fold[labels == c] == f) for c in range(10)] for f in range(folds)])
+        assert np.all(np.abs(share - 1 / folds) < 0.6 / folds), share
 
 
 def test_weight_refit_cross_validates_where_rows_are_few():

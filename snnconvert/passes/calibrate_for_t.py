@@ -5,9 +5,10 @@ at a time over chunks of samples (:class:`~snnconvert.runtime.layerwise.Layerwis
 layer's input current is the one the already calibrated layers before it actually produce;
 the layer steps (weight refit for `refit` and `full`, threshold search, bias correction, potential
 calibration) fit that layer against the ANN's activation on the same samples, and its
-calibrated spikes flow on (optionally, with ``readout``, the Conv/Gemm computing the output is
-then refitted to the ANN's output). The fitted θ, v(0), bias (folded into the preceding
-Conv/Gemm where possible) and weights are then written into the IR. Memory does not grow with the samples.
+calibrated spikes flow on (with a weight refit, the Conv/Gemm computing the output is then
+refitted to the ANN's output, where that agrees with the ANN more often). The fitted θ, v(0),
+bias (folded into the preceding Conv/Gemm where possible) and weights are then written into the
+IR. Memory does not grow with the samples.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from .base import Pass, PassContext
 from .calibrate_potential import CalibratePotential
 from .correct_bias import CorrectBias
 from .layer_state import LayerState
-from .fit_weights import FitReadout, FitWeights, Synapse
+from .fit_weights import FitReadout, FitWeights, ReadoutFit, Synapse
 from .optimize_init import apply_bias_correction, bias_holder, can_fold_bias, open_thresholds
 from .search_thresholds import SearchThresholds
 
@@ -71,6 +72,10 @@ is bounded), up to :data:`HELD_OUT` of them check the fitted network against the
 came (agreement of the predictions with the ANN, and output error, at T): the calibration is
 dropped only where the network as it came is better on both (few samples per neuron at high T
 can overfit the per-neuron potentials)."""
+
+
+READOUT_MODES = ("judged", True, False)
+"""``readout`` of :class:`CalibrateForT` (see there)."""
 
 
 def default_steps(potential: bool = True, weights: bool = False) -> list[LayerStep]:
@@ -198,7 +203,7 @@ class CalibrateForT(Pass):
 
     def __init__(self, steps: Sequence[LayerStep] | None = None, samples: int = SAMPLES,
                  sample_steps: int = SAMPLE_STEPS, chunk: int | None = None,
-                 memory: int = spool_budget, held_out: int = HELD_OUT, readout: bool = False,
+                 memory: int = spool_budget, held_out: int = HELD_OUT, readout: str | bool = "judged",
                  work: int = SAMPLE_WORK, square: int = SAMPLE_SQUARE) -> None:
         """``work``, ``square``: see :data:`SAMPLE_WORK`, :data:`SAMPLE_SQUARE` (0 for both:
         samples × T bounded by ``sample_steps`` alone);
@@ -206,9 +211,12 @@ class CalibrateForT(Pass):
         bytes of layer currents and ANN activations held in memory (the rest goes to disk);
         ``held_out``: at most this many calibration samples the fit does not use check the
         result (0: no check); ``readout``: with a :class:`FitWeights` step, also refit the
-        Conv/Gemm computing the output (:class:`FitReadout`, same ridge). Off by default:
-        measured, it helped ResNet-20 at T=4/16/32 but cost 0.4 pt there at T=8, up to 0.35 pt
-        on the sinabs CNN and 0.4 pt on the bundled example at T=16 (README)."""
+        Conv/Gemm computing the output (:class:`FitReadout`, same ridge): "judged" (the default)
+        keeps the refit only where, cross-validated over the fit samples, it agrees with the ANN's
+        predictions significantly more often than the readout as it came; True keeps it
+        regardless, False does not refit."""
+        if readout not in READOUT_MODES:
+            raise ValueError(f"readout must be one of {READOUT_MODES}, not {readout!r}")
         self.steps = list(default_steps() if steps is None else steps)
         self.samples, self.sample_steps, self.work, self.square = samples, sample_steps, work, square
         self.chunk, self.memory, self.held_out, self.readout = chunk, memory, held_out, readout
@@ -217,8 +225,8 @@ class CalibrateForT(Pass):
         self.spilled = 0
         """Bytes the last run wrote to disk (layer currents and ANN activations past ``memory``)."""
         self.layers: dict[str, LayerState] = {}
-        self.readout_error: tuple[float, float] | None = None
-        """The last readout refit's output error per sample, before and after (None: none)."""
+        self.readout_fit: ReadoutFit | None = None
+        """What the last readout refit did (None: none)."""
 
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> onnx.ModelProto:
         if is_empty(ctx.calib):
@@ -235,7 +243,7 @@ class CalibrateForT(Pass):
                      "static inputs")
             return model
         neurons = {n.name: n for n in ir.neurons(model)}
-        self.layers, self.check, self.readout_error = {}, {}, None
+        self.layers, self.check, self.readout_fit = {}, {}, None
         original = onnx.ModelProto()
         original.CopyFrom(model)
         with Spool(self.memory) as spool:
@@ -272,11 +280,15 @@ class CalibrateForT(Pass):
                     self.layers[name] = layer
                 syn = None if head_node is None else _refittable(model, net, run, spool, head_node, output)
                 if syn is not None:
-                    before, after = FitReadout(fit.ridge)(syn, len(run.bounds))
-                    self.readout_error = (before / len(x), after / len(x))
-                    ctx.info(self.name, f"refitted the readout {head_node.name or head_node.op_type} to "
-                             f"the ANN's output: squared error per sample {before / len(x):.4g} -> "
-                             f"{after / len(x):.4g}")
+                    judged = self.readout == "judged"
+                    self.readout_fit = r = FitReadout(fit.ridge, judge=judged)(syn, len(run.bounds))
+                    where = head_node.name or head_node.op_type
+                    verdict = "" if not judged else (
+                        f"; cross-validated on {len(x)} sample(s), it predicts as the ANN where the "
+                        f"readout as it came does not on {r.wins}, the reverse on {r.losses}")
+                    ctx.info(self.name, (f"refitted the readout {where} to the ANN's output: squared error "
+                                         f"per sample {r.before:.4g} -> {r.after:.4g}" if r.kept else
+                                         f"readout {where} kept as it came") + verdict)
             self.spilled = spool.spilled
         for name, layer in self.layers.items():
             n = neurons[name]
