@@ -139,7 +139,7 @@ def test_epochs_rank_by_held_out_agreement_then_divergence():
     scores = [start, agrees, tie]
     assert max(scores, key=lambda s: rank(s, "agreement")) is tie
     assert max(scores, key=lambda s: rank(s, "divergence")) is start
-    assert DistillForT().select == "agreement"
+    assert max(scores, key=lambda s: rank(s, "last")) is tie
     with pytest.raises(ValueError, match="select"):
         DistillForT(select="loss")
 
@@ -169,3 +169,55 @@ def test_the_fit_for_t_never_sees_the_held_out_samples(monkeypatch):
     np.testing.assert_array_equal(hold, calib[240:])
     np.testing.assert_array_equal(train, calib[:240])
     assert ctx.calib is calib
+
+
+def test_the_kept_network_is_the_mean_of_the_weights_over_the_last_epochs(monkeypatch):
+    """`full` keeps the plain mean of the weights after every step of its last epochs (here the
+    last 2 of 3: 0.6 of 3 epochs rounds to 2), not the exponential moving average, nor the
+    weights of the last step, and keeps the last epoch."""
+    import snnconvert.passes.distill as module
+    from snnconvert.passes.distill import average_from, distill
+
+    assert (average_from(8, 0.6), average_from(3, 0.6), average_from(8, 0.0), average_from(2, 5.0)
+            ) == (4, 2, 0, 1)
+    assert (DistillForT().select, DistillForT().average) == ("last", 0.6)
+    ann = small_ann()
+    calib = images(80, 0)
+    base, _ = converted(ann, calib, 2, None)
+    steps = []
+    real = module.keep_thresholds_positive
+
+    def spy(net, floors):
+        real(net, floors)
+        steps.append({k: p.detach().clone().numpy() for k, p in net.params.items()})
+
+    monkeypatch.setattr(module, "keep_thresholds_positive", spy)
+    epochs = 3
+    tuned, history = distill(base, ann, calib[:64], calib[64:], 2, epochs=epochs, lr=3e-3,
+                             batch_size=16, ema=0.9, average_from=average_from(epochs, 0.6),
+                             select="last")
+    assert len(steps) == 12 and [h.epoch for h in history] == [0, 1, 2, 3]
+    kept = SpikingNetwork(tuned).params
+    for key, value in kept.items():
+        mean = np.mean([s[key] for s in steps[4:]], axis=0)
+        np.testing.assert_allclose(value.detach().numpy(), mean, rtol=1e-5, atol=1e-7)
+    moved = [k for k in kept if not np.allclose(steps[-1][k], steps[4][k])]
+    assert moved and not all(np.allclose(kept[k].detach().numpy(), steps[-1][k]) for k in moved)
+
+
+def test_full_distills_on_the_kl_divergence_at_temperature_2():
+    """`full`'s output term is KL(softmax(ANN / 2) || softmax(SNN / 2)) · 2², per sample, averaged:
+    at temperature 2 it differs from the KL at 1 and equals the formula written out."""
+    import torch
+
+    from snnconvert.passes.distill import distill_loss
+
+    distill = DistillForT()
+    assert (distill.loss, distill.temperature) == ("kl", 2.0)
+    rng = np.random.default_rng(0)
+    out, target = (torch.from_numpy(rng.normal(size=(6, 5)) * 3) for _ in range(2))
+    p = np.exp(target.numpy() / 2) / np.exp(target.numpy() / 2).sum(1, keepdims=True)
+    q = np.exp(out.numpy() / 2) / np.exp(out.numpy() / 2).sum(1, keepdims=True)
+    expected = 4 * np.mean(np.sum(p * np.log(p / q), 1))
+    assert float(distill_loss(out, target, "kl", 2.0)) == pytest.approx(expected, rel=1e-9)
+    assert float(distill_loss(out, target, "kl", 1.0)) != pytest.approx(expected, rel=1e-2)
