@@ -349,10 +349,8 @@ def distill(model: onnx.ModelProto, teacher: onnx.ModelProto, train: np.ndarray,
                 averaged += 1
                 with torch.no_grad():
                     for k, p in net.params.items():
-                        if k in mean:
-                            mean[k].add_(p.detach() - mean[k], alpha=1.0 / averaged)
-                        else:
-                            mean[k] = p.detach().clone()
+                        m = mean.setdefault(k, torch.zeros_like(p))
+                        m.add_(p.detach() - m, alpha=1.0 / averaged)
             total += float(value.detach()) * len(xb)
             seen += len(xb)
             bar.set_postfix(loss=f"{total / seen:.4g}")

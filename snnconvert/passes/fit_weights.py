@@ -136,7 +136,7 @@ class NormalEquations:
         part = lambda terms: [sum((terms[i] for i in grp[1:]), terms[grp[0]].clone()) for grp in groups]
         rows = [sum(fold_rows[i] for i in grp) for grp in groups]
         return NormalEquations(self.old, part(self.gram), part(self.cross), part(self.squares),
-                               sum(rows), rows)
+                               sum(rows), rows, self.samples)
 
     def without(self, fold: int) -> "NormalEquations":
         """The equations of every fold but ``fold``."""
@@ -171,12 +171,17 @@ class NormalEquations:
                 scores[i] += self.error(self.gram[f], self.cross[f], self.squares[f], w)
             scores[-1] += self.error(self.gram[f], self.cross[f], self.squares[f], self.old)
         choice = scores.argmin(0)
+        return self.solve_chosen(choice, ridges), choice
+
+    def solve_chosen(self, choice: torch.Tensor, ridges: tuple[float, ...] = RIDGES) -> torch.Tensor:
+        """W solved on every row, each output at the ridge ``choice`` gives it (an index into
+        ``ridges``; len(ridges): its old weights)."""
+        gram, cross, _ = self.total()
         new = self.old.clone()
         for i, r in enumerate(ridges):
             if bool((choice == i).any()):
-                w = ridge_solve(self.old, gram, cross, r)
-                new[:, choice == i] = w[:, choice == i]
-        return new, choice
+                new[:, choice == i] = ridge_solve(self.old, gram, cross, r)[:, choice == i]
+        return new
 
 
 def normal_equations(syn: Synapse, chunks: int, total: Callable[[int, torch.Tensor], torch.Tensor],
@@ -317,13 +322,9 @@ class FitReadout:
         """(W, per output the ridge chosen by cross-validation, or None where ``ridge`` served);
         cross-validated where the rows are few (or as ``validate`` says); with ``choice``, those
         ridges (and kept weights) are taken as given."""
-        old, (gram, cross, squares) = eq.old, eq.total()
         if choice is not None:
-            new = old.clone()
-            for i, r in enumerate(RIDGES):
-                if bool((choice == i).any()):
-                    new[:, choice == i] = ridge_solve(old, gram, cross, r)[:, choice == i]
-            return new, choice
+            return eq.solve_chosen(choice), choice
+        old, (gram, cross, squares) = eq.old, eq.total()
         if eq.rows < ROWS_PER_FEATURE * len(old) if validate is None else validate:
             return eq.cross_validated()
         err = lambda w: NormalEquations.error(gram, cross, squares, w)
