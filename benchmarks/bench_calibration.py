@@ -4,7 +4,8 @@ calibration seconds and peak memory, one thread.
 Settings: zero (v(0)=0, 99.99 % per-channel bound), half (θ/2, the default before calibration
 for T), optimized (`--v-init optimized`, fitted per T), fast (`--calibration fast`: threshold
 search, bias and potential calibration per T), refit (`--calibration refit`: least-squares
-weight refit, then fast's steps), full (`--calibration full`: refit, then the label-free
+weight refit, then fast's steps), temporal (`--calibration temporal`: refit, then a bias per
+time step, passes/step_bias.py), full (`--calibration full`: refit, then the label-free
 distillation at T, passes/distill.py), default (no option: what a user gets, now refit; it
 repeats the refit row, so list one of the two). Each setting runs in its own process, so the
 peak resident memory it reports (after calibration, and over the whole run with evaluation) is
@@ -41,10 +42,11 @@ SETTINGS = {
     "optimized": dict(calibration="none", v_init="optimized"),
     "fast": dict(calibration="fast"),
     "refit": dict(calibration="refit"),
+    "temporal": dict(calibration="temporal"),
     "full": dict(calibration="full"),
     "default": dict(),
 }
-PER_T = {"optimized", "fast", "refit", "full", "default"}
+PER_T = {"optimized", "fast", "refit", "temporal", "full", "default"}
 
 
 def _peak_mb() -> float:

@@ -45,7 +45,9 @@ def convert(source: str | os.PathLike | onnx.ModelProto, calib: Data | None = No
     simulate read its first samples. ``calibration``: "refit" (default) fits every neuron layer for
     ``timesteps``: a ridge least-squares refit of its Conv/Gemm weights on its actual spiking
     input, then threshold search, bias and potential calibration; "fast" skips the weight refit
-    (about 2-3x cheaper, less accurate at low T on deep nets); "full" adds, after "refit", a
+    (about 2-3x cheaper, less accurate at low T on deep nets); "temporal" adds, after "refit",
+    a per-channel bias for each time step (the neurons' step bias, :mod:`snnconvert.passes.step_bias`;
+    a target that holds none, NIR, gets "refit"); "full" adds, after "refit", a
     label-free distillation of the whole network at T (surrogate-gradient training to the
     ANN's output on the calibration samples, kept only where held-out samples say it helps;
     see :mod:`snnconvert.passes.distill`); "none" keeps the percentile thresholds and ``v_init``. ``timesteps="auto"`` picks the smallest T whose
@@ -90,6 +92,10 @@ def convert(source: str | os.PathLike | onnx.ModelProto, calib: Data | None = No
         entries.append(("calibrate-for-T", f"skipped: input encoding '{enc}' is time-varying "
                                            "(calibration for T fits analog input)"))
         calibration = "none"
+    if calibration == "temporal" and target is not None and not getattr(get_target(target), "STEP_BIAS", True):
+        entries.append(("calibrate-for-T", f"no step bias: the {target} target holds none "
+                                           "(calibration 'refit' instead of 'temporal')"))
+        calibration = "refit"
     pipe = pipeline or default_pipeline(norm, per_channel, v_init, reset, leak,
                                         maxpool_to_avgpool=maxpool_to_avgpool,
                                         calibration=calibration)

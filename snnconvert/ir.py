@@ -4,23 +4,30 @@ A converted network is a plain, valid ONNX model. Linear parts (Conv, Gemm, pool
 Add, Concat, Pad, Slice, ...) stay standard ONNX ops and are applied at every time step.
 Each ReLU/Clip becomes one neuron node::
 
-    y = IF(x, threshold, v_init)        domain "snnconvert", version 1
+    y = IF(x, threshold, v_init[, step_bias])        domain "snnconvert", version 1
         x          input current at each step (the ANN pre-activation)
         threshold  initializer, scalar or per-channel (shape broadcastable to x without
                    the batch axis, e.g. [C,1,1] for NCHW or [F] for [N,F])
         v_init     initializer, initial membrane potential (absolute units, same
                    broadcast shape rules as threshold); theta/2 by default
+        step_bias  optional initializer [S, *c]: a current added at steps 1..S only, one row
+                   per step (c: the threshold's broadcast shape, e.g. [C,1,1] or [F]); its
+                   rows sum to zero (any constant part belongs in the synapse's bias), so it
+                   moves spikes in time without changing the rate limit. Calibration for T
+                   fits it with S = T (:mod:`snnconvert.passes.step_bias`); a run of more
+                   than S steps gets no step bias after step S (:func:`step_bias_at`).
         attribute reset  "subtract" (soft reset, default) or "zero" (hard reset)
         attribute leak   float in [0, 1): v <- (1 - leak) * v before integrating (0 = IF)
         y          spikes scaled by the threshold: y = threshold * s, s in {0, 1}
 
-    Each step:  v = (1 - leak) * v + x;  s = v >= threshold;
+    Each step t = 1..T:  v = (1 - leak) * v + x + step_bias[t]  (step_bias[t] = 0 for t > S);
+                s = v >= threshold;
                 v = v - threshold * s  (subtract)   or   v = v * (1 - s)  (zero)
 
 Over T steps the mean of ``y`` approximates ``clip(x, 0, threshold)``; the model-local
 ONNX function shipped with every IR file defines ``IF`` as exactly that clipped ReLU, so
 onnxruntime runs a ``.snn.onnx`` as its rate-limit ANN (useful for calibration and
-diagnostics).
+diagnostics; the step bias, summing to zero, is not part of it).
 
 A max-pool fed (directly or through linear ops) by spiking neurons is its own op::
 
@@ -86,6 +93,7 @@ from .errors import DataError, ModelLoadError, TargetError
 DOMAIN = "snnconvert"
 DOMAIN_VERSION = 1
 NEURON_OP = "IF"
+NEURON_INPUTS = ("x", "threshold", "v_init", "step_bias")
 SPIKING_MAX_POOL = "SpikingMaxPool"
 DELAY_DENSE = "DelayDense"
 RESET_MODES = ("subtract", "zero")
@@ -291,6 +299,7 @@ class Neuron:
     v_init: np.ndarray
     reset: str
     leak: float
+    step_bias: np.ndarray | None = None
 
     @property
     def name(self) -> str:
@@ -306,13 +315,14 @@ class Neuron:
 
 
 def _neuron_function(opset: int) -> onnx.FunctionProto:
-    """ONNX function giving IF its rate-limit meaning, clip(x, 0, threshold)."""
+    """ONNX function giving IF its rate-limit meaning, clip(x, 0, threshold) (the optional
+    step bias sums to zero over its steps: no term in the limit)."""
     nodes = [
         helper.make_node("Relu", ["x"], ["r"]),
         helper.make_node("Min", ["r", "threshold"], ["y"]),
     ]
     return helper.make_function(
-        DOMAIN, NEURON_OP, ["x", "threshold", "v_init"], ["y"], nodes,
+        DOMAIN, NEURON_OP, list(NEURON_INPUTS), ["y"], nodes,
         opset_imports=[helper.make_opsetid("", opset)], attributes=["reset", "leak"],
     )
 
@@ -343,7 +353,11 @@ def ensure_domain(model: onnx.ModelProto) -> None:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
     for name, make in ((NEURON_OP, _neuron_function), (SPIKING_MAX_POOL, _spiking_max_pool_function),
                        (DELAY_DENSE, _delay_dense_function)):
-        if not any(f.domain == DOMAIN and f.name == name for f in model.functions):
+        old = [i for i, f in enumerate(model.functions) if f.domain == DOMAIN and f.name == name]
+        if old and name == NEURON_OP and len(model.functions[old[0]].input) < len(NEURON_INPUTS):
+            del model.functions[old[0]]  # an IR file from before the step bias input
+            old = []
+        if not old:
             model.functions.append(make(opset))
 
 
@@ -456,11 +470,48 @@ def neurons(model: onnx.ModelProto) -> list[Neuron]:
         reset = _attr(node, "reset", "subtract")
         if isinstance(reset, bytes):
             reset = reset.decode()
+        sb = node.input[3] if len(node.input) > 3 and node.input[3] else None
         out.append(Neuron(node=node,
                           threshold=numpy_helper.to_array(inits[node.input[1]]),
                           v_init=numpy_helper.to_array(inits[node.input[2]]),
-                          reset=reset, leak=float(_attr(node, "leak", 0.0))))
+                          reset=reset, leak=float(_attr(node, "leak", 0.0)),
+                          step_bias=None if sb is None else numpy_helper.to_array(inits[sb])))
     return out
+
+
+def step_bias_at(step_bias, start: int, steps: int):
+    """The step bias of steps start+1 .. start+steps (0-based rows start .. start+steps-1) of a
+    run, [steps, *c]: zero past its S rows (numpy array or torch tensor, as given)."""
+    part = step_bias[start:start + steps]
+    if len(part) == steps:
+        return part
+    shape = (steps, *step_bias.shape[1:])
+    out = np.zeros(shape, step_bias.dtype) if isinstance(step_bias, np.ndarray) \
+        else step_bias.new_zeros(shape)
+    out[:len(part)] = part
+    return out
+
+
+def set_step_bias(model: onnx.ModelProto, node: onnx.NodeProto, step_bias: np.ndarray | None) -> None:
+    """Give neuron ``node`` the step bias ``step_bias`` [S, *c] (rows summing to zero; None or
+    all zeros: none), as the initializer ``<name>.step_bias``."""
+    name = f"{node.name}.step_bias"
+    drop = step_bias is None or not np.any(step_bias)
+    if len(node.input) > 3 and node.input[3]:
+        old = node.input[3]
+        del node.input[3:]
+        keep = [t for t in model.graph.initializer if t.name != old]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep)
+    if drop:
+        return
+    total = np.abs(np.asarray(step_bias, np.float64).sum(0)).max()
+    if total > 1e-4 * max(1.0, float(np.abs(step_bias).max()) * len(step_bias)):
+        raise ValueError(f"the step bias of {node.name} must sum to zero over its steps "
+                         f"(largest sum {total:.3g}); fold its mean into the synapse's bias")
+    model.graph.initializer.append(numpy_helper.from_array(np.asarray(step_bias, np.float32), name))
+    node.input.append(name)
+    ensure_domain(model)
 
 
 def get_meta(model: onnx.ModelProto, key: str, default: str | None = None) -> str | None:

@@ -2,7 +2,7 @@
 
 Everything the IR adds to ONNX is written here once, plainly, with no speed tricks (no time
 chunks, no fused kernels, no onnxruntime, no readout shortcut): the IF/LIF neuron (both
-resets, leak, per-channel or per-neuron θ, initial potential v0), the spiking max-pool, the
+resets, leak, per-channel or per-neuron θ, initial potential v0, step bias), the spiking max-pool, the
 delay synapse (a list of past inputs, each synapse reading its own step), the
 input encodings (analog, frames, rate) and the readouts (membrane, last, window, spikes).
 The synaptic ops between neurons are the op registry's kernels, run in float64 on each step.
@@ -102,7 +102,10 @@ def simulate(model: onnx.ModelProto, x: np.ndarray, timesteps: int) -> Reference
                 v = state.get(node.name)
                 if v is None:
                     v = np.broadcast_to(np.asarray(args[2], np.float64), args[0].shape).copy()
-                s, state[node.name] = if_step(v, args[0], theta, attrs.get("reset", "subtract"),
+                x_t = args[0]
+                if len(args) > 3 and args[3] is not None:
+                    x_t = x_t + np.asarray(ir.step_bias_at(args[3], t, 1)[0], np.float64)
+                s, state[node.name] = if_step(v, x_t, theta, attrs.get("reset", "subtract"),
                                               float(attrs.get("leak", 0.0)))
                 counts[node.name] = counts.get(node.name, 0) + s.astype(np.int64)
                 y = theta * s

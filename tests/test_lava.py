@@ -384,3 +384,36 @@ def test_fixed_point_gives_small_weight_channels_their_own_gain(net_and_data):
     assert np.all(err / peak < 0.02), err / peak
     ref_q, ref_f = net.reference(x, T, fixed_point=True), net.reference(x, T, fixed_point=False)
     assert np.array_equal(ref_q.counts["b"].sum((0, 2, 3)) > 0, ref_f.counts["b"].sum((0, 2, 3)) > 0)
+
+
+def test_step_bias_runs_in_lava_float_and_fixed_as_in_torch(net_and_data):
+    """A neuron step bias (fewer rows than T: none after them) becomes per-step bias banks: the
+    zero-delay reference equals the torch runtime, and Lava float and fixed point equal their
+    references spike for spike (fixed point bit-exact), over several batches."""
+    from snnconvert.runtime import SpikingNetwork
+
+    m, x = net_and_data
+    m = onnx.load_from_string(m.SerializeToString())
+    rng = np.random.default_rng(3)
+    for n in ir.neurons(m):
+        rows = rng.normal(size=(T - 4, *n.threshold.shape)).astype(np.float32) * 0.3
+        ir.set_step_bias(m, n.node, rows - rows.mean(0))
+    torch_net = SpikingNetwork(m, cpu_kernels="torch").double()
+    torch_net.record = True
+    with torch.no_grad():
+        y = torch_net(torch.as_tensor(x, dtype=torch.float64), T).numpy()
+    lg = lower(m)
+    assert all(p.step_bias is not None for p in lg.neurons if p.relay_of is None)
+    ref = simulate(lg, x.astype(np.float64), T)
+    np.testing.assert_allclose(ref.readout, y, atol=1e-9)
+    plain = simulate(lower(net_and_data[0]), x.astype(np.float64), T)
+    assert any(not np.array_equal(ref.counts[k], plain.counts[k]) for k in "abcde")
+    for name in "abcde":
+        np.testing.assert_array_equal(ref.counts[name], torch_net.spike_counts[name].numpy())
+    net = lava.network(lava.quantize(m, x, T))
+    for fixed_point in (False, True):
+        want = net.reference(x, T, fixed_point=fixed_point)
+        got = net.run(x, T, fixed_point=fixed_point, batch_size=4, neuron_counts=True)  # 2 batches
+        np.testing.assert_allclose(got.readout, want.readout, atol=0 if fixed_point else 1e-12)
+        for name in "abcde":
+            np.testing.assert_array_equal(got.counts[name], want.counts[name])

@@ -24,7 +24,8 @@ class IF(OpEntry):
         kind = "LIF" if attrs.get("leak", 0.0) else "IF"
         return Verdict("neuron", f"{kind} neuron, reset by {attrs.get('reset', 'subtract')}")
 
-    def kernel(self, attrs, x, threshold, v_init=None):
+    def kernel(self, attrs, x, threshold, v_init=None, step_bias=None):
+        """The rate limit; the step bias sums to zero over its steps (no term here)."""
         return torch.minimum(torch.relu(x), threshold)
 
 

@@ -36,6 +36,7 @@ from .layer_state import LayerState
 from .fit_weights import FitReadout, FitWeights, ReadoutFit, Synapse
 from .optimize_init import apply_bias_correction, bias_holder, can_fold_bias, open_thresholds
 from .search_thresholds import SearchThresholds
+from .step_bias import FitStepBias
 
 LayerStep = Callable[[LayerState], None]
 
@@ -78,11 +79,13 @@ READOUT_MODES = ("judged", True, False)
 """``readout`` of :class:`CalibrateForT` (see there)."""
 
 
-def default_steps(potential: bool = True, weights: bool = False) -> list[LayerStep]:
+def default_steps(potential: bool = True, weights: bool = False, step_bias: bool = False
+                  ) -> list[LayerStep]:
     """(With ``weights``, the `refit` calibration: weight refit first, then) threshold search, bias
-    correction and (unless ``potential`` is False, which keeps v(0) as set) potential calibration."""
+    correction, (unless ``potential`` is False, which keeps v(0) as set) potential calibration
+    and (with ``step_bias``) a bias per time step."""
     return ([FitWeights()] if weights else []) + [SearchThresholds(), CorrectBias()] + (
-        [CalibratePotential()] if potential else [])
+        [CalibratePotential()] if potential else []) + ([FitStepBias()] if step_bias else [])
 
 
 def sample_count(timesteps: int, samples: int = SAMPLES, sample_steps: int = SAMPLE_STEPS,
@@ -188,6 +191,13 @@ def _refittable(model: onnx.ModelProto, net: SpikingNetwork, run: LayerwiseRun, 
                    rate, lambda c: ann[c], run.refresh, write)
 
 
+def _step_bias(value: np.ndarray | None, steps: int, view: list[int]) -> torch.Tensor | None:
+    """A neuron's step bias from the IR as the [T, *view] current of a T-step calibration."""
+    if value is None:
+        return None
+    return torch.stack([_per_channel(row, view) for row in ir.step_bias_at(value, 0, steps)])
+
+
 def _per_channel(value: np.ndarray, view: list[int]) -> torch.Tensor:
     arr = np.asarray(value, np.float32)
     if arr.size == view[0]:
@@ -267,7 +277,8 @@ class CalibrateForT(Pass):
                                        theta=_per_channel(n.threshold, view),
                                        v0=_per_channel(n.v_init, view), bias=torch.zeros(view),
                                        reset=n.reset, leak=n.leak,
-                                       bias_foldable=can_fold_bias(model, n, view[0]))
+                                       bias_foldable=can_fold_bias(model, n, view[0]),
+                                       step_bias=_step_bias(n.step_bias, steps, view))
                     if weights:
                         layer.synapse = _synapse(model, net, run, spool, n, view[0])
                     for step in self.steps:
@@ -296,6 +307,8 @@ class CalibrateForT(Pass):
             ir.set_initializer(model, n.node.input[2], layer.v0.numpy().astype(np.float32))
             if bool(torch.any(layer.bias != 0)):
                 apply_bias_correction(model, n, layer.bias.numpy().astype(np.float64))
+            ir.set_step_bias(model, n.node, None if layer.step_bias is None
+                             else layer.step_bias.numpy().astype(np.float32))
         g.remove_unused_initializers(model.graph)
         first = sum(lay.history[0][1] for lay in self.layers.values() if lay.history)
         last = sum(lay.history[-1][2] for lay in self.layers.values() if lay.history)

@@ -29,6 +29,8 @@ class LayerState:
     v0       initial potential, per channel or per neuron ([C, 1, 1] or [C, H, W])
     bias     current added at every step, per channel (same shape as theta); only fitted where
              ``bias_foldable`` (it folds into a Conv/Gemm bias: no extra node in the IR)
+    step_bias  None, or a current added at step t on top of ``bias``, [T, *theta's shape],
+             summing to zero over the steps (the neuron's step bias in the IR)
     history  (step, layer error before, after) for every step run on the layer
     """
 
@@ -42,6 +44,7 @@ class LayerState:
     reset: str = "subtract"
     leak: float = 0.0
     bias_foldable: bool = True
+    step_bias: torch.Tensor | None = None
     history: list[tuple[str, float, float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -97,13 +100,21 @@ class LayerState:
         v0s, thetas, biases = stack(v0, self.v0), stack(theta, self.theta), stack(bias, self.bias)
         sums = None
         for current, target in zip(self.current, self.target):
-            sums = layer_stats(current, self.steps, v0s, thetas, biases, target, group, groups,
-                               self.reset, self.leak, into=sums)
+            sums = layer_stats(self.stepped(current), self.steps, v0s, thetas, biases, target, group,
+                               groups, self.reset, self.leak, into=sums)
         err, total = sums
         return (err / members).to(torch.float32), (total / members).to(torch.float32)
 
+    def stepped(self, current: torch.Tensor) -> torch.Tensor:
+        """One chunk's current with the step bias added ([T, b, ...]; as it is without one)."""
+        if self.step_bias is None:
+            return current
+        constant = current.dim() == len(self.sample_shape) + 1
+        return (current.unsqueeze(0) if constant else current) + self.step_bias.unsqueeze(1)
+
     def spikes(self, current: torch.Tensor) -> torch.Tensor:
         """Spikes scaled by θ, [T, b, ...], with the layer's parameters, for one chunk's current."""
+        current = self.stepped(current)
         cur = current + self.bias if bool(torch.any(self.bias != 0)) else current
         batch = current.shape[0 if current.dim() == len(self.sample_shape) + 1 else 1]
         v = torch.zeros((batch, *self.sample_shape), dtype=torch.float32) + self.v0

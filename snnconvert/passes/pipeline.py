@@ -24,7 +24,7 @@ from .optimize_init import OptimizeInit
 from .replace_neurons import ReplaceNeurons
 
 V_INIT_MODES = ("zero", "half", "optimized")
-CALIBRATION_MODES = ("none", "fast", "refit", "full")
+CALIBRATION_MODES = ("none", "fast", "refit", "temporal", "full")
 DEFAULT_CALIBRATION = "refit"
 """The calibration a conversion gets unless told otherwise (the most accurate at every T measured:
 README, "Calibration for the chosen T")."""
@@ -76,8 +76,9 @@ def default_pipeline(norm: str = "percentile:99.99", per_channel: bool = True,
                      calibration: str = DEFAULT_CALIBRATION) -> Pipeline:
     """The standard conversion: exact BN folding, soft-reset IF, robust normalization, θ/2 start;
     then, unless ``calibration`` is "none", fitted layer by layer for ctx.timesteps ("refit", the
-    default: weight refit first; "fast": thresholds, bias and potentials only; "full": refit,
-    then the whole network distilled from the ANN at T by surrogate-gradient training)."""
+    default: weight refit first; "fast": thresholds, bias and potentials only; "temporal": refit,
+    then a bias per time step (the neurons' step bias); "full": refit, then the whole network
+    distilled from the ANN at T by surrogate-gradient training)."""
     if calibration not in CALIBRATION_MODES:
         raise ValueError(f"calibration must be one of {CALIBRATION_MODES}")
     passes: list[PassLike] = [
@@ -95,7 +96,8 @@ def default_pipeline(norm: str = "percentile:99.99", per_channel: bool = True,
     if calibration != "none":
         # v(0) = 0 asked for (hard-reset targets such as NIR hold no initial potential): keep it
         passes.append(CalibrateForT(default_steps(potential=v_init != "zero",
-                                                  weights=calibration in ("refit", "full"))))
+                                                  weights=calibration in ("refit", "temporal", "full"),
+                                                  step_bias=calibration == "temporal")))
     if calibration == "full":
         passes.append(DistillForT())
     return Pipeline(passes)

@@ -96,10 +96,16 @@ class SpikingNetwork(nn.Module):
         self.params = nn.ParameterDict()
         self._consts: dict[str, torch.Tensor] = {}
         kinds: dict[str, int] = {}
+        self._step_biases = {n.input[3]: "step_bias_" + param_key(n.input[3]) for n in graph.node
+                             if ir.is_neuron(n) and len(n.input) > 3 and n.input[3]}
+        """Neuron step bias initializer -> its buffer (not trained: see :mod:`..ir`)."""
         for t in graph.initializer:
             arr = numpy_helper.to_array(t)
             kinds[t.name] = CONST
-            if arr.dtype.kind == "f":
+            if t.name in self._step_biases:
+                self.register_buffer(self._step_biases[t.name],
+                                     torch.from_numpy(np.array(arr, dtype=np.float32)))
+            elif arr.dtype.kind == "f":
                 self.params[param_key(t.name)] = nn.Parameter(
                     torch.from_numpy(np.array(arr, dtype=np.float32)))
             else:
@@ -299,6 +305,8 @@ class SpikingNetwork(nn.Module):
             return env[name]
         if name in self.substitutes:
             return self.substitutes[name]
+        if name in self._step_biases:
+            return getattr(self, self._step_biases[name])
         key = param_key(name)
         if key in self.params:
             return self.params[key]
@@ -405,6 +413,7 @@ class SpikingNetwork(nn.Module):
         """The pool that this neuron runs with (event-driven inference on CPU), else None."""
         pair = self._pooled.get(node.name)
         if (pair is None or self.synapses.mode == "dense" or self.neuron_hook is not None
+                or len(node.input) > 3 and node.input[3]
                 or self.value_hook is not None
                 or torch.is_grad_enabled() or not fused.available() or pair[0].name in self._tail):
             return None
@@ -431,6 +440,11 @@ class SpikingNetwork(nn.Module):
         leak = leak.clamp(0.0, 0.999) if leak.requires_grad and not fast else float(leak)
         prev = state.get(node.name)
         start = prev["t"] if prev else 0
+        if len(args) > 3 and args[3] is not None:  # the step bias of steps start+1 .. start+steps
+            step = ir.step_bias_at(args[3], start, steps).to(current.dtype)
+            step = step.reshape(steps, *[1] * (len(per_sample) + 2 - step.dim()), *step.shape[1:])
+            current = (current.unsqueeze(0) if invariant else current) + step
+            invariant = False
 
         def fire(cur: torch.Tensor, v: torch.Tensor | None = None) -> tuple:
             """(spikes, v at the end, (counts, per-step totals) when the kernel counted them)."""

@@ -42,6 +42,9 @@ from .runner import run_lava  # noqa: E402
 TIME_VARYING_INPUT = True
 """Frames x [N, T, ...] run one input per step (as do rate codes of static input)."""
 
+STEP_BIAS = True
+"""A neuron step bias runs as per-step bias banks of its IF process (float and fixed point)."""
+
 IR_FILE = "model.snn.onnx"
 META_FILE = "lava.json"
 

@@ -81,15 +81,22 @@ class Emitted:
     synapses: list = field(default_factory=list)
 
 
-def population_bias(p: Population, fixed: FixedLayer | None, dynamic: np.ndarray | None, b: int):
+def population_bias(p: Population, fixed: FixedLayer | None, dynamic: np.ndarray | None, b: int,
+                    steps: int = 1, timesteps: int = 0):
     """Per-bank, per-sample bias [K, B, *shape] (float), or (mantissa, exponent) in fixed point.
 
     ``dynamic`` is the input-driven current [K, B, *shape] of K banks (K = 1 without it): one
-    per batch, or one per step of each batch (see :func:`emit`).
+    per batch, or ``steps`` per batch, one per step (see :func:`emit`). A population with a step
+    bias gets T = ``timesteps`` banks per batch, its step bias added to each step's.
     """
     total = np.broadcast_to(p.bias, (1, b) + p.shape)
     if dynamic is not None:
         total = total + dynamic
+    rows = p.step_rows(timesteps)
+    if rows is not None:
+        grouped = total.reshape((-1, steps, b) + p.shape)
+        grouped = np.broadcast_to(grouped, (len(grouped), timesteps, b) + p.shape)
+        total = (grouped + rows[None, :, None]).reshape((-1, b) + p.shape)
     if fixed is None:
         return total, np.zeros((1, b) + p.shape, np.int32)
     mant, exp = fixed.quantize_bias(total)
@@ -132,7 +139,10 @@ def emit(lg: LayerGraph, batch: int, timesteps: int, fixed: dict[str, FixedLayer
                             first=first, name="readout")
             em.sink = dst
         else:
-            bias, bias_exp = population_bias(p, fx, dyn.get(name), batch)
+            own_steps = bank_steps if name in dyn else 1
+            bias, bias_exp = population_bias(p, fx, dyn.get(name), batch, own_steps, timesteps)
+            if p.step_bias is not None:
+                own_steps = timesteps
             tile = lambda a: to_lava(np.broadcast_to(a, (batch,) + p.shape), p.shape)  # noqa: E731
             if fx is None:
                 vth, v0, dv = tile(p.threshold), tile(p.v_init), p.leak
@@ -144,7 +154,7 @@ def emit(lg: LayerGraph, batch: int, timesteps: int, fixed: dict[str, FixedLayer
                      reset_offset=offset, count_window=timesteps, batch=batch,
                      batch_axis=0 if len(p.shape) == 1 else 2,
                      pack_counts=pack_counts if isinstance(pack_counts, bool) else name in pack_counts,
-                     bank_steps=bank_steps if name in dyn else 1, name=name)
+                     bank_steps=own_steps, name=name)
             em.neurons[name] = dst
         for k, term in enumerate(p.terms):
             port = em.neurons[term.source].s_out

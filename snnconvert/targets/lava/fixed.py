@@ -93,7 +93,9 @@ GAIN_SPREAD = 7  # a channel's gain may drop to 2^-7 of its threshold limit (vth
 def _channel_gains(p, last: list[np.ndarray], input_bias: float) -> tuple[np.ndarray, int]:
     """Gain of each channel (neuron, in flat layers) and the layer's weight exponent."""
     per_c = p.threshold.reshape(p.shape[0], -1)
-    bias_c = np.abs(p.bias).reshape(p.shape[0], -1).max(axis=1) + input_bias
+    reach = np.abs(p.bias) if p.step_bias is None else np.maximum(
+        np.abs(p.bias), np.abs(p.bias + p.step_bias).max(axis=0))  # the largest over the steps
+    bias_c = reach.reshape(p.shape[0], -1).max(axis=1) + input_bias
     limit = VTH_MAX / per_c.max(axis=1)
     with np.errstate(divide="ignore"):
         limit = np.minimum(limit, np.where(bias_c > 0, BIAS_MANT_MAX * 2 ** BIAS_EXP_MAX / (64.0 * bias_c),

@@ -76,6 +76,7 @@ class Population:
     reset: str = "subtract"
     leak: float = 0.0
     bias: np.ndarray | None = None  # constant current, full shape
+    step_bias: np.ndarray | None = None  # the neuron's step bias [S, *full shape] (see ir)
     terms: list[Term] = field(default_factory=list)
     input_ops: list[list[Op]] = field(default_factory=list)  # host-side analog prefix chains
     depth: int = 0
@@ -85,6 +86,10 @@ class Population:
     @property
     def is_output(self) -> bool:
         return self.name == OUTPUT
+
+    def step_rows(self, timesteps: int) -> np.ndarray | None:
+        """The step bias of steps 1..T, [T, *shape] (None without one)."""
+        return None if self.step_bias is None else ir.step_bias_at(self.step_bias, 0, timesteps)
 
 
 @dataclass
@@ -440,6 +445,9 @@ def lower(model: onnx.ModelProto) -> LayerGraph:
             thr = np.broadcast_to(inits[node.input[1]].astype(np.float64), e.shape).copy()
             v0 = np.broadcast_to(inits[node.input[2]].astype(np.float64), e.shape).copy()
             pops[name] = _population(name, e, thr, v0, a)
+            if len(node.input) > 3 and node.input[3]:
+                sb = inits[node.input[3]].astype(np.float64)
+                pops[name].step_bias = np.stack([np.broadcast_to(row, e.shape) for row in sb])
             env[node.output[0]] = _Expr([(name, [])], np.zeros(e.shape))
             continue
         env[node.output[0]] = _map_node(node, op, a, get, inits)

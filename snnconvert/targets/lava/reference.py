@@ -61,10 +61,15 @@ def simulate(lg: LayerGraph, x: np.ndarray, timesteps: int,
     v: dict[str, torch.Tensor] = {}
     counts = {p.name: torch.zeros((n,) + p.shape, dtype=torch.int64) for p in lg.neurons}
 
+    rows = {name: p.step_rows(timesteps) for name, p in lg.populations.items()}
+
     def bias_at(name: str, p, step: int) -> torch.Tensor:
-        """The bias current of ``p`` at ``step`` (the constant bias plus the input current)."""
+        """The bias current of ``p`` at ``step`` (the constant bias plus the input current, plus
+        the step bias)."""
         d = dyn.get(name)
         b = np.broadcast_to(p.bias, (n,) + p.shape) + (0.0 if d is None else d[:, step] if steps else d)
+        if rows[name] is not None:
+            b = b + rows[name][step]
         if fixed is None:
             return torch.as_tensor(np.array(b, np.float64))
         mant, exp = fixed[name].quantize_bias(b)
@@ -106,7 +111,7 @@ def simulate(lg: LayerGraph, x: np.ndarray, timesteps: int,
                 if first <= step < first + count:
                     acc = cur if acc is None else acc + cur
                 continue
-            if step and steps and name in dyn:
+            if step and (steps and name in dyn or rows[name] is not None):
                 bias[name] = bias_at(name, p, step)
             spikes[name], v[name] = _step(p, fixed.get(name) if fixed else None, v[name], cur, bias[name])
             counts[name] += spikes[name]

@@ -16,7 +16,8 @@ POOL_HINT = ("convert with --maxpool-to-avgpool (it reports the ANN accuracy cha
 
 
 def _neuron(node, a, g):
-    return holds("IF/LIF neuron (Lava IF process, float or fixed point)")
+    steps = " with its step bias as per-step bias banks" if len(node.input) > 3 and node.input[3] else ""
+    return holds("IF/LIF neuron (Lava IF process, float or fixed point)" + steps)
 
 
 def _conv(node, a, g):

@@ -28,6 +28,10 @@ __all__ = ["compile", "evaluate", "export", "Loss", "NirSimulator", "POOL_MODES"
 TIME_VARYING_INPUT = True
 """The NIR graph takes one input per step: x [N, T, ...] is simulated frame by frame."""
 
+STEP_BIAS = False
+"""NIR biases are constant in time: a neuron step bias (``ir``) cannot be held (refused by node;
+``convert`` then calibrates without one)."""
+
 
 def export(model: onnx.ModelProto, strict: bool = False, pool: str = "sum"
            ) -> tuple[nir.NIRGraph, list[Loss]]:

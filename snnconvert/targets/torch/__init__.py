@@ -25,6 +25,9 @@ __all__ = ["compile", "load", "evaluate", "simulator", "read_ir", "supports", "S
 TIME_VARYING_INPUT = True
 """Runs one input per step (x [N, T, ...]) and every input encoding and readout of the IR."""
 
+STEP_BIAS = True
+"""Neuron step biases run in the runtime (as fixed buffers, not trained)."""
+
 
 def compile(model: onnx.ModelProto, out: str | os.PathLike, **options) -> Path:
     """Write ``out`` (.pt): the IR and the module state, written whole or not at all."""
