@@ -160,3 +160,16 @@ def test_temporal_calibration_writes_step_biases_and_nir_gets_refit(digits):
     assert ("calibrate-for-T", "no step bias: the nir target holds none (calibration 'refit' instead "
                                "of 'temporal')") in log
 
+
+
+def test_an_ir_file_from_before_the_step_bias_gets_the_four_input_function():
+    """Files written before the step bias declare IF with three inputs; giving a neuron a step
+    bias upgrades the function, so onnxruntime still runs the file (as the rate limit)."""
+    model = residual_net()
+    fn = next(f for f in model.functions if f.name == ir.NEURON_OP)
+    del fn.input[3:]  # as written before
+    rows = np.array([0.2, -0.2], np.float32).reshape(2, 1, 1, 1) * np.ones((1, 4, 1, 1), np.float32)
+    ir.set_step_bias(model, ir.neurons(model)[0].node, rows)
+    assert [list(f.input) for f in model.functions if f.name == ir.NEURON_OP] == [list(ir.NEURON_INPUTS)]
+    x = np.random.default_rng(0).uniform(0, 1, size=(2, 2, 8, 8)).astype(np.float32)
+    ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
