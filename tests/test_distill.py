@@ -205,19 +205,19 @@ def test_the_kept_network_is_the_mean_of_the_weights_over_the_last_epochs(monkey
     assert moved and not all(np.allclose(kept[k].detach().numpy(), steps[-1][k]) for k in moved)
 
 
-def test_full_distills_on_the_kl_divergence_at_temperature_2():
-    """`full`'s output term is KL(softmax(ANN / 2) || softmax(SNN / 2)) · 2², per sample, averaged:
-    at temperature 2 it differs from the KL at 1 and equals the formula written out."""
+def test_full_distills_on_the_kl_divergence_at_temperature_4():
+    """`full`'s output term is KL(softmax(ANN / 4) || softmax(SNN / 4)) · 4², per sample, averaged:
+    at temperature 4 it differs from the KL at 2 (the rule before) and equals the formula written out."""
     import torch
 
     from snnconvert.passes.distill import distill_loss
 
     distill = DistillForT()
-    assert (distill.loss, distill.temperature) == ("kl", 2.0)
+    assert (distill.loss, distill.temperature) == ("kl", 4.0)
     rng = np.random.default_rng(0)
     out, target = (torch.from_numpy(rng.normal(size=(6, 5)) * 3) for _ in range(2))
-    p = np.exp(target.numpy() / 2) / np.exp(target.numpy() / 2).sum(1, keepdims=True)
-    q = np.exp(out.numpy() / 2) / np.exp(out.numpy() / 2).sum(1, keepdims=True)
-    expected = 4 * np.mean(np.sum(p * np.log(p / q), 1))
-    assert float(distill_loss(out, target, "kl", 2.0)) == pytest.approx(expected, rel=1e-9)
-    assert float(distill_loss(out, target, "kl", 1.0)) != pytest.approx(expected, rel=1e-2)
+    p = np.exp(target.numpy() / 4) / np.exp(target.numpy() / 4).sum(1, keepdims=True)
+    q = np.exp(out.numpy() / 4) / np.exp(out.numpy() / 4).sum(1, keepdims=True)
+    expected = 16 * np.mean(np.sum(p * np.log(p / q), 1))
+    assert float(distill_loss(out, target, "kl", 4.0)) == pytest.approx(expected, rel=1e-9)
+    assert float(distill_loss(out, target, "kl", 2.0)) != pytest.approx(expected, rel=1e-2)

@@ -109,7 +109,7 @@ class DistillForT(Pass):
     def __init__(self, epochs: int = 8, lr: float = 3e-4, batch_size: int = 16, samples: int = SAMPLES,
                  sample_steps: int = 16384, held_out: float = HELD_OUT_SHARE,
                  min_held_out: int = MIN_HELD_OUT,
-                 mixup: float = 0.5, loss: str = "kl", temperature: float = 2.0, layers: float = 1.0,
+                 mixup: float = 0.5, loss: str = "kl", temperature: float = 4.0, layers: float = 1.0,
                  method: str = "rates", ema: float = 0.9, average: float = 0.6,
                  select: str = "last", surrogate: str = "atan", alpha: float = 2.0, seed: int = 0) -> None:
         """``samples``: at most this many calibration samples, of which the share ``held_out`` (at
