@@ -470,13 +470,19 @@ def neurons(model: onnx.ModelProto) -> list[Neuron]:
         reset = _attr(node, "reset", "subtract")
         if isinstance(reset, bytes):
             reset = reset.decode()
-        sb = node.input[3] if len(node.input) > 3 and node.input[3] else None
+        sb = step_bias_input(node)
         out.append(Neuron(node=node,
                           threshold=numpy_helper.to_array(inits[node.input[1]]),
                           v_init=numpy_helper.to_array(inits[node.input[2]]),
                           reset=reset, leak=float(_attr(node, "leak", 0.0)),
                           step_bias=None if sb is None else numpy_helper.to_array(inits[sb])))
     return out
+
+
+def step_bias_input(node: onnx.NodeProto) -> str | None:
+    """The name of neuron ``node``'s step bias initializer (None: it has none)."""
+    k = NEURON_INPUTS.index("step_bias")
+    return node.input[k] if len(node.input) > k and node.input[k] else None
 
 
 def step_bias_at(step_bias, start: int, steps: int):
@@ -497,9 +503,9 @@ def set_step_bias(model: onnx.ModelProto, node: onnx.NodeProto, step_bias: np.nd
     all zeros: none), as the initializer ``<name>.step_bias``."""
     name = f"{node.name}.step_bias"
     drop = step_bias is None or not np.any(step_bias)
-    if len(node.input) > 3 and node.input[3]:
-        old = node.input[3]
-        del node.input[3:]
+    old = step_bias_input(node)
+    if old is not None:
+        del node.input[NEURON_INPUTS.index("step_bias"):]
         keep = [t for t in model.graph.initializer if t.name != old]
         del model.graph.initializer[:]
         model.graph.initializer.extend(keep)

@@ -105,18 +105,21 @@ class LayerState:
         err, total = sums
         return (err / members).to(torch.float32), (total / members).to(torch.float32)
 
+    def constant(self, current: torch.Tensor) -> bool:
+        """Whether a chunk's current is constant in time ([b, ...], analog input) or not ([T, b, ...])."""
+        return current.dim() == len(self.sample_shape) + 1
+
     def stepped(self, current: torch.Tensor) -> torch.Tensor:
         """One chunk's current with the step bias added ([T, b, ...]; as it is without one)."""
         if self.step_bias is None:
             return current
-        constant = current.dim() == len(self.sample_shape) + 1
-        return (current.unsqueeze(0) if constant else current) + self.step_bias.unsqueeze(1)
+        return (current.unsqueeze(0) if self.constant(current) else current) + self.step_bias.unsqueeze(1)
 
     def spikes(self, current: torch.Tensor) -> torch.Tensor:
         """Spikes scaled by θ, [T, b, ...], with the layer's parameters, for one chunk's current."""
         current = self.stepped(current)
         cur = current + self.bias if bool(torch.any(self.bias != 0)) else current
-        batch = current.shape[0 if current.dim() == len(self.sample_shape) + 1 else 1]
+        batch = current.shape[0 if self.constant(current) else 1]
         v = torch.zeros((batch, *self.sample_shape), dtype=torch.float32) + self.v0
         if fused.available():
             return fused.if_neuron_fused(cur.contiguous(), self.steps, v, self.theta, self.reset,

@@ -61,15 +61,14 @@ class FitStepBias:
             goal += per_channel(torch.minimum(target, theta)).sum(1, dtype=torch.float64)
         members = layer.samples * int(np.prod(shape[1:]))
         wanted = goal / members / theta.reshape(channels).double()  # spikes per neuron per step
-        constant = lambda cur: cur.dim() == len(shape) + 1  # noqa: E731
-        v = [torch.zeros((c.shape[0 if constant(c) else 1], *shape)) + layer.v0 for c in layer.current]
+        v = [torch.zeros((c.shape[0 if layer.constant(c) else 1], *shape)) + layer.v0 for c in layer.current]
         spikes = torch.zeros(channels, dtype=torch.float64)
         th = theta.reshape(channels)
         out = torch.zeros((layer.steps, *view))
         for t in range(layer.steps):
             u = []
             for c, current in enumerate(layer.current):
-                x = current if constant(current) else current[t]
+                x = current if layer.constant(current) else current[t]
                 if layer.step_bias is not None:
                     x = x + layer.step_bias[t]
                 u.append((v[c] * (1.0 - layer.leak) if layer.leak else v[c]) + x + layer.bias)

@@ -483,7 +483,7 @@ def _analyse(nodes, kinds: dict, tail: set, value: Callable, CONST: int,
             raise Unsupported(f"neuron {node.name} is in the readout tail")
         if not all(is_const(i) for i in node.input[1:] if i):
             raise Unsupported(f"neuron {node.name} has a varying threshold or potential")
-        if len(node.input) > 3 and node.input[3]:
+        if ir.step_bias_input(node) is not None:
             raise Unsupported(f"neuron {node.name} has a step bias")
         found = terms(node.input[0])
         layer = _Layer(node, attrs, [], [], [])

@@ -96,8 +96,8 @@ class SpikingNetwork(nn.Module):
         self.params = nn.ParameterDict()
         self._consts: dict[str, torch.Tensor] = {}
         kinds: dict[str, int] = {}
-        self._step_biases = {n.input[3]: "step_bias_" + param_key(n.input[3]) for n in graph.node
-                             if ir.is_neuron(n) and len(n.input) > 3 and n.input[3]}
+        self._step_biases = {name: "step_bias_" + param_key(name) for name in
+                             (ir.step_bias_input(n) for n in graph.node if ir.is_neuron(n)) if name}
         """Neuron step bias initializer -> its buffer (not trained: see :mod:`..ir`)."""
         for t in graph.initializer:
             arr = numpy_helper.to_array(t)
@@ -413,7 +413,7 @@ class SpikingNetwork(nn.Module):
         """The pool that this neuron runs with (event-driven inference on CPU), else None."""
         pair = self._pooled.get(node.name)
         if (pair is None or self.synapses.mode == "dense" or self.neuron_hook is not None
-                or len(node.input) > 3 and node.input[3]
+                or ir.step_bias_input(node) is not None
                 or self.value_hook is not None
                 or torch.is_grad_enabled() or not fused.available() or pair[0].name in self._tail):
             return None

@@ -445,8 +445,9 @@ def lower(model: onnx.ModelProto) -> LayerGraph:
             thr = np.broadcast_to(inits[node.input[1]].astype(np.float64), e.shape).copy()
             v0 = np.broadcast_to(inits[node.input[2]].astype(np.float64), e.shape).copy()
             pops[name] = _population(name, e, thr, v0, a)
-            if len(node.input) > 3 and node.input[3]:
-                sb = inits[node.input[3]].astype(np.float64)
+            sb_name = ir.step_bias_input(node)
+            if sb_name:
+                sb = inits[sb_name].astype(np.float64)
                 pops[name].step_bias = np.stack([np.broadcast_to(row, e.shape) for row in sb])
             env[node.output[0]] = _Expr([(name, [])], np.zeros(e.shape))
             continue

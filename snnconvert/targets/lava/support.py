@@ -16,7 +16,7 @@ POOL_HINT = ("convert with --maxpool-to-avgpool (it reports the ANN accuracy cha
 
 
 def _neuron(node, a, g):
-    steps = " with its step bias as per-step bias banks" if len(node.input) > 3 and node.input[3] else ""
+    steps = " with its step bias as per-step bias banks" if ir.step_bias_input(node) else ""
     return holds("IF/LIF neuron (Lava IF process, float or fixed point)" + steps)
 
 

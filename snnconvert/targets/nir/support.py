@@ -18,7 +18,7 @@ def _neuron(node, a, g):
     theta = g.const_value(node.input[1])
     if theta is not None and np.any(theta <= 0):
         return refuse("thresholds must be positive to map to NIR.", "recalibrate the thresholds.")
-    if len(node.input) > 3 and node.input[3]:
+    if ir.step_bias_input(node) is not None:
         return refuse("its step bias (a current per time step, from calibration for T) has no "
                       "NIR equivalent: NIR biases are constant in time.",
                       "convert with --calibration refit (no step bias), or use the torch or lava target.")
