@@ -11,6 +11,7 @@ from onnx import helper, numpy_helper
 from helpers import model as make_model
 from helpers import vi
 from snnconvert import api, frontend, ir, onnxrt
+from snnconvert.api import ann_outputs
 from snnconvert.passes import PassContext, default_pipeline
 from snnconvert.passes.calibrate_for_t import CalibrateForT, ann_activations
 from snnconvert.passes.calibrate_potential import CalibratePotential
@@ -221,8 +222,8 @@ def test_chunked_calibration_gives_the_same_network(digits):
 
 def test_weight_refit_lowers_the_layer_error_it_targets(digits):
     """`refit`'s least-squares refit of the Conv/Gemm weights on the actual spiking input: measured
-    on held-out samples, the layers' squared error to the ANN falls, and the network agrees
-    with the ANN more often than after `fast`."""
+    on held-out samples, the layers' squared error to the ANN falls, and the network's output is
+    closer to the ANN's than after `fast` (and agrees with it more often at T=2)."""
     ann = frontend.load_model("tests/fixtures/digits_resnet.onnx")  # Conv, residual Add, Gemm
     calib, held_out = digits["x_train"][:400], digits["x_train"][1000:1250]
     steps = 4
@@ -233,11 +234,17 @@ def test_weight_refit_lowers_the_layer_error_it_targets(digits):
     before = layer_errors(base, held_out, steps)
     after = layer_errors(tuned, held_out, steps, ann=base)
     assert sum(after.values()) < 0.9 * sum(before.values()), (before, after)
-    agree = {}
+    reference = ann_outputs(ann, held_out).reshape(len(held_out), -1)
+    agree, error = {}, {}
     for mode in ("fast", "refit"):
-        snn = api.convert(ann, calib, timesteps=steps, calibration=mode)
-        agree[mode] = api.evaluate(snn, held_out, None, [steps], ann=ann).rows[0].agreement
-    assert agree["refit"] > agree["fast"], agree
+        for t in (2, steps):
+            snn = api.convert(ann, calib, timesteps=t, calibration=mode)
+            out = SpikingNetwork(snn).simulate(held_out, [t]).readout[t].reshape(len(held_out), -1)
+            agree[mode, t] = float(np.mean(out.argmax(1) == reference.argmax(1)))
+            error[mode, t] = float(np.mean((out - reference) ** 2) / np.mean(reference ** 2))
+    # at T=4 both agree on ~99 % of the 250 (a one-image difference), so the output error judges there
+    assert agree["refit", 2] > agree["fast", 2] + 0.05, agree
+    assert all(error["refit", t] < 0.9 * error["fast", t] for t in (2, steps)), error
 
 
 def test_held_out_check_keeps_the_better_network(digits, monkeypatch):
