@@ -221,3 +221,61 @@ def test_full_distills_on_the_kl_divergence_at_temperature_4():
     expected = 16 * np.mean(np.sum(p * np.log(p / q), 1))
     assert float(distill_loss(out, target, "kl", 4.0)) == pytest.approx(expected, rel=1e-9)
     assert float(distill_loss(out, target, "kl", 2.0)) != pytest.approx(expected, rel=1e-2)
+
+
+def test_distilling_a_step_biased_network_keeps_its_step_bias():
+    """`full` with the step bias fitted before the distillation (`temporal`'s fit for T): the
+    training goes around it, and the kept network still has every step bias it entered with,
+    unchanged (a fixed buffer, zero-sum), which the runtime runs as the IR's reference does."""
+    from snnconvert.ir_reference import simulate as reference
+    from snnconvert.passes.calibrate_for_t import CalibrateForT, default_steps
+
+    ann = small_ann()
+    calib = images(300, 0)
+    entered = []
+
+    def keep(model, ctx):
+        entered.append(model)
+        return model
+
+    keep.name = "keep"
+    distill = DistillForT(epochs=2, lr=1e-3, batch_size=16)
+    ctx = PassContext(calib=calib, timesteps=2)
+    pipe = default_pipeline(calibration="full").replace("distill-for-T", distill)
+    pipe.replace("calibrate-for-T", CalibrateForT(default_steps(weights=True, step_bias=True)))
+    tuned = pipe.insert_before("distill-for-T", keep)(ann, ctx)
+    assert distill.kept, ctx.log[-1]
+    before = {n.name: n.step_bias for n in ir.neurons(entered[0])}
+    after = {n.name: n.step_bias for n in ir.neurons(tuned)}
+    assert any(v is not None for v in before.values())
+    for name, value in before.items():
+        if value is None:
+            assert after[name] is None
+        else:
+            np.testing.assert_array_equal(after[name], value)
+    weights = lambda m: {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}  # noqa: E731
+    assert any(not np.array_equal(v, weights(entered[0])[k]) for k, v in weights(tuned).items())
+    x = images(20, 5)
+    out = SpikingNetwork(tuned).simulate(x, 2).readout[2]
+    np.testing.assert_allclose(out, reference(tuned, x, 2).readout, atol=1e-4)
+
+
+def test_the_straight_through_gradient_of_a_step_biased_neuron_is_its_constant_currents():
+    """The one-step pass of the straight-through training adds a neuron's first-step bias to its
+    current; the clip's gradient is taken without it (the rate's limit is set by the constant
+    current, the step bias summing to zero). Here a first step of -5θ (and +5θ after) would
+    close the gradient of every neuron of the second layer, and its weights would not move."""
+    from snnconvert.passes.distill import distill
+    from snnconvert.passes.optimize_init import open_thresholds
+
+    ann = small_ann()
+    calib = images(80, 0)
+    base, _ = converted(ann, calib, 2, None)
+    teacher = open_thresholds(base)
+    second = ir.neurons(base)[1]
+    ir.set_step_bias(base, second.node, np.stack([-5 * second.threshold, 5 * second.threshold]))
+    w2 = lambda m: next(numpy_helper.to_array(i) for i in m.graph.initializer if i.name == "W2")  # noqa: E731
+    tuned, _ = distill(base, teacher, calib[:64], calib[64:], 2, epochs=1, lr=1e-2, batch_size=16,
+                       loss="kl", temperature=4.0, layers=0.0, method="rates", select="last")
+    assert not np.allclose(w2(tuned), w2(base))
+    np.testing.assert_array_equal(ir.neurons(tuned)[1].step_bias, ir.neurons(base)[1].step_bias)

@@ -316,6 +316,12 @@ class SpikingNetwork(nn.Module):
         """The parameter holding initializer ``name``."""
         return self.params[param_key(name)]
 
+    def step_bias(self, neuron: str) -> torch.Tensor | None:
+        """The step bias of neuron node ``neuron`` (its untrained buffer, [S, ...]), or None."""
+        node = next(n for n, _, _ in self._nodes if n.name == neuron)
+        name = ir.step_bias_input(node)
+        return None if name is None else getattr(self, self._step_biases[name])
+
     # ------------------------------------------------------------- execution
     def _run_chunk(self, x: torch.Tensor, steps: int, state: dict, cache: dict,
                    tail: bool = False, batch: int | None = None) -> dict:
