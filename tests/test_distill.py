@@ -11,7 +11,7 @@ from onnx import helper, numpy_helper
 from helpers import model as make_model
 from helpers import vi
 from snnconvert import api, ir, onnxrt
-from snnconvert.passes import PassContext, default_pipeline
+from snnconvert.passes import PassContext, Pipeline, default_pipeline
 from snnconvert.passes.distill import DistillForT
 from snnconvert.runtime import SpikingNetwork
 
@@ -79,22 +79,29 @@ def test_distillation_lowers_the_output_error_on_held_out_samples():
     assert len(scores) == 4 and min(s["error"] for s in scores[1:]) < scores[0]["error"]
 
 
-def test_the_guard_drops_a_distillation_that_hurts():
-    """A learning rate far too large wrecks the network: the held-out samples show it, and the
-    pass returns the network as it came (identical to `refit`'s)."""
-    ann = small_ann()
-    calib = images(300, 0)
-    entered = []
+def full_recording_entry(distill: DistillForT) -> tuple[Pipeline, list[onnx.ModelProto]]:
+    """`full`'s pipeline with ``distill`` as its distillation, and the list that receives the
+    network entering it."""
+    entered: list[onnx.ModelProto] = []
 
     def keep(model, ctx):
         entered.append(model)
         return model
 
     keep.name = "keep"
+    pipe = default_pipeline(calibration="full").replace("distill-for-T", distill)
+    return pipe.insert_before("distill-for-T", keep), entered
+
+
+def test_the_guard_drops_a_distillation_that_hurts():
+    """A learning rate far too large wrecks the network: the held-out samples show it, and the
+    pass returns the network as it came (identical to `refit`'s)."""
+    ann = small_ann()
+    calib = images(300, 0)
     distill = DistillForT(epochs=1, lr=1.0, batch_size=16)
     ctx = PassContext(calib=calib, timesteps=2)
-    pipe = default_pipeline(calibration="full").replace("distill-for-T", distill)
-    tuned = pipe.insert_before("distill-for-T", keep)(ann, ctx)
+    pipe, entered = full_recording_entry(distill)
+    tuned = pipe(ann, ctx)
     base = entered[0]
     assert distill.kept is False and ctx.log[-1][1].endswith("dropped"), ctx.log[-1]
     assert distill.history[1].error > distill.history[0].error
@@ -232,18 +239,11 @@ def test_distilling_a_step_biased_network_keeps_its_step_bias():
 
     ann = small_ann()
     calib = images(300, 0)
-    entered = []
-
-    def keep(model, ctx):
-        entered.append(model)
-        return model
-
-    keep.name = "keep"
     distill = DistillForT(epochs=2, lr=1e-3, batch_size=16)
     ctx = PassContext(calib=calib, timesteps=2)
-    pipe = default_pipeline(calibration="full").replace("distill-for-T", distill)
+    pipe, entered = full_recording_entry(distill)
     pipe.replace("calibrate-for-T", CalibrateForT(default_steps(weights=True, step_bias=True)))
-    tuned = pipe.insert_before("distill-for-T", keep)(ann, ctx)
+    tuned = pipe(ann, ctx)
     assert distill.kept, ctx.log[-1]
     before = {n.name: n.step_bias for n in ir.neurons(entered[0])}
     after = {n.name: n.step_bias for n in ir.neurons(tuned)}
