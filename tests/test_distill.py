@@ -261,10 +261,11 @@ def test_distilling_a_step_biased_network_keeps_its_step_bias():
 
 
 def test_the_straight_through_gradient_of_a_step_biased_neuron_is_its_constant_currents():
-    """The one-step pass of the straight-through training adds a neuron's first-step bias to its
-    current; the clip's gradient is taken without it (the rate's limit is set by the constant
-    current, the step bias summing to zero). Here a first step of -5θ (and +5θ after) would
-    close the gradient of every neuron of the second layer, and its weights would not move."""
+    """The one-step pass of the straight-through training takes the clip's gradient at the
+    synaptic current, without the neuron's step bias (the rate's limit: the step bias sums to
+    zero; the runtime's neuron hook gets that current). With the first step's bias added, a first
+    step of -5θ (and +5θ after) would close the gradient of every neuron of the second layer, and
+    its weights would not move."""
     from snnconvert.passes.distill import distill
     from snnconvert.passes.optimize_init import open_thresholds
 

@@ -108,6 +108,40 @@ def test_runtime_matches_the_reference_with_a_step_bias_and_past_its_steps():
         np.testing.assert_allclose(res.readout[steps], ref.readout, atol=1e-4)
 
 
+def test_a_neuron_hook_gets_the_synaptic_current_and_fires_with_the_step_bias():
+    """Every one-step ANN twin (distillation's and fine-tuning's straight-through rates, pipe-S,
+    Joint A-SNN's ANN branch) replaces the neurons through the hook by clip(current, 0, θ): it
+    must get the synaptic current, without the step bias, so that the twin is the IR's rate
+    limit, the same network as without a step bias; and a hook that fires the current it got runs
+    the network spike for spike as without a hook."""
+    base = residual_net()
+    biased = with_step_biases(base, 4, scale=2.0)
+    x = torch.as_tensor(np.random.default_rng(2).uniform(0, 1, size=(5, 2, 8, 8)), dtype=torch.float64)
+
+    def twin(model: onnx.ModelProto) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        net, seen = SpikingNetwork(model, cpu_kernels="torch").double(), {}
+        theta = {n.name: net.parameter(n.node.input[1]) for n in ir.neurons(model)}
+
+        def hook(name, current, lead, fire):
+            seen[name] = current
+            return torch.minimum(torch.relu(current), theta[name])
+
+        net.neuron_hook = hook
+        with torch.no_grad():
+            return net(x, 1), seen
+
+    (plain, plain_currents), (got, got_currents) = twin(base), twin(biased)
+    torch.testing.assert_close(got, plain)
+    assert plain_currents.keys() == got_currents.keys() and len(got_currents) >= 3
+    for name, current in plain_currents.items():
+        torch.testing.assert_close(got_currents[name], current)
+    net = SpikingNetwork(biased, cpu_kernels="torch").double()
+    with torch.no_grad():
+        expected = net(x, 6)
+        net.neuron_hook = lambda name, current, lead, fire: fire(current)
+        torch.testing.assert_close(net(x, 6), expected)
+        assert not torch.allclose(expected, SpikingNetwork(base, cpu_kernels="torch").double()(x, 6))
+
 def test_step_bias_is_a_buffer_saved_and_loaded(tmp_path):
     model = with_step_biases(residual_net(), 4)
     net = SpikingNetwork(model)

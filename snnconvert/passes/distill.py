@@ -273,13 +273,9 @@ def distill(model: onnx.ModelProto, teacher: onnx.ModelProto, train: np.ndarray,
         return spikes
 
     thresholds = {n.name: param_key(n.node.input[1]) for n in ir.neurons(work)}
-    first_step = {n.name: sb[0] for n in ir.neurons(work) if (sb := net.step_bias(n.name)) is not None}
-    """Step bias of the first step, which the one-step pass adds to a neuron's current: taken out
-    again, as the rate's limit is set by the constant current (the step bias sums to zero)."""
 
     def straight_through(xb: torch.Tensor) -> torch.Tensor:
-        """The SNN's rates forward (a no-grad run at T), clip(current, 0, θ)'s gradient backward
-        (the constant current: without the step bias)."""
+        """The SNN's rates forward (a no-grad run at T), clip(current, 0, θ)'s gradient backward."""
         net.record = True
         with torch.no_grad():
             net(xb, steps)
@@ -287,8 +283,6 @@ def distill(model: onnx.ModelProto, teacher: onnx.ModelProto, train: np.ndarray,
 
         def hook(name, current, lead, fire):
             theta = net.params[thresholds[name]]
-            if name in first_step:
-                current = current - first_step[name]
             act = torch.minimum(torch.relu(current), theta)
             rate = theta.detach() * counts[name].reshape(act.shape) / steps
             rates[name] = act + (rate - act).detach()

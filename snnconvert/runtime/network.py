@@ -40,8 +40,11 @@ from .ort_kernels import OrtKernels
 CONST, INVARIANT, VARYING = 0, 1, 2
 
 NeuronHook = Callable[[str, torch.Tensor, int, Callable[[torch.Tensor], torch.Tensor]], torch.Tensor]
-"""(neuron name, input current, number of leading axes (1: [B, ...] constant, 2: [T, B, ...]),
-fire(current) -> spikes [T, B, ...]) -> the spikes to propagate."""
+"""(neuron name, synaptic current, number of leading axes (1: [B, ...] constant, 2: [T, B, ...]),
+fire(current) -> spikes [T, B, ...]) -> the spikes to propagate. The current is the synapses'
+alone: ``fire`` adds the neuron's step bias, whose rows sum to zero, so a hook that replaces the
+neuron by its rate limit (clip(current, 0, θ), the ANN twin of one-step runs) gets that limit's
+input, as the IR's ONNX function does."""
 
 ValueHook = Callable[[onnx.NodeProto, torch.Tensor, int], torch.Tensor]
 """(node, its output, steps stacked in the output's batch axis: 1 for a time-invariant value)
@@ -316,12 +319,6 @@ class SpikingNetwork(nn.Module):
         """The parameter holding initializer ``name``."""
         return self.params[param_key(name)]
 
-    def step_bias(self, neuron: str) -> torch.Tensor | None:
-        """The step bias of neuron node ``neuron`` (its untrained buffer, [S, ...]), or None."""
-        node = next(n for n, _, _ in self._nodes if n.name == neuron)
-        name = ir.step_bias_input(node)
-        return None if name is None else getattr(self, self._step_biases[name])
-
     # ------------------------------------------------------------- execution
     def _run_chunk(self, x: torch.Tensor, steps: int, state: dict, cache: dict,
                    tail: bool = False, batch: int | None = None) -> dict:
@@ -446,11 +443,19 @@ class SpikingNetwork(nn.Module):
         leak = leak.clamp(0.0, 0.999) if leak.requires_grad and not fast else float(leak)
         prev = state.get(node.name)
         start = prev["t"] if prev else 0
+        synaptic, lead = current, 1 if invariant else 2
+        step = None
         if len(args) > 3 and args[3] is not None:  # the step bias of steps start+1 .. start+steps
             step = ir.step_bias_at(args[3], start, steps).to(current.dtype)
             step = step.reshape(steps, *[1] * (len(per_sample) + 2 - step.dim()), *step.shape[1:])
-            current = (current.unsqueeze(0) if invariant else current) + step
             invariant = False
+
+        def with_step_bias(cur: torch.Tensor) -> torch.Tensor:
+            """The neuron's input at each step: a synaptic current (shaped as ``synaptic``) plus
+            the step bias, if the neuron has one."""
+            return cur if step is None else (cur.unsqueeze(0) if lead == 1 else cur) + step
+
+        current = with_step_bias(current)
 
         def fire(cur: torch.Tensor, v: torch.Tensor | None = None) -> tuple:
             """(spikes, v at the end, (counts, per-step totals) when the kernel counted them)."""
@@ -481,7 +486,7 @@ class SpikingNetwork(nn.Module):
             return out.reshape(steps * batch, *out.shape[2:])
         counted = None
         if self.neuron_hook is not None:
-            spikes = self.neuron_hook(node.name, current, 1 if invariant else 2, lambda c: fire(c)[0])
+            spikes = self.neuron_hook(node.name, synaptic, lead, lambda c: fire(with_step_bias(c))[0])
         else:
             spikes, v_end, counted = fire(current, prev["v"] if prev else None)
             state[node.name] = {"t": start + steps, "v": v_end}
