@@ -19,7 +19,7 @@ from .report import Report
 from .passes import PassContext, Pipeline, default_pipeline
 from .passes.calibrate_for_t import sample_count
 from .passes.maxpool_to_avgpool import swap_max_pools
-from .passes.pipeline import CALIBRATION_MODES, DEFAULT_CALIBRATION, V_INIT_MODES
+from .passes.pipeline import CALIBRATION_MODES, DEFAULT_CALIBRATION, DISTILL_METHODS, V_INIT_MODES
 from .targets import get_target
 from .targets.support import NodeSupport, refuse_unsupported
 from .targets.support import target_support as _target_support
@@ -32,7 +32,8 @@ AUTO_TIMESTEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 def convert(source: str | os.PathLike | onnx.ModelProto, calib: Data | None = None, *,
             timesteps: int | str = 32, norm: str = "percentile:99.99", per_channel: bool = True,
             v_init: str | float = "half", reset: str = "subtract", leak: float = 0.0,
-            maxpool_to_avgpool: bool = False, calibration: str = DEFAULT_CALIBRATION, agreement: float = 0.99,
+            maxpool_to_avgpool: bool = False, calibration: str = DEFAULT_CALIBRATION, distill: str = "rates",
+            agreement: float = 0.99,
             pipeline: Pipeline | None = None, progress: bool = False,
             log: list[tuple[str, str]] | None = None, calib_labels: np.ndarray | None = None,
             target: str | None = None, encoding: str = "analog", readout: str = "membrane"
@@ -50,7 +51,9 @@ def convert(source: str | os.PathLike | onnx.ModelProto, calib: Data | None = No
     a target that holds none, NIR, gets "refit"); "full" adds, after "refit", a
     label-free distillation of the whole network at T (surrogate-gradient training to the
     ANN's output on the calibration samples, kept only where held-out samples say it helps;
-    see :mod:`snnconvert.passes.distill`); "none" keeps the percentile thresholds and ``v_init``. ``timesteps="auto"`` picks the smallest T whose
+    see :mod:`snnconvert.passes.distill`; ``distill``: its gradient straight through the rates,
+    "rates", or backpropagated through the T steps, "bptt": about 4x the time, more faithful);
+    "none" keeps the percentile thresholds and ``v_init``. ``timesteps="auto"`` picks the smallest T whose
     agreement with the ANN on held-out calibration samples reaches ``agreement`` (see
     :func:`choose_timesteps`). Returns the spiking IR (an ONNX model). ``log`` receives
     (step, message) pairs. ``encoding`` and ``readout`` are recorded in the IR (see
@@ -63,10 +66,13 @@ def convert(source: str | os.PathLike | onnx.ModelProto, calib: Data | None = No
     if calibration not in CALIBRATION_MODES:
         raise OptionError(f"unknown calibration '{calibration}'",
                           hint=f"Use one of {', '.join(CALIBRATION_MODES)}.")
+    if distill not in DISTILL_METHODS:
+        raise OptionError(f"unknown distillation method '{distill}'",
+                          hint=f"Use one of {', '.join(DISTILL_METHODS)}.")
     if timesteps == "auto":
         options = dict(norm=norm, per_channel=per_channel, v_init=v_init, reset=reset, leak=leak,
                        maxpool_to_avgpool=maxpool_to_avgpool, calibration=calibration,
-                       pipeline=pipeline, progress=progress, calib_labels=calib_labels, target=target,
+                       distill=distill, pipeline=pipeline, progress=progress, calib_labels=calib_labels, target=target,
                        encoding=encoding, readout=readout)
         return choose_timesteps(source, calib, agreement=agreement, log=log, **options)[0]
     if not isinstance(timesteps, (int, np.integer)) or timesteps < 1:
@@ -98,7 +104,7 @@ def convert(source: str | os.PathLike | onnx.ModelProto, calib: Data | None = No
         calibration = "refit"
     pipe = pipeline or default_pipeline(norm, per_channel, v_init, reset, leak,
                                         maxpool_to_avgpool=maxpool_to_avgpool,
-                                        calibration=calibration)
+                                        calibration=calibration, distill=distill)
     ctx = PassContext(calib=calib, timesteps=timesteps, progress=progress,
                       options={} if calib_labels is None else {"calib_labels": calib_labels})
     snn = pipe(model, ctx)

@@ -71,7 +71,7 @@ def output_paths(model: Path, output: Path | None, target: str) -> tuple[Path, P
 @click.option("--fixed-point", is_flag=True, help="lava: quantize to Loihi 2 fixed point.")
 @click.option("--strict", is_flag=True, help="nir: refuse instead of warning on semantic losses.")
 def command(model: Path, target: str, calib: str | None, norm: str, per_channel: bool, v_init: str,
-            calibration: str, agreement: float, reset: str, leak: float, maxpool_to_avgpool: bool,
+            calibration: str, distill: str, agreement: float, reset: str, leak: float, maxpool_to_avgpool: bool,
             encoding: str, readout: str, preprocess: str | None,
             workers: int | None, timesteps: int | str, output: Path | None,
             fixed_point: bool, strict: bool) -> None:
@@ -85,7 +85,7 @@ def command(model: Path, target: str, calib: str | None, norm: str, per_channel:
                                what="calibration", workers=workers)
     log: list[tuple[str, str]] = []
     snn = api.convert(model, calib_data, timesteps=timesteps, norm=norm, per_channel=per_channel,
-                      v_init=v_init, reset=reset, leak=leak, calibration=calibration,
+                      v_init=v_init, reset=reset, leak=leak, calibration=calibration, distill=distill,
                       agreement=agreement / 100, maxpool_to_avgpool=maxpool_to_avgpool,
                       progress=True, log=log, target=target, encoding=encoding, readout=readout)
     if not distributed.is_main():

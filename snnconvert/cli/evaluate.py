@@ -67,7 +67,7 @@ DEFAULT_TIMESTEPS = [1, 2, 4, 8, 16, 32, 64]
               help="torch: bf16 runs synaptic ops under bfloat16 autocast (membranes stay fp32); "
                    "meant for GPUs.")
 def command(model: Path, data_path: str, calib: str | None, norm: str, per_channel: bool,
-            v_init: str, calibration: str, agreement: float, reset: str, leak: float,
+            v_init: str, calibration: str, distill: str, agreement: float, reset: str, leak: float,
             maxpool_to_avgpool: bool, encoding: str, readout: str, preprocess: str | None,
             workers: int | None, timesteps: str, tune_t: int | str | None, target: str,
             fixed_point: bool,
@@ -115,7 +115,7 @@ def command(model: Path, data_path: str, calib: str | None, norm: str, per_chann
         report = api.evaluate_conversion(
             model, calib_data, data, None, ts, target=target, tune_t=tune_t, progress=True,
             target_options=options, workers=workers, log=log, norm=norm, per_channel=per_channel,
-            v_init=v_init, calibration=calibration, agreement=agreement / 100, reset=reset,
+            v_init=v_init, calibration=calibration, distill=distill, agreement=agreement / 100, reset=reset,
             leak=leak, maxpool_to_avgpool=maxpool_to_avgpool, encoding=encoding, readout=readout)
         for step, message in log:
             if step == "choose-T" and distributed.is_main():

@@ -175,7 +175,7 @@ class DistillForT(Pass):
         self.kept = best.epoch > 0 and best.agreement >= start.agreement
         seconds = sum(s.seconds for s in self.history)
         ctx.stats[self.name] = [vars(s) for s in self.history]
-        ctx.info(self.name, f"trained at T={steps} on {len(train)} calibration sample(s) for "
+        ctx.info(self.name, f"trained at T={steps} ({self.method}) on {len(train)} calibration sample(s) for "
                  f"{len(self.history) - 1} epoch(s) ({seconds:.1f} s); on {len(hold)} held out: "
                  f"divergence from the ANN {start.divergence:.4g} -> {best.divergence:.4g}, output "
                  f"error {start.error:.4g} -> {best.error:.4g}, agreement {100 * start.agreement:.1f} "
@@ -185,7 +185,7 @@ class DistillForT(Pass):
 
 
 LOSSES = ("mse", "kl")
-METHODS = ("bptt", "rates")
+METHODS = ("rates", "bptt")
 SELECTIONS = ("last", "agreement", "divergence")
 
 

@@ -15,6 +15,7 @@ import onnx
 from .base import PassContext, PassLike
 from .calibrate import Calibrate
 from .calibrate_for_t import CalibrateForT, default_steps
+from .distill import METHODS as DISTILL_METHODS
 from .distill import DistillForT, RememberANN
 from .fold_batchnorm import FoldBatchNorm
 from .init_membrane import InitMembrane
@@ -73,14 +74,17 @@ class Pipeline:
 def default_pipeline(norm: str = "percentile:99.99", per_channel: bool = True,
                      v_init: str | float = "half", reset: str = "subtract", leak: float = 0.0,
                      optimize_samples: int = 128, maxpool_to_avgpool: bool = False,
-                     calibration: str = DEFAULT_CALIBRATION) -> Pipeline:
+                     calibration: str = DEFAULT_CALIBRATION, distill: str = "rates") -> Pipeline:
     """The standard conversion: exact BN folding, soft-reset IF, robust normalization, θ/2 start;
     then, unless ``calibration`` is "none", fitted layer by layer for ctx.timesteps ("refit", the
     default: weight refit first; "fast": thresholds, bias and potentials only; "temporal": refit,
     then a bias per time step (the neurons' step bias); "full": refit, then the whole network
-    distilled from the ANN at T by surrogate-gradient training)."""
+    distilled from the ANN at T by surrogate-gradient training, its gradient through the rates
+    (``distill`` "rates") or through the T steps ("bptt"))."""
     if calibration not in CALIBRATION_MODES:
         raise ValueError(f"calibration must be one of {CALIBRATION_MODES}")
+    if distill not in DISTILL_METHODS:
+        raise ValueError(f"distill must be one of {DISTILL_METHODS}")
     passes: list[PassLike] = [
         FoldBatchNorm(),
         *([MaxPoolToAvgPool()] if maxpool_to_avgpool else []),
@@ -99,5 +103,5 @@ def default_pipeline(norm: str = "percentile:99.99", per_channel: bool = True,
                                                   weights=calibration in ("refit", "temporal", "full"),
                                                   step_bias=calibration == "temporal")))
     if calibration == "full":
-        passes.append(DistillForT())
+        passes.append(DistillForT(method=distill))
     return Pipeline(passes)
