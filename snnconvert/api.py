@@ -19,7 +19,7 @@ from .report import Report
 from .passes import PassContext, Pipeline, default_pipeline
 from .passes.calibrate_for_t import sample_count
 from .passes.maxpool_to_avgpool import swap_max_pools
-from .passes.pipeline import CALIBRATION_MODES, DEFAULT_CALIBRATION, DISTILL_METHODS, V_INIT_MODES
+from .passes.pipeline import CALIBRATION_MODES, DEFAULT_CALIBRATION, DEFAULT_DISTILL, DISTILL_METHODS, V_INIT_MODES
 from .targets import get_target
 from .targets.support import NodeSupport, refuse_unsupported
 from .targets.support import target_support as _target_support
@@ -32,7 +32,7 @@ AUTO_TIMESTEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 def convert(source: str | os.PathLike | onnx.ModelProto, calib: Data | None = None, *,
             timesteps: int | str = 32, norm: str = "percentile:99.99", per_channel: bool = True,
             v_init: str | float = "half", reset: str = "subtract", leak: float = 0.0,
-            maxpool_to_avgpool: bool = False, calibration: str = DEFAULT_CALIBRATION, distill: str = "rates",
+            maxpool_to_avgpool: bool = False, calibration: str = DEFAULT_CALIBRATION, distill: str = DEFAULT_DISTILL,
             agreement: float = 0.99,
             pipeline: Pipeline | None = None, progress: bool = False,
             log: list[tuple[str, str]] | None = None, calib_labels: np.ndarray | None = None,

@@ -6,7 +6,7 @@ from typing import Callable
 import click
 
 from ..errors import OptionError
-from ..passes.pipeline import CALIBRATION_MODES, DEFAULT_CALIBRATION, DISTILL_METHODS
+from ..passes.pipeline import CALIBRATION_MODES, DEFAULT_CALIBRATION, DEFAULT_DISTILL, DISTILL_METHODS
 
 
 def conversion_options(f: Callable) -> Callable:
@@ -35,7 +35,7 @@ def conversion_options(f: Callable) -> Callable:
                           "surrogate-gradient distillation, kept only if it lowers the error on "
                           "held-out calibration samples; costs minutes on CPU); none = --norm "
                           "thresholds and --v-init only."),
-        click.option("--distill", default=DISTILL_METHODS[0], show_default=True,
+        click.option("--distill", default=DEFAULT_DISTILL, show_default=True,
                      type=click.Choice(list(DISTILL_METHODS)),
                      help="With --calibration full: the distillation's gradient straight through "
                           "the SNN's rates (memory independent of T), or backpropagated through "

@@ -101,6 +101,13 @@ class EpochScore:
     seconds: float
 
 
+LOSSES = ("mse", "kl")
+METHODS = ("rates", "bptt")
+DEFAULT_METHOD = METHODS[0]
+"""The distillation's gradient unless asked otherwise: straight through the rates."""
+SELECTIONS = ("last", "agreement", "divergence")
+
+
 class DistillForT(Pass):
     """Train the converted network at T to reproduce the ANN's output, label-free (module doc)."""
 
@@ -110,7 +117,7 @@ class DistillForT(Pass):
                  sample_steps: int = 16384, held_out: float = HELD_OUT_SHARE,
                  min_held_out: int = MIN_HELD_OUT,
                  mixup: float = 0.5, loss: str = "kl", temperature: float = 4.0, layers: float = 1.0,
-                 method: str = "rates", ema: float = 0.9, average: float = 0.6,
+                 method: str = DEFAULT_METHOD, ema: float = 0.9, average: float = 0.6,
                  select: str = "last", surrogate: str = "atan", alpha: float = 2.0, seed: int = 0) -> None:
         """``samples``: at most this many calibration samples, of which the share ``held_out`` (at
         least ``min_held_out``; with fewer samples nothing is distilled) scores each epoch;
@@ -182,11 +189,6 @@ class DistillForT(Pass):
                  f"% -> {100 * best.agreement:.1f} % (epoch {best.epoch}): "
                  + ("kept" if self.kept else "dropped"))
         return tuned if self.kept else model
-
-
-LOSSES = ("mse", "kl")
-METHODS = ("rates", "bptt")
-SELECTIONS = ("last", "agreement", "divergence")
 
 
 def rank(score: EpochScore, select: str) -> tuple[float, ...]:

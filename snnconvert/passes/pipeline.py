@@ -15,6 +15,7 @@ import onnx
 from .base import PassContext, PassLike
 from .calibrate import Calibrate
 from .calibrate_for_t import CalibrateForT, default_steps
+from .distill import DEFAULT_METHOD as DEFAULT_DISTILL
 from .distill import METHODS as DISTILL_METHODS
 from .distill import DistillForT, RememberANN
 from .fold_batchnorm import FoldBatchNorm
@@ -74,7 +75,7 @@ class Pipeline:
 def default_pipeline(norm: str = "percentile:99.99", per_channel: bool = True,
                      v_init: str | float = "half", reset: str = "subtract", leak: float = 0.0,
                      optimize_samples: int = 128, maxpool_to_avgpool: bool = False,
-                     calibration: str = DEFAULT_CALIBRATION, distill: str = "rates") -> Pipeline:
+                     calibration: str = DEFAULT_CALIBRATION, distill: str = DEFAULT_DISTILL) -> Pipeline:
     """The standard conversion: exact BN folding, soft-reset IF, robust normalization, θ/2 start;
     then, unless ``calibration`` is "none", fitted layer by layer for ctx.timesteps ("refit", the
     default: weight refit first; "fast": thresholds, bias and potentials only; "temporal": refit,
