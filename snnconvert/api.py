@@ -32,7 +32,7 @@ AUTO_TIMESTEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 def convert(source: str | os.PathLike | onnx.ModelProto, calib: Data | None = None, *,
             timesteps: int | str = 32, norm: str = "percentile:99.99", per_channel: bool = True,
             v_init: str | float = "half", reset: str = "subtract", leak: float = 0.0,
-            maxpool_to_avgpool: bool = False, calibration: str = DEFAULT_CALIBRATION, distill: str = DEFAULT_DISTILL,
+            maxpool_to_avgpool: bool = False, calibration: str = DEFAULT_CALIBRATION, distill: str | None = None,
             agreement: float = 0.99,
             pipeline: Pipeline | None = None, progress: bool = False,
             log: list[tuple[str, str]] | None = None, calib_labels: np.ndarray | None = None,
@@ -51,8 +51,9 @@ def convert(source: str | os.PathLike | onnx.ModelProto, calib: Data | None = No
     a target that holds none, NIR, gets "refit"); "full" adds, after "refit", a
     label-free distillation of the whole network at T (surrogate-gradient training to the
     ANN's output on the calibration samples, kept only where held-out samples say it helps;
-    see :mod:`snnconvert.passes.distill`; ``distill``: its gradient straight through the rates,
-    "rates", or backpropagated through the T steps, "bptt": about 4x the time, more faithful);
+    see :mod:`snnconvert.passes.distill`; ``distill``, for "full" only: its gradient straight
+    through the rates, "rates", or backpropagated through the T steps, "bptt": about 4x the time,
+    more faithful; None takes ``DEFAULT_DISTILL``);
     "none" keeps the percentile thresholds and ``v_init``. ``timesteps="auto"`` picks the smallest T whose
     agreement with the ANN on held-out calibration samples reaches ``agreement`` (see
     :func:`choose_timesteps`). Returns the spiking IR (an ONNX model). ``log`` receives
@@ -66,9 +67,13 @@ def convert(source: str | os.PathLike | onnx.ModelProto, calib: Data | None = No
     if calibration not in CALIBRATION_MODES:
         raise OptionError(f"unknown calibration '{calibration}'",
                           hint=f"Use one of {', '.join(CALIBRATION_MODES)}.")
-    if distill not in DISTILL_METHODS:
+    if distill is not None and distill not in DISTILL_METHODS:
         raise OptionError(f"unknown distillation method '{distill}'",
                           hint=f"Use one of {', '.join(DISTILL_METHODS)}.")
+    if distill is not None and calibration != "full":
+        raise OptionError(f"distillation method '{distill}' given, but calibration '{calibration}' "
+                          "does not distil",
+                          hint="Add --calibration full, or drop --distill.")
     if timesteps == "auto":
         options = dict(norm=norm, per_channel=per_channel, v_init=v_init, reset=reset, leak=leak,
                        maxpool_to_avgpool=maxpool_to_avgpool, calibration=calibration,
@@ -104,7 +109,8 @@ def convert(source: str | os.PathLike | onnx.ModelProto, calib: Data | None = No
         calibration = "refit"
     pipe = pipeline or default_pipeline(norm, per_channel, v_init, reset, leak,
                                         maxpool_to_avgpool=maxpool_to_avgpool,
-                                        calibration=calibration, distill=distill)
+                                        calibration=calibration,
+                                        distill=DEFAULT_DISTILL if distill is None else distill)
     ctx = PassContext(calib=calib, timesteps=timesteps, progress=progress,
                       options={} if calib_labels is None else {"calib_labels": calib_labels})
     snn = pipe(model, ctx)

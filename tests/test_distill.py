@@ -165,6 +165,25 @@ def test_cli_distill_bptt_backpropagates_through_the_steps(tmp_path, capsys):
         api.convert(small_ann(), images(50, 0), timesteps=2, distill="sgd")
 
 
+def test_distill_without_full_calibration_is_refused(tmp_path, capsys):
+    """`--distill` names the gradient of `full`'s distillation: with another calibration it would
+    do nothing, so it is refused (exit 2, one line, nothing written) rather than ignored."""
+    from snnconvert.cli import main
+
+    onnx.save(small_ann(), tmp_path / "ann.onnx")
+    np.savez(tmp_path / "calib.npz", x=images(50, 0))
+    out = tmp_path / "x.snn.onnx"
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path / "ann.onnx"), "--calib", str(tmp_path / "calib.npz"), "-T", "2",
+              "--distill", "bptt", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and not out.exists()
+    assert "distillation method 'bptt' given, but calibration 'refit' does not distil" in err, err
+    assert "--calibration full" in err and "Traceback" not in err
+    with pytest.raises(api.OptionError, match="distillation method 'rates' given, but calibration 'fast'"):
+        api.convert(small_ann(), images(50, 0), timesteps=2, calibration="fast", distill="rates")
+
+
 def test_epochs_rank_by_held_out_agreement_then_divergence():
     """By default an epoch that agrees with the ANN on more held-out samples wins even where its
     divergence is higher (the divergence only breaks ties); `select="divergence"` ranks the other

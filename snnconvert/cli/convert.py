@@ -71,7 +71,7 @@ def output_paths(model: Path, output: Path | None, target: str) -> tuple[Path, P
 @click.option("--fixed-point", is_flag=True, help="lava: quantize to Loihi 2 fixed point.")
 @click.option("--strict", is_flag=True, help="nir: refuse instead of warning on semantic losses.")
 def command(model: Path, target: str, calib: str | None, norm: str, per_channel: bool, v_init: str,
-            calibration: str, distill: str, agreement: float, reset: str, leak: float, maxpool_to_avgpool: bool,
+            calibration: str, distill: str | None, agreement: float, reset: str, leak: float, maxpool_to_avgpool: bool,
             encoding: str, readout: str, preprocess: str | None,
             workers: int | None, timesteps: int | str, output: Path | None,
             fixed_point: bool, strict: bool) -> None:

@@ -67,7 +67,7 @@ DEFAULT_TIMESTEPS = [1, 2, 4, 8, 16, 32, 64]
               help="torch: bf16 runs synaptic ops under bfloat16 autocast (membranes stay fp32); "
                    "meant for GPUs.")
 def command(model: Path, data_path: str, calib: str | None, norm: str, per_channel: bool,
-            v_init: str, calibration: str, distill: str, agreement: float, reset: str, leak: float,
+            v_init: str, calibration: str, distill: str | None, agreement: float, reset: str, leak: float,
             maxpool_to_avgpool: bool, encoding: str, readout: str, preprocess: str | None,
             workers: int | None, timesteps: str, tune_t: int | str | None, target: str,
             fixed_point: bool,
