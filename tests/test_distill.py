@@ -330,3 +330,28 @@ def test_the_straight_through_gradient_of_a_step_biased_neuron_is_its_constant_c
                        loss="kl", temperature=4.0, layers=0.0, method="rates", select="last")
     assert not np.allclose(w2(tuned), w2(base))
     np.testing.assert_array_equal(ir.neurons(tuned)[1].step_bias, ir.neurons(base)[1].step_bias)
+
+
+def test_bptt_parts_of_a_batch_sum_to_the_batch_gradient():
+    """BPTT backpropagates a batch in parts of at most `step_budget` samples × T (memory flat in T):
+    the summed gradients are the whole batch's, so uneven parts (3 + 3 + 2 samples) train the same
+    weights and report the same loss as one pass over the batch of 8."""
+    from snnconvert.passes.distill import distill
+    from snnconvert.passes.optimize_init import open_thresholds
+
+    ann = small_ann()
+    base, _ = converted(ann, images(200, 0), 4, None, readout=False)
+    train, hold = images(48, 2), images(40, 3)
+    runs = {}
+    for budget in (32, 12):
+        tuned, history = distill(base, open_thresholds(base), train, hold, 4, epochs=2, lr=1e-2,
+                                 batch_size=8, mixup=0.5, loss="mse", layers=1.0, method="bptt", select="last",
+                                 step_budget=budget)
+        runs[budget] = ({i.name: numpy_helper.to_array(i) for i in tuned.graph.initializer}, history)
+    (whole, h_whole), (parts, h_parts) = runs[32], runs[12]
+    assert h_whole[-1].epoch == 2 and abs(h_whole[1].train_loss - h_parts[1].train_loss) < 1e-5 * h_whole[1].train_loss
+    moved = [k for k in whole if not np.allclose(whole[k], numpy_helper.to_array(
+        next(i for i in base.graph.initializer if i.name == k)), atol=1e-4)]
+    assert moved, "the training changed no weight"
+    for k in whole:
+        np.testing.assert_allclose(parts[k], whole[k], rtol=1e-4, atol=1e-5, err_msg=k)

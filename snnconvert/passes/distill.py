@@ -45,6 +45,9 @@ HELD_OUT = "distill-held-out"
 """Key in ``ctx.stats`` of (the held-out samples, the calibration data as it came), set aside by
 :class:`RememberANN` so that the fit for T never sees the samples that judge the distillation."""
 SAMPLES, HELD_OUT_SHARE, MIN_HELD_OUT = 1024, 0.2, 32
+STEP_BUDGET = 256
+"""Samples × T one backward pass of the "bptt" distillation holds (a batch of 16 at T=16: about
+1.5 GB on ResNet-20); a larger batch × T is backpropagated in parts, its gradients summed."""
 
 
 def held_out_count(n: int, share: float = HELD_OUT_SHARE, minimum: int = MIN_HELD_OUT) -> int:
@@ -118,7 +121,8 @@ class DistillForT(Pass):
                  min_held_out: int = MIN_HELD_OUT,
                  mixup: float = 0.5, loss: str = "kl", temperature: float = 4.0, layers: float = 1.0,
                  method: str = DEFAULT_METHOD, ema: float = 0.9, average: float = 0.6,
-                 select: str = "last", surrogate: str = "atan", alpha: float = 2.0, seed: int = 0) -> None:
+                 select: str = "last", surrogate: str = "atan", alpha: float = 2.0, seed: int = 0,
+                 step_budget: int = STEP_BUDGET) -> None:
         """``samples``: at most this many calibration samples, of which the share ``held_out`` (at
         least ``min_held_out``; with fewer samples nothing is distilled) scores each epoch;
         ``sample_steps``: training samples × T per epoch are bounded by it (the cost);
@@ -128,7 +132,8 @@ class DistillForT(Pass):
         activation, squared error relative to the activation's mean square; an "mse" output term is
         then relative too); ``method``: "rates" (straight-through: the SNN's rates forward from a
         no-grad run at T, the clip activation's gradient backward; memory independent of T) or
-        "bptt" (backpropagation through the T steps with the surrogate gradient); ``ema``: the
+        "bptt" (backpropagation through the T steps with the surrogate gradient, in parts of at most
+        ``step_budget`` samples × T: :func:`distill`); ``ema``: the
         weights scored and kept are this exponential moving average over the steps (0: the last);
         ``average``: over this share of the epochs, the last ones, they are instead the plain mean
         of the weights after every step since that share began (0: none; :func:`average_from`);
@@ -138,7 +143,7 @@ class DistillForT(Pass):
         self.epochs, self.lr, self.batch_size = epochs, lr, batch_size
         self.samples, self.sample_steps = samples, sample_steps
         self.held_out, self.min_held_out, self.mixup = held_out, min_held_out, mixup
-        self.surrogate, self.alpha, self.seed = surrogate, alpha, seed
+        self.surrogate, self.alpha, self.seed, self.step_budget = surrogate, alpha, seed, step_budget
         self.loss, self.temperature, self.layers, self.method = loss, temperature, layers, method
         self.ema, self.average, self.select = ema, average, select
         if loss not in LOSSES or method not in METHODS or select not in SELECTIONS:
@@ -176,7 +181,8 @@ class DistillForT(Pass):
                                       average_from=average_from(self.epochs, self.average),
                                       select=self.select,
                                       surrogate=self.surrogate, alpha=self.alpha,
-                                      seed=self.seed, progress=ctx.progress)
+                                      seed=self.seed, step_budget=self.step_budget,
+                                      progress=ctx.progress)
         start = self.history[0]
         best = max(self.history, key=lambda s: rank(s, self.select))
         self.kept = best.epoch > 0 and best.agreement >= start.agreement
@@ -236,7 +242,7 @@ def distill(model: onnx.ModelProto, teacher: onnx.ModelProto, train: np.ndarray,
             steps: int, epochs: int = 4, lr: float = 1e-4, batch_size: int = 16, mixup: float = 1.0,
             loss: str = "mse", temperature: float = 1.0, layers: float = 0.0, method: str = "bptt",
             ema: float = 0.0, average_from: int = 0, select: str = "divergence", surrogate: str = "atan",
-            alpha: float = 2.0, seed: int = 0, progress: bool = False,
+            alpha: float = 2.0, seed: int = 0, step_budget: int = STEP_BUDGET, progress: bool = False,
             on_epoch: Callable[[EpochScore, SpikingNetwork], None] | None = None
             ) -> tuple[onnx.ModelProto, list[EpochScore]]:
     """Train ``model`` at ``steps`` to match ``teacher``'s output on ``train`` (and mixup blends);
@@ -244,7 +250,10 @@ def distill(model: onnx.ModelProto, teacher: onnx.ModelProto, train: np.ndarray,
     epoch 0: ``model`` as it came) and the held-out scores of every epoch
     (``on_epoch`` sees each score and the network after that epoch). The network after an epoch
     has the weights' exponential moving average at ``ema`` (0: the weights themselves) or, from
-    epoch ``average_from`` on (0: never), their plain mean over the steps since it began."""
+    epoch ``average_from`` on (0: never), their plain mean over the steps since it began.
+    With ``method`` "bptt" a batch is backpropagated in parts of at most ``step_budget`` samples × T
+    (at least one sample), the gradients summed: the batch's gradient, in memory that stops
+    growing with T once T × batch_size passes the budget."""
     work = onnx.ModelProto()
     work.CopyFrom(model)
     ir.drop_derived(work)
@@ -323,24 +332,33 @@ def distill(model: onnx.ModelProto, teacher: onnx.ModelProto, train: np.ndarray,
             ref = run_teacher(xb)
             target = torch.from_numpy(ref[output].reshape(len(xb), -1))
             xt = torch.from_numpy(np.ascontiguousarray(xb, np.float32))
-            if method == "rates":
-                out = straight_through(xt)
-            else:
-                net.neuron_hook, net.time_chunk = (record, None) if layers else (None, "auto")
-                try:
-                    out = net(xt, steps)
-                finally:
-                    net.neuron_hook, net.time_chunk = None, "auto"
-            value = distill_loss(out, target, loss, temperature)
-            if layers:
-                if loss == "mse":  # relative, as the layer terms (the KL has no scale of its own)
-                    value = value / target.pow(2).mean().clamp(min=1e-12)
-                terms = [torch.mean((rates[name] - torch.from_numpy(ref[o])) ** 2)
-                         / float(np.mean(ref[o] ** 2) + 1e-12) for name, o in acts.items()]
-                value = value + layers * torch.stack(terms).mean()
-                rates.clear()
+            # the scales of the relative terms are the whole batch's, so that the gradients
+            # summed over its parts are the whole batch's gradient
+            out_scale = float(target.pow(2).mean().clamp(min=1e-12)) if loss == "mse" else 1.0
+            act_scale = {o: float(np.mean(ref[o] ** 2) + 1e-12) for o in acts.values()}
+            part = len(xb) if method == "rates" else max(1, step_budget // steps)
             opt.zero_grad(set_to_none=True)
-            value.backward()
+            value = torch.zeros(())
+            for lo in range(0, len(xb), part):
+                hi = min(len(xb), lo + part)
+                if method == "rates":
+                    out = straight_through(xt[lo:hi])
+                else:
+                    net.neuron_hook, net.time_chunk = (record, None) if layers else (None, "auto")
+                    try:
+                        out = net(xt[lo:hi], steps)
+                    finally:
+                        net.neuron_hook, net.time_chunk = None, "auto"
+                piece = distill_loss(out, target[lo:hi], loss, temperature)
+                if layers:
+                    piece = piece / out_scale  # relative for "mse", as the layer terms
+                    terms = [torch.mean((rates[name] - torch.from_numpy(ref[o][lo:hi])) ** 2) / act_scale[o]
+                             for name, o in acts.items()]
+                    piece = piece + layers * torch.stack(terms).mean()
+                    rates.clear()
+                piece = piece * ((hi - lo) / len(xb))
+                piece.backward()
+                value = value + piece.detach()
             opt.step()
             keep_thresholds_positive(net, floors)
             if ema:
