@@ -37,10 +37,10 @@ def conversion_options(f: Callable) -> Callable:
                           "thresholds and --v-init only."),
         click.option("--distill", default=None, type=click.Choice(list(DISTILL_METHODS)),
                      help=f"With --calibration full (refused otherwise; default {DEFAULT_DISTILL}): "
-                          "the distillation's gradient straight through "
-                          "the SNN's rates (memory independent of T), or backpropagated through "
-                          "the T steps with the surrogate gradient (bptt: about 4x the calibration "
-                          "time; on ResNet-20 at T=16 it agrees with the ANN 1.3 pt more often)."),
+                          "the distillation's gradient backpropagated through the T steps with "
+                          "the surrogate gradient (bptt), or straight through the SNN's rates "
+                          "(rates: about 4x faster; on ResNet-20 it agrees with the ANN 1-2.5 pt "
+                          "less often)."),
         click.option("--agreement", default=99.0, show_default=True,
                      type=click.FloatRange(0, 100, min_open=True),
                      help="-T auto: the agreement with the ANN (%) the chosen T must reach on "
