@@ -44,9 +44,10 @@ SETTINGS = {
     "refit": dict(calibration="refit"),
     "temporal": dict(calibration="temporal"),
     "full": dict(calibration="full"),
+    "full-rates": dict(calibration="full", distill="rates"),
     "default": dict(),
 }
-PER_T = {"optimized", "fast", "refit", "temporal", "full", "default"}
+PER_T = {"optimized", "fast", "refit", "temporal", "full", "full-rates", "default"}
 
 
 def _peak_mb() -> float:
