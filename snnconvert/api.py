@@ -53,7 +53,7 @@ def convert(source: str | os.PathLike | onnx.ModelProto, calib: Data | None = No
     ANN's output on the calibration samples, kept only where held-out samples say it helps;
     see :mod:`snnconvert.passes.distill`; ``distill``, for "full" only: its gradient
     backpropagated through the T steps, "bptt" (the default, None), or straight through the rates,
-    "rates": about 4x faster, less faithful);
+    "rates": 3-6x faster, less faithful);
     "none" keeps the percentile thresholds and ``v_init``. ``timesteps="auto"`` picks the smallest T whose
     agreement with the ANN on held-out calibration samples reaches ``agreement`` (see
     :func:`choose_timesteps`). Returns the spiking IR (an ONNX model). ``log`` receives

@@ -39,7 +39,7 @@ def conversion_options(f: Callable) -> Callable:
                      help=f"With --calibration full (refused otherwise; default {DEFAULT_DISTILL}): "
                           "the distillation's gradient backpropagated through the T steps with "
                           "the surrogate gradient (bptt), or straight through the SNN's rates "
-                          "(rates: about 4x faster; on ResNet-20 it agrees with the ANN 1-2.5 pt "
+                          "(rates: 3-6x faster; on ResNet-20 it agrees with the ANN 0.7-2.1 pt "
                           "less often)."),
         click.option("--agreement", default=99.0, show_default=True,
                      type=click.FloatRange(0, 100, min_open=True),
