@@ -309,6 +309,18 @@ def distill(model: onnx.ModelProto, teacher: onnx.ModelProto, train: np.ndarray,
         finally:
             net.neuron_hook = None
 
+    def through_steps(xb: torch.Tensor) -> torch.Tensor:
+        """The SNN's readout at T, the surrogate gradient backward through every step (each
+        layer's rate recorded when the layer terms need it)."""
+        net.neuron_hook, net.time_chunk = (record, None) if layers else (None, "auto")
+        try:
+            return net(xb, steps)
+        finally:
+            net.neuron_hook, net.time_chunk = None, "auto"
+
+    forward = straight_through if method == "rates" else through_steps
+    # samples per backward pass: straight-through memory does not grow with T, BPTT's does
+    part = batch_size if method == "rates" else max(1, step_budget // steps)
     hold_target = np.concatenate([label(hold[i:i + 256]) for i in range(0, len(hold), 256)])
     t0 = time.perf_counter()
     history = [EpochScore(0, *_score(net, hold, hold_target, steps), None, time.perf_counter() - t0)]
@@ -340,20 +352,11 @@ def distill(model: onnx.ModelProto, teacher: onnx.ModelProto, train: np.ndarray,
             # summed over its parts are the whole batch's gradient
             out_scale = float(target.pow(2).mean().clamp(min=1e-12)) if loss == "mse" else 1.0
             act_scale = {o: float(np.mean(ref[o] ** 2) + 1e-12) for o in acts.values()}
-            part = len(xb) if method == "rates" else max(1, step_budget // steps)
             opt.zero_grad(set_to_none=True)
             value = torch.zeros(())
             for lo in range(0, len(xb), part):
                 hi = min(len(xb), lo + part)
-                if method == "rates":
-                    out = straight_through(xt[lo:hi])
-                else:
-                    net.neuron_hook, net.time_chunk = (record, None) if layers else (None, "auto")
-                    try:
-                        out = net(xt[lo:hi], steps)
-                    finally:
-                        net.neuron_hook, net.time_chunk = None, "auto"
-                piece = distill_loss(out, target[lo:hi], loss, temperature)
+                piece = distill_loss(forward(xt[lo:hi]), target[lo:hi], loss, temperature)
                 if layers:
                     piece = piece / out_scale  # relative for "mse", as the layer terms
                     terms = [torch.mean((rates[name] - torch.from_numpy(ref[o][lo:hi])) ** 2) / act_scale[o]
