@@ -355,3 +355,31 @@ def test_bptt_parts_of_a_batch_sum_to_the_batch_gradient():
     assert [k for k in whole if not np.allclose(whole[k], start[k], atol=1e-4)], "the training changed no weight"
     for k in whole:
         np.testing.assert_allclose(parts[k], whole[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def test_each_epoch_draws_its_own_samples_where_t_bounds_the_epoch():
+    """Where samples × T per epoch (`sample_steps`) allow fewer samples than there are, each epoch
+    draws its share afresh, so that over the epochs the training reads samples beyond the first
+    ones (before, ResNet-20 at T=32 trained on the same 512 of its 800 samples every epoch); the
+    pass's log says how many an epoch draws."""
+    from snnconvert.passes.distill import distill
+
+    ann = small_ann()
+    calib = images(120, 0)
+    base, _ = converted(ann, calib, 2, None)
+    read: list[np.ndarray] = []
+
+    class Spy(np.ndarray):
+        def __getitem__(self, key):
+            if isinstance(key, np.ndarray):
+                read.append(np.array(key))
+            return np.asarray(self)[key]
+
+    distill(base, ann, calib[:96].view(Spy), calib[96:], 2, epochs=3, lr=1e-3, batch_size=16,
+            per_epoch=32, mixup=0.0)
+    epochs = [np.concatenate(read[2 * e:2 * e + 2]) for e in range(3)]
+    assert [len(set(e.tolist())) for e in epochs] == [32, 32, 32]
+    assert len(set(np.concatenate(epochs).tolist())) > 48
+    distill_pass = DistillForT(epochs=1, lr=1e-3, batch_size=16, sample_steps=64)
+    _, ctx = converted(ann, images(300, 0), 2, distill_pass)
+    assert "on 240 calibration sample(s), 32 drawn for each epoch" in dict(ctx.log)["distill-for-T"]

@@ -129,7 +129,8 @@ class DistillForT(Pass):
                  step_budget: int = STEP_BUDGET) -> None:
         """``samples``: at most this many calibration samples, of which the share ``held_out`` (at
         least ``min_held_out``; with fewer samples nothing is distilled) scores each epoch;
-        ``sample_steps``: training samples × T per epoch are bounded by it (the cost);
+        ``sample_steps``: training samples × T per epoch are bounded by it (the cost; each epoch
+        draws its samples afresh from all the training ones);
         ``mixup``: share of each batch replaced by blends λ·a + (1 − λ)·b of two samples, λ
         uniform in [0, 1] (0: no mixup); ``loss``: on the output, "mse" or "kl" (at
         ``temperature``); ``layers``: weight of the per-layer terms (each layer's rate vs the ANN's
@@ -175,10 +176,10 @@ class DistillForT(Pass):
                          "some out and train on the rest")
                 return model
             x, hold = x[:len(x) - n_hold], x[len(x) - n_hold:]
-        train = x[:max(self.batch_size, self.sample_steps // steps)]
+        per_epoch = max(self.batch_size, self.sample_steps // steps)
         teacher = ctx.stats.get(REFERENCE)
         tuned, self.history = distill(model, open_thresholds(model) if teacher is None else teacher,
-                                      train, hold, steps, epochs=self.epochs, lr=self.lr,
+                                      x, hold, steps, epochs=self.epochs, lr=self.lr, per_epoch=per_epoch,
                                       batch_size=self.batch_size, mixup=self.mixup, loss=self.loss,
                                       temperature=self.temperature, layers=self.layers,
                                       method=self.method, ema=self.ema,
@@ -192,8 +193,9 @@ class DistillForT(Pass):
         self.kept = best.epoch > 0 and best.agreement >= start.agreement
         seconds = sum(s.seconds for s in self.history)
         ctx.stats[self.name] = [vars(s) for s in self.history]
-        ctx.info(self.name, f"trained at T={steps} ({self.method}) on {len(train)} calibration sample(s) for "
-                 f"{len(self.history) - 1} epoch(s) ({seconds:.1f} s); on {len(hold)} held out: "
+        drawn = f", {per_epoch} drawn for each epoch" if per_epoch < len(x) else ""
+        ctx.info(self.name, f"trained at T={steps} ({self.method}) on {len(x)} calibration sample(s){drawn} "
+                 f"for {len(self.history) - 1} epoch(s) ({seconds:.1f} s); on {len(hold)} held out: "
                  f"divergence from the ANN {start.divergence:.4g} -> {best.divergence:.4g}, output "
                  f"error {start.error:.4g} -> {best.error:.4g}, agreement {100 * start.agreement:.1f} "
                  f"% -> {100 * best.agreement:.1f} % (epoch {best.epoch}): "
@@ -243,13 +245,15 @@ def _score(net: SpikingNetwork, x: np.ndarray, target: np.ndarray, steps: int, b
 
 
 def distill(model: onnx.ModelProto, teacher: onnx.ModelProto, train: np.ndarray, hold: np.ndarray,
-            steps: int, epochs: int = 4, lr: float = 1e-4, batch_size: int = 16, mixup: float = 1.0,
+            steps: int, epochs: int = 4, lr: float = 1e-4, batch_size: int = 16, per_epoch: int | None = None,
+            mixup: float = 1.0,
             loss: str = "mse", temperature: float = 1.0, layers: float = 0.0, method: str = "bptt",
             ema: float = 0.0, average_from: int = 0, select: str = "divergence", surrogate: str = "atan",
             alpha: float = 2.0, seed: int = 0, step_budget: int = STEP_BUDGET, progress: bool = False,
             on_epoch: Callable[[EpochScore, SpikingNetwork], None] | None = None
             ) -> tuple[onnx.ModelProto, list[EpochScore]]:
-    """Train ``model`` at ``steps`` to match ``teacher``'s output on ``train`` (and mixup blends);
+    """Train ``model`` at ``steps`` to match ``teacher``'s output on ``train`` (and mixup blends;
+    each epoch reads ``per_epoch`` of them, drawn afresh, or all: None);
     returns the network after the epoch that ranked best on ``hold`` (:func:`rank` by ``select``;
     epoch 0: ``model`` as it came) and the held-out scores of every epoch
     (``on_epoch`` sees each score and the network after that epoch). The network after an epoch
@@ -331,10 +335,11 @@ def distill(model: onnx.ModelProto, teacher: onnx.ModelProto, train: np.ndarray,
     shadow = {k: p.detach().clone() for k, p in net.params.items()} if ema else {}
     mean: dict[str, torch.Tensor] = {}
     averaged = 0
-    batches = math.ceil(len(train) / batch_size)
+    drawn = len(train) if per_epoch is None else min(len(train), per_epoch)
+    batches = math.ceil(drawn / batch_size)
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
-        order = rng.permutation(len(train))
+        order = rng.permutation(len(train))[:drawn]
         total, seen = 0.0, 0
         bar = tqdm(range(batches), desc=f"distilling T={steps}, epoch {epoch}/{epochs}", unit="batch",
                    disable=not progress, leave=False)
