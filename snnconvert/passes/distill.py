@@ -245,9 +245,9 @@ def _score(net: SpikingNetwork, x: np.ndarray, target: np.ndarray, steps: int, b
 
 
 def distill(model: onnx.ModelProto, teacher: onnx.ModelProto, train: np.ndarray, hold: np.ndarray,
-            steps: int, epochs: int = 4, lr: float = 1e-4, batch_size: int = 16, per_epoch: int | None = None,
-            mixup: float = 1.0,
-            loss: str = "mse", temperature: float = 1.0, layers: float = 0.0, method: str = "bptt",
+            steps: int, epochs: int = 4, lr: float = 1e-4, batch_size: int = 16,
+            per_epoch: int | None = None, mixup: float = 1.0, loss: str = "mse",
+            temperature: float = 1.0, layers: float = 0.0, method: str = "bptt",
             ema: float = 0.0, average_from: int = 0, select: str = "divergence", surrogate: str = "atan",
             alpha: float = 2.0, seed: int = 0, step_budget: int = STEP_BUDGET, progress: bool = False,
             on_epoch: Callable[[EpochScore, SpikingNetwork], None] | None = None
