@@ -50,7 +50,8 @@ def convert(source: str | os.PathLike | onnx.ModelProto, calib: Data | None = No
     a per-channel bias for each time step (the neurons' step bias, :mod:`snnconvert.passes.step_bias`;
     a target that holds none, NIR, gets "refit"); "full" adds, after "refit", a
     label-free distillation of the whole network at T (surrogate-gradient training to the
-    ANN's output on the calibration samples, kept only where held-out samples say it helps;
+    ANN's output on the calibration samples, kept only where held-out samples say it helps,
+    else the network is "refit"'s;
     see :mod:`snnconvert.passes.distill`; ``distill``, for "full" only: its gradient
     backpropagated through the T steps, "bptt" (the default, None), or straight through the rates,
     "rates": 3-6x faster, less faithful);

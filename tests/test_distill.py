@@ -97,20 +97,56 @@ def full_recording_entry(distill: DistillForT) -> tuple[Pipeline, list[onnx.Mode
     return pipe.insert_before("distill-for-T", keep), entered
 
 
-def test_the_guard_drops_a_distillation_that_hurts():
-    """A learning rate far too large wrecks the network: the held-out samples show it, and the
-    pass returns the network as it came (identical to `refit`'s)."""
+def weights_of(model: onnx.ModelProto) -> dict[str, list]:
+    return {i.name: numpy_helper.to_array(i).tolist() for i in model.graph.initializer}
+
+
+def test_the_guard_drops_a_distillation_that_hurts_and_fits_again_on_every_sample():
+    """A learning rate far too large wrecks the network: the held-out samples show it, the pass
+    drops the training, and since the fit for T read only the 240 samples the set-aside left, it
+    fits again on all 300: the network is `refit`'s, bit for bit, not the one fitted on 240."""
     ann = small_ann()
     calib = images(300, 0)
-    distill = DistillForT(epochs=1, lr=1.0, batch_size=16)
     ctx = PassContext(calib=calib, timesteps=2)
-    pipe, entered = full_recording_entry(distill)
+    pipe, entered = full_recording_entry(DistillForT(epochs=1, lr=1.0, batch_size=16))
+    distill = pipe.passes[pipe.names().index("distill-for-T")]
+    distill.fit = pipe.passes[pipe.names().index("calibrate-for-T")]
     tuned = pipe(ann, ctx)
-    base = entered[0]
-    assert distill.kept is False and ctx.log[-1][1].endswith("dropped"), ctx.log[-1]
+    log = [message for step, message in ctx.log if step == "distill-for-T"]
+    assert distill.kept is False and log[0].endswith("dropped"), log
     assert distill.history[1].error > distill.history[0].error
-    weights = lambda m: {i.name: numpy_helper.to_array(i).tolist() for i in m.graph.initializer}
-    assert weights(tuned) == weights(base)
+    assert log[1] == ("fitting for T again, on all the calibration samples (60 held out included), "
+                      "as without the distillation"), log
+    assert "on 300 sample(s)" in [m for s, m in ctx.log if s == "calibrate-for-T"][-1]
+    refit, _ = converted(ann, calib, 2, None)
+    assert weights_of(tuned) == weights_of(refit)
+    assert weights_of(tuned) != weights_of(entered[0])
+    assert ctx.calib is calib
+
+
+def test_a_dropped_distillation_keeps_the_fit_that_read_the_same_samples():
+    """Where the fit for T reads no more samples than the set-aside left it (here 64 fitted + 100
+    checking, of 240; then 240 fitted), fitting again on all 300 would give the same network: the
+    pass returns the one that entered it, without fitting again; with 241 it fits again. default_pipeline links its
+    distillation to its fit."""
+    full = default_pipeline(calibration="full")
+    assert full.passes[-1].fit is full.passes[full.names().index("calibrate-for-T")]
+    ann = small_ann()
+    calib = images(300, 0)
+    pipe, entered = full_recording_entry(DistillForT(epochs=1, lr=1.0, batch_size=16))
+    fit = pipe.passes[pipe.names().index("calibrate-for-T")]
+    pipe.passes[pipe.names().index("distill-for-T")].fit = fit
+    for samples, held_out in ((64, 100), (240, 0)):
+        fit.samples, fit.held_out = samples, held_out
+        ctx = PassContext(calib=calib, timesteps=2)
+        tuned = pipe(ann, ctx)
+        assert dict(ctx.log)["distill-for-T"].endswith("dropped")
+        assert not any("again" in message for _, message in ctx.log), ctx.log
+        assert weights_of(tuned) == weights_of(entered[-1])
+    fit.samples = 241  # one more than the set-aside left: it fits again
+    ctx = PassContext(calib=calib, timesteps=2)
+    pipe(ann, ctx)
+    assert any("again" in message for _, message in ctx.log), ctx.log
 
 
 def test_too_few_calibration_samples_skip_the_distillation():

@@ -32,8 +32,9 @@ def conversion_options(f: Callable) -> Callable:
                           "per-channel bias for each time step (FTBC; not for --target nir); "
                           "full = refit, then the whole "
                           "network trained at T to reproduce the ANN's output (label-free "
-                          "surrogate-gradient distillation, kept only if it lowers the error on "
-                          "held-out calibration samples; costs minutes on CPU); none = --norm "
+                          "surrogate-gradient distillation, kept only if it agrees with the ANN "
+                          "on held-out calibration samples at least as often, else the network "
+                          "refit gives; costs minutes on CPU); none = --norm "
                           "thresholds and --v-init only."),
         click.option("--distill", default=None, type=click.Choice(list(DISTILL_METHODS)),
                      help=f"With --calibration full (refused otherwise; default {DEFAULT_DISTILL}): "

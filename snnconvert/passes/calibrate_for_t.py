@@ -238,14 +238,23 @@ class CalibrateForT(Pass):
         self.readout_fit: ReadoutFit | None = None
         """What the last readout refit did (None: none)."""
 
+    def fit_count(self, model: onnx.ModelProto, steps: int) -> int:
+        """Calibration samples the fit at ``steps`` reads (the first ones; :func:`sample_count`)."""
+        return sample_count(steps, self.samples, self.sample_steps, self.work,
+                            macs(model) if self.work else 0, self.square)
+
+    def reads(self, model: onnx.ModelProto, steps: int) -> int:
+        """Leading calibration samples a run at ``steps`` can read: those it fits and, after them,
+        those that check the fit. Given more, it reads no more: the same network."""
+        return self.fit_count(model, steps) + self.held_out
+
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> onnx.ModelProto:
         if is_empty(ctx.calib):
             raise DataError("calibration for T needs calibration data",
                             hint="Pass --calib C.npz, or choose --calibration none.")
         t0 = time.perf_counter()
         steps = ctx.timesteps
-        x = head(ctx.calib, sample_count(steps, self.samples, self.sample_steps, self.work,
-                                         macs(model) if self.work else 0, self.square))
+        x = head(ctx.calib, self.fit_count(model, steps))
         rank = len(model.graph.input[0].type.tensor_type.shape.dim)
         if rank and x.ndim != rank:
             ctx.info(self.name, f"skipped: calibration samples of shape {list(x.shape[1:])} are "

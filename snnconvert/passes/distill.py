@@ -18,7 +18,8 @@ every step), and that average, after the last epoch, is kept: on ResNet-20 at T=
 steps apart differ by about 1 point of accuracy, more than a few hundred held-out samples can
 resolve, so averaging the noise away beats choosing through it. The distillation is dropped
 unless the kept network agrees with the ANN on at least as many held-out samples as the network
-it started from.
+it started from; the network is then fitted for T again, on all the calibration samples (the
+held-out ones included), where the fit would read more of them: what `refit` gives.
 """
 from __future__ import annotations
 
@@ -33,18 +34,18 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import ir, onnxrt
-from ..datasets import head, is_empty
+from ..datasets import count, head, is_empty
 from ..errors import DataError
 from ..runtime import SpikingNetwork, param_key
 from ..runtime.training import keep_thresholds_positive, scale_for, threshold_floors, threshold_keys
-from .base import Pass, PassContext
+from .base import Pass, PassContext, PassLike, copy_model
 from .optimize_init import open_thresholds
 
 REFERENCE = "reference-ann"
 """Key in ``ctx.stats`` of the ANN the distillation matches (set by :class:`RememberANN`)."""
 HELD_OUT = "distill-held-out"
-"""Key in ``ctx.stats`` of (the held-out samples, the calibration data as it came), set aside by
-:class:`RememberANN` so that the fit for T never sees the samples that judge the distillation."""
+"""Key in ``ctx.stats`` of the :class:`SetAside` of :class:`RememberANN`, so that the fit for T never
+sees the samples that judge the distillation."""
 SAMPLES, HELD_OUT_SHARE, MIN_HELD_OUT = 1024, 0.2, 32
 STEP_BUDGET = 256
 """Samples × T one backward pass of the "bptt" distillation holds (a batch of 16 at T=16: a peak of about
@@ -58,6 +59,17 @@ def held_out_count(n: int, share: float = HELD_OUT_SHARE, minimum: int = MIN_HEL
     return n_hold if n - n_hold >= n_hold else 0
 
 
+@dataclass
+class SetAside:
+    """What :class:`RememberANN` set aside for :class:`DistillForT`: the held-out samples, the
+    calibration data as it came, and the network as it entered the fit for T (fitted again from
+    there, on all the data, if the distillation is dropped)."""
+
+    held_out: np.ndarray
+    calib: object
+    entry: onnx.ModelProto
+
+
 def _static(model: onnx.ModelProto, x: np.ndarray) -> bool:
     rank = len(model.graph.input[0].type.tensor_type.shape.dim)
     return not rank or x.ndim == rank
@@ -68,9 +80,10 @@ class RememberANN(Pass):
     match: placed before the passes that change weights (calibration for T). It also sets aside
     the distillation's held-out samples (the last ``held_out`` share of the first ``samples``):
     the passes until :class:`DistillForT` see only the rest of those first ``samples`` (the fit
-    for T reads at most 1,024 anyway; its own held-out check, which reads the samples after the
-    ones it fits, then has none), so that the held-out score of the network they fit is not
-    flattered by samples it was fitted on. :class:`DistillForT` restores the data as it came."""
+    for T reads at most 1,024 anyway, and checks itself on those after the ones it fits), so that
+    the held-out score of the network they fit is not flattered by samples it was fitted on.
+    :class:`DistillForT` restores the data as it came (and, dropping the distillation, fits again
+    from the network as it is here)."""
 
     name = "remember-ann"
 
@@ -86,7 +99,7 @@ class RememberANN(Pass):
         x = head(ctx.calib, self.samples)
         n_hold = held_out_count(len(x), self.held_out, self.min_held_out)
         if n_hold and _static(model, x):
-            ctx.stats[HELD_OUT] = (x[len(x) - n_hold:], ctx.calib)
+            ctx.stats[HELD_OUT] = SetAside(x[len(x) - n_hold:], ctx.calib, copy_model(model))
             ctx.calib = x[:len(x) - n_hold]
             ctx.info(self.name, f"{n_hold} of {len(x)} calibration samples set aside to judge the "
                      "distillation (the fit for T does not see them)")
@@ -126,7 +139,7 @@ class DistillForT(Pass):
                  mixup: float = 0.5, loss: str = "kl", temperature: float = 4.0, layers: float = 1.0,
                  method: str = DEFAULT_METHOD, ema: float = 0.9, average: float = 0.6,
                  select: str = "last", surrogate: str = "atan", alpha: float = 2.0, seed: int = 0,
-                 step_budget: int = STEP_BUDGET) -> None:
+                 step_budget: int = STEP_BUDGET, fit: PassLike | None = None) -> None:
         """``samples``: at most this many calibration samples, of which the share ``held_out`` (at
         least ``min_held_out``; with fewer samples nothing is distilled) scores each epoch;
         ``sample_steps``: training samples × T per epoch are bounded by it (the cost; each epoch
@@ -144,13 +157,16 @@ class DistillForT(Pass):
         of the weights after every step since that share began (0: none; :func:`average_from`);
         ``select``: how held-out scores rank the epochs (:func:`rank`; "last": the last epoch is
         kept, if it agrees at least as much as the network that entered). When :class:`RememberANN`
-        set samples aside, those are the held-out ones (``held_out`` is then its)."""
+        set samples aside, those are the held-out ones (``held_out`` is then its); ``fit``: the
+        fit for T before this pass (the pipeline's :class:`CalibrateForT`): where the distillation
+        is dropped, it is run again from the network :class:`RememberANN` saw, on all the
+        calibration samples, if it reads more than the set-aside left it (see :meth:`dropped`)."""
         self.epochs, self.lr, self.batch_size = epochs, lr, batch_size
         self.samples, self.sample_steps = samples, sample_steps
         self.held_out, self.min_held_out, self.mixup = held_out, min_held_out, mixup
         self.surrogate, self.alpha, self.seed, self.step_budget = surrogate, alpha, seed, step_budget
         self.loss, self.temperature, self.layers, self.method = loss, temperature, layers, method
-        self.ema, self.average, self.select = ema, average, select
+        self.ema, self.average, self.select, self.fit = ema, average, select, fit
         if loss not in LOSSES or method not in METHODS or select not in SELECTIONS:
             raise ValueError(f"loss must be one of {LOSSES}, method one of {METHODS}, select one of "
                              f"{SELECTIONS}")
@@ -163,8 +179,10 @@ class DistillForT(Pass):
                             hint="Pass --calib C.npz, or choose another --calibration.")
         steps = ctx.timesteps
         self.history, self.kept = [], None
-        hold, calib = ctx.stats.pop(HELD_OUT, (None, ctx.calib))
+        aside = ctx.stats.pop(HELD_OUT, None)
+        hold, calib = (None, ctx.calib) if aside is None else (aside.held_out, aside.calib)
         x = head(ctx.calib, self.samples)  # without the samples RememberANN set aside, if it did
+        fitted_on = len(ctx.calib) if aside is not None else None
         ctx.calib = calib  # as it came
         if not _static(model, x):
             ctx.info(self.name, "skipped: time-varying calibration samples (it trains on static inputs)")
@@ -200,7 +218,23 @@ class DistillForT(Pass):
                  f"error {start.error:.4g} -> {best.error:.4g}, agreement {100 * start.agreement:.1f} "
                  f"% -> {100 * best.agreement:.1f} % (epoch {best.epoch}): "
                  + ("kept" if self.kept else "dropped"))
-        return tuned if self.kept else model
+        return tuned if self.kept else self.dropped(model, aside, fitted_on, ctx)
+
+    def dropped(self, model: onnx.ModelProto, aside: SetAside | None, fitted_on: int | None,
+                ctx: PassContext) -> onnx.ModelProto:
+        """The network when the distillation is dropped: ``model`` (fitted on the ``fitted_on``
+        samples the set-aside left), or, where the fit would read more of all the calibration
+        samples, :attr:`fit` run again on all of them from the network as it entered the fit,
+        so that a dropped distillation leaves the network `refit` gives."""
+        if self.fit is None or aside is None:
+            return model
+        reads, total = getattr(self.fit, "reads", None), count(aside.calib)
+        if reads is not None and total is not None \
+                and min(total, reads(aside.entry, ctx.timesteps)) <= fitted_on:
+            return model  # it would read the same samples: the same network
+        ctx.info(self.name, f"fitting for T again, on all the calibration samples "
+                 f"({len(aside.held_out)} held out included), as without the distillation")
+        return self.fit(aside.entry, ctx)
 
 
 def rank(score: EpochScore, select: str) -> tuple[float, ...]:

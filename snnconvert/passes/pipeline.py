@@ -100,9 +100,10 @@ def default_pipeline(norm: str = "percentile:99.99", per_channel: bool = True,
         passes.append(RememberANN())
     if calibration != "none":
         # v(0) = 0 asked for (hard-reset targets such as NIR hold no initial potential): keep it
-        passes.append(CalibrateForT(default_steps(potential=v_init != "zero",
-                                                  weights=calibration in ("refit", "temporal", "full"),
-                                                  step_bias=calibration == "temporal")))
+        fit = CalibrateForT(default_steps(potential=v_init != "zero",
+                                          weights=calibration in ("refit", "temporal", "full"),
+                                          step_bias=calibration == "temporal"))
+        passes.append(fit)
     if calibration == "full":
-        passes.append(DistillForT(method=distill))
+        passes.append(DistillForT(method=distill, fit=fit))
     return Pipeline(passes)
