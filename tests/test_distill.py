@@ -127,8 +127,8 @@ def test_the_guard_drops_a_distillation_that_hurts_and_fits_again_on_every_sampl
 def test_a_dropped_distillation_keeps_the_fit_that_read_the_same_samples():
     """Where the fit for T reads no more samples than the set-aside left it (here 64 fitted + 100
     checking, of 240; then 240 fitted), fitting again on all 300 would give the same network: the
-    pass returns the one that entered it, without fitting again; with 241 it fits again. default_pipeline links its
-    distillation to its fit."""
+    pass returns the one that entered it, without fitting again; with 241 it fits again.
+    default_pipeline links its distillation to its fit."""
     full = default_pipeline(calibration="full")
     assert full.passes[-1].fit is full.passes[full.names().index("calibrate-for-T")]
     ann = small_ann()

@@ -34,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import ir, onnxrt
-from ..datasets import count, head, is_empty
+from ..datasets import Data, count, head, is_empty
 from ..errors import DataError
 from ..runtime import SpikingNetwork, param_key
 from ..runtime.training import keep_thresholds_positive, scale_for, threshold_floors, threshold_keys
@@ -66,7 +66,7 @@ class SetAside:
     there, on all the data, if the distillation is dropped)."""
 
     held_out: np.ndarray
-    calib: object
+    calib: Data
     entry: onnx.ModelProto
 
 
@@ -160,7 +160,8 @@ class DistillForT(Pass):
         set samples aside, those are the held-out ones (``held_out`` is then its); ``fit``: the
         fit for T before this pass (the pipeline's :class:`CalibrateForT`): where the distillation
         is dropped, it is run again from the network :class:`RememberANN` saw, on all the
-        calibration samples, if it reads more than the set-aside left it (see :meth:`dropped`)."""
+        calibration samples, if it reads more than the set-aside left it
+        (:meth:`without_distillation`)."""
         self.epochs, self.lr, self.batch_size = epochs, lr, batch_size
         self.samples, self.sample_steps = samples, sample_steps
         self.held_out, self.min_held_out, self.mixup = held_out, min_held_out, mixup
@@ -218,10 +219,10 @@ class DistillForT(Pass):
                  f"error {start.error:.4g} -> {best.error:.4g}, agreement {100 * start.agreement:.1f} "
                  f"% -> {100 * best.agreement:.1f} % (epoch {best.epoch}): "
                  + ("kept" if self.kept else "dropped"))
-        return tuned if self.kept else self.dropped(model, aside, fitted_on, ctx)
+        return tuned if self.kept else self.without_distillation(model, aside, fitted_on, ctx)
 
-    def dropped(self, model: onnx.ModelProto, aside: SetAside | None, fitted_on: int | None,
-                ctx: PassContext) -> onnx.ModelProto:
+    def without_distillation(self, model: onnx.ModelProto, aside: SetAside | None,
+                             fitted_on: int | None, ctx: PassContext) -> onnx.ModelProto:
         """The network when the distillation is dropped: ``model`` (fitted on the ``fitted_on``
         samples the set-aside left), or, where the fit would read more of all the calibration
         samples, :attr:`fit` run again on all of them from the network as it entered the fit,
