@@ -38,7 +38,8 @@ from ..datasets import Data, count, head, is_empty
 from ..errors import DataError
 from ..runtime import SpikingNetwork, param_key
 from ..runtime.training import keep_thresholds_positive, scale_for, threshold_floors, threshold_keys
-from .base import Pass, PassContext, PassLike, copy_model
+from .base import Pass, PassContext, copy_model
+from .calibrate_for_t import CalibrateForT
 from .optimize_init import open_thresholds
 
 REFERENCE = "reference-ann"
@@ -62,11 +63,13 @@ def held_out_count(n: int, share: float = HELD_OUT_SHARE, minimum: int = MIN_HEL
 @dataclass
 class SetAside:
     """What :class:`RememberANN` set aside for :class:`DistillForT`: the held-out samples, the
-    calibration data as it came, and the network as it entered the fit for T (fitted again from
-    there, on all the data, if the distillation is dropped)."""
+    calibration data as it came, the number of samples it left to the passes between them, and
+    the network as it entered the fit for T (fitted again from there, on all the data, if the
+    distillation is dropped)."""
 
     held_out: np.ndarray
     calib: Data
+    left: int
     entry: onnx.ModelProto
 
 
@@ -99,8 +102,9 @@ class RememberANN(Pass):
         x = head(ctx.calib, self.samples)
         n_hold = held_out_count(len(x), self.held_out, self.min_held_out)
         if n_hold and _static(model, x):
-            ctx.stats[HELD_OUT] = SetAside(x[len(x) - n_hold:], ctx.calib, copy_model(model))
-            ctx.calib = x[:len(x) - n_hold]
+            left = len(x) - n_hold
+            ctx.stats[HELD_OUT] = SetAside(x[left:], ctx.calib, left, copy_model(model))
+            ctx.calib = x[:left]
             ctx.info(self.name, f"{n_hold} of {len(x)} calibration samples set aside to judge the "
                      "distillation (the fit for T does not see them)")
         return model
@@ -139,7 +143,7 @@ class DistillForT(Pass):
                  mixup: float = 0.5, loss: str = "kl", temperature: float = 4.0, layers: float = 1.0,
                  method: str = DEFAULT_METHOD, ema: float = 0.9, average: float = 0.6,
                  select: str = "last", surrogate: str = "atan", alpha: float = 2.0, seed: int = 0,
-                 step_budget: int = STEP_BUDGET, fit: PassLike | None = None) -> None:
+                 step_budget: int = STEP_BUDGET, fit: CalibrateForT | None = None) -> None:
         """``samples``: at most this many calibration samples, of which the share ``held_out`` (at
         least ``min_held_out``; with fewer samples nothing is distilled) scores each epoch;
         ``sample_steps``: training samples × T per epoch are bounded by it (the cost; each epoch
@@ -183,7 +187,6 @@ class DistillForT(Pass):
         aside = ctx.stats.pop(HELD_OUT, None)
         hold, calib = (None, ctx.calib) if aside is None else (aside.held_out, aside.calib)
         x = head(ctx.calib, self.samples)  # without the samples RememberANN set aside, if it did
-        fitted_on = len(ctx.calib) if aside is not None else None
         ctx.calib = calib  # as it came
         if not _static(model, x):
             ctx.info(self.name, "skipped: time-varying calibration samples (it trains on static inputs)")
@@ -219,19 +222,18 @@ class DistillForT(Pass):
                  f"error {start.error:.4g} -> {best.error:.4g}, agreement {100 * start.agreement:.1f} "
                  f"% -> {100 * best.agreement:.1f} % (epoch {best.epoch}): "
                  + ("kept" if self.kept else "dropped"))
-        return tuned if self.kept else self.without_distillation(model, aside, fitted_on, ctx)
+        return tuned if self.kept else self.without_distillation(model, aside, ctx)
 
     def without_distillation(self, model: onnx.ModelProto, aside: SetAside | None,
-                             fitted_on: int | None, ctx: PassContext) -> onnx.ModelProto:
-        """The network when the distillation is dropped: ``model`` (fitted on the ``fitted_on``
-        samples the set-aside left), or, where the fit would read more of all the calibration
-        samples, :attr:`fit` run again on all of them from the network as it entered the fit,
-        so that a dropped distillation leaves the network `refit` gives."""
+                             ctx: PassContext) -> onnx.ModelProto:
+        """The network when the distillation is dropped: ``model`` (fitted on the samples the
+        set-aside left), or, where the fit would read more of all the calibration samples,
+        :attr:`fit` run again on all of them from the network as it entered the fit, so that a
+        dropped distillation leaves the network `refit` gives."""
         if self.fit is None or aside is None:
             return model
-        reads, total = getattr(self.fit, "reads", None), count(aside.calib)
-        if reads is not None and total is not None \
-                and min(total, reads(aside.entry, ctx.timesteps)) <= fitted_on:
+        total = count(aside.calib)
+        if total is not None and min(total, self.fit.reads(aside.entry, ctx.timesteps)) <= aside.left:
             return model  # it would read the same samples: the same network
         ctx.info(self.name, f"fitting for T again, on all the calibration samples "
                  f"({len(aside.held_out)} held out included), as without the distillation")
