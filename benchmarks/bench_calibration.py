@@ -19,6 +19,13 @@ its own; calibration seconds are wall time, with the process's CPU time beside t
 the 10,000 JPEG ones, read from the shared data) instead of the prepared first 2,000 / 1,000:
 images no setting was chosen on. Beside accuracy, the JSON gives per T the images the SNN gets
 right where the ANN is wrong ("gained") and the reverse ("lost").
+
+How much of a figure is a draw: ``--draws K`` converts again K times with the calibration images
+multiplied by 1 + 10⁻⁶ · N(0, 1) (a few float32 ulps, seeded by the draw's number), and
+``--test-draws K`` scores the converted network again on K such nudges of the test images; each
+prints the mean, standard deviation and range beside the figure as the images came. The first
+measures the conversion (a deep network at low T holds neurons within an ulp of a threshold, so its
+fit moves: ResNet-20's default at T=8 by points), the second the evaluation (a few tenths there).
 """
 from __future__ import annotations
 
@@ -50,13 +57,24 @@ SETTINGS = {
 PER_T = {"optimized", "fast", "refit", "temporal", "full", "full-rates", "default"}
 
 
+NUDGE = 1e-6
+"""Relative size of a draw's nudge of calibration or test images (--draws, --test-draws)."""
+
+
+def nudged(x: np.ndarray, draw: int) -> np.ndarray:
+    """``x`` × (1 + :data:`NUDGE` · N(0, 1)), the noise seeded by ``draw``; float32."""
+    noise = np.random.default_rng(draw).standard_normal(x.shape)
+    return (x * (1 + NUDGE * noise)).astype(np.float32)
+
+
 def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_setting(name: str, model: str, ts: list[int], limit: int | None, calib_limit: int | None,
-                batch: int, out, progress: bool = False, test_set: str = "prepared", skip: int = 0) -> None:
-    """Convert (once, or once per T) and evaluate; put the row on ``out``."""
+                batch: int, out, progress: bool = False, test_set: str = "prepared", skip: int = 0,
+                draws: int = 0, test_draws: int = 0) -> None:
+    """Convert (once, or once per T) and evaluate, then the draws; put the row on ``out``."""
     import torch
 
     torch.set_num_threads(1)
@@ -72,24 +90,46 @@ def run_setting(name: str, model: str, ts: list[int], limit: int | None, calib_l
     ann_pred = ann_outputs(ann, x).argmax(1)
     acc, agree, seconds, cpu_seconds, calib_peak = {}, {}, {}, {}, 0.0
     gained, lost = {}, {}
+    draw_acc: dict[int, list[float]] = {t: [] for t in ts}
+    test_draw_acc: dict[int, list[float]] = {t: [] for t in ts}
     for group in ([[t] for t in ts] if name in PER_T else [ts]):
         t0, c0 = time.perf_counter(), time.process_time()
         snn = sc.convert(ann, calib, timesteps=max(group), progress=progress, **SETTINGS[name])
         seconds[max(group)] = time.perf_counter() - t0
         cpu_seconds[max(group)] = time.process_time() - c0
         calib_peak = max(calib_peak, _peak_mb())
-        res = SpikingNetwork(snn).simulate(x, group, batch_size=batch)
+        net = SpikingNetwork(snn)
+        res = net.simulate(x, group, batch_size=batch)
         for t in group:
             pred = res.predictions(t)
             acc[t], agree[t] = float(np.mean(pred == y)), float(np.mean(pred == ann_pred))
             gained[t] = [skip + int(i) for i in np.flatnonzero((pred == y) & (ann_pred != y))]
             lost[t] = [skip + int(i) for i in np.flatnonzero((pred != y) & (ann_pred == y))]
+        for draw in range(test_draws):
+            res = net.simulate(nudged(x, 1000 + draw), group, batch_size=batch)
+            for t in group:
+                test_draw_acc[t].append(float(np.mean(res.predictions(t) == y)))
+        for draw in range(draws):
+            res = SpikingNetwork(sc.convert(ann, nudged(calib, draw), timesteps=max(group),
+                                            **SETTINGS[name])).simulate(x, group, batch_size=batch)
+            for t in group:
+                draw_acc[t].append(float(np.mean(res.predictions(t) == y)))
     out.put({"setting": name, "accuracy": acc, "agreement": agree, "calib_seconds": seconds,
              "calib_cpu_seconds": cpu_seconds,
              "gained": gained, "lost": lost,
+             "draws": draw_acc if draws else {}, "test_draws": test_draw_acc if test_draws else {},
              "calib_peak_mb": calib_peak, "peak_mb": _peak_mb(),
              "ann_accuracy": float(np.mean(ann_pred == y)), "n": len(x), "n_calib": len(calib),
              "test_set": test_set, "skip": skip})
+
+
+def _spread(label: str, ts: list[int], accs: dict[int, list[float]]) -> str:
+    """One table line: per T the mean of the draws' accuracies, then their SD and range."""
+    stats = {t: 100 * np.asarray(accs[t]) for t in ts}
+    sd = {t: stats[t].std(ddof=1) if len(stats[t]) > 1 else 0.0 for t in ts}
+    return (f"{label:10s} " + " ".join(f"{stats[t].mean():7.2f}" for t in ts)
+            + f"   mean of {len(stats[ts[0]])}; SD / range per T "
+            + "  ".join(f"{sd[t]:.2f} / {stats[t].min():.2f}-{stats[t].max():.2f}" for t in ts))
 
 
 def main() -> None:
@@ -105,6 +145,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--progress", action="store_true", help="progress bars of the calibration")
+    ap.add_argument("--draws", type=int, default=0,
+                    help="convert again K times on nudged calibration images (see above)")
+    ap.add_argument("--test-draws", type=int, default=0,
+                    help="score the network again on K nudges of the test images (see above)")
     args = ap.parse_args()
     ts = sorted(int(t) for t in args.timesteps.split(","))
     ctx = mp.get_context("spawn")
@@ -113,7 +157,8 @@ def main() -> None:
         queue = ctx.Queue()
         proc = ctx.Process(target=run_setting, args=(name, args.model, ts, args.limit, args.calib_limit,
                                                         args.batch_size, queue, args.progress,
-                                                        args.test_set, args.skip))
+                                                        args.test_set, args.skip, args.draws,
+                                                        args.test_draws))
         proc.start()
         row = queue.get()
         proc.join()
@@ -131,6 +176,10 @@ def main() -> None:
         print(f"{'  agree':10s} " + " ".join(f"{100 * row['agreement'][t]:7.2f}" for t in ts)
               + "   vs the ANN: images gained/lost " + " ".join(
                   f"+{len(row['gained'][t])}/-{len(row['lost'][t])}" for t in ts), flush=True)
+        if row["draws"]:
+            print(_spread("  draws", ts, row["draws"]), flush=True)
+        if row["test_draws"]:
+            print(_spread("  test drw", ts, row["test_draws"]), flush=True)
     if args.json:
         args.json.write_text(json.dumps({"model": args.model, "timesteps": ts, "rows": rows}, indent=2))
 
