@@ -146,7 +146,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--progress", action="store_true", help="progress bars of the calibration")
     ap.add_argument("--draws", type=int, default=0,
-                    help="convert again K times on nudged calibration images (see above)")
+                    help="convert again K times on nudged calibration images, K times the conversion's "
+                         "cost (see above)")
     ap.add_argument("--test-draws", type=int, default=0,
                     help="score the network again on K nudges of the test images (see above)")
     args = ap.parse_args()
