@@ -88,6 +88,7 @@ def run_setting(name: str, model: str, ts: list[int], limit: int | None, calib_l
     path = model_path(model)
     ann = load_model(path)
     ann_pred = ann_outputs(ann, x).argmax(1)
+    right = lambda res, t: float(np.mean(res.predictions(t) == y))  # accuracy at t of a simulation
     acc, agree, seconds, cpu_seconds, calib_peak = {}, {}, {}, {}, 0.0
     gained, lost = {}, {}
     draw_acc: dict[int, list[float]] = {t: [] for t in ts}
@@ -102,22 +103,22 @@ def run_setting(name: str, model: str, ts: list[int], limit: int | None, calib_l
         res = net.simulate(x, group, batch_size=batch)
         for t in group:
             pred = res.predictions(t)
-            acc[t], agree[t] = float(np.mean(pred == y)), float(np.mean(pred == ann_pred))
+            acc[t], agree[t] = right(res, t), float(np.mean(pred == ann_pred))
             gained[t] = [skip + int(i) for i in np.flatnonzero((pred == y) & (ann_pred != y))]
             lost[t] = [skip + int(i) for i in np.flatnonzero((pred != y) & (ann_pred == y))]
         for draw in range(test_draws):
             res = net.simulate(nudged(x, 1000 + draw), group, batch_size=batch)
             for t in group:
-                test_draw_acc[t].append(float(np.mean(res.predictions(t) == y)))
+                test_draw_acc[t].append(right(res, t))
         for draw in range(draws):
             res = SpikingNetwork(sc.convert(ann, nudged(calib, draw), timesteps=max(group),
                                             **SETTINGS[name])).simulate(x, group, batch_size=batch)
             for t in group:
-                draw_acc[t].append(float(np.mean(res.predictions(t) == y)))
+                draw_acc[t].append(right(res, t))
     out.put({"setting": name, "accuracy": acc, "agreement": agree, "calib_seconds": seconds,
              "calib_cpu_seconds": cpu_seconds,
              "gained": gained, "lost": lost,
-             "draws": draw_acc if draws else {}, "test_draws": test_draw_acc if test_draws else {},
+             "draws": draw_acc, "test_draws": test_draw_acc,
              "calib_peak_mb": calib_peak, "peak_mb": _peak_mb(),
              "ann_accuracy": float(np.mean(ann_pred == y)), "n": len(x), "n_calib": len(calib),
              "test_set": test_set, "skip": skip})
@@ -177,9 +178,9 @@ def main() -> None:
         print(f"{'  agree':10s} " + " ".join(f"{100 * row['agreement'][t]:7.2f}" for t in ts)
               + "   vs the ANN: images gained/lost " + " ".join(
                   f"+{len(row['gained'][t])}/-{len(row['lost'][t])}" for t in ts), flush=True)
-        if row["draws"]:
+        if args.draws:
             print(_spread("  draws", ts, row["draws"]), flush=True)
-        if row["test_draws"]:
+        if args.test_draws:
             print(_spread("  test drw", ts, row["test_draws"]), flush=True)
     if args.json:
         args.json.write_text(json.dumps({"model": args.model, "timesteps": ts, "rows": rows}, indent=2))
