@@ -201,9 +201,10 @@ def test_cli_distill_bptt_backpropagates_through_the_steps(tmp_path, capsys):
         api.convert(small_ann(), images(50, 0), timesteps=2, distill="sgd")
 
 
-def test_distill_without_full_calibration_is_refused(tmp_path, capsys):
-    """`--distill` names the gradient of `full`'s distillation: with another calibration it would
-    do nothing, so it is refused (exit 2, one line, nothing written) rather than ignored."""
+def test_distill_without_a_distilling_calibration_is_refused(tmp_path, capsys):
+    """`--distill` names the gradient of `tuned`'s and `full`'s distillation: with another
+    calibration it would do nothing, so it is refused (exit 2, one line, nothing written) rather
+    than ignored."""
     from snnconvert.cli import main
 
     onnx.save(small_ann(), tmp_path / "ann.onnx")
@@ -211,7 +212,7 @@ def test_distill_without_full_calibration_is_refused(tmp_path, capsys):
     out = tmp_path / "x.snn.onnx"
     with pytest.raises(SystemExit) as exc:
         main([str(tmp_path / "ann.onnx"), "--calib", str(tmp_path / "calib.npz"), "-T", "2",
-              "--distill", "bptt", "-o", str(out)])
+              "--calibration", "refit", "--distill", "bptt", "-o", str(out)])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and not out.exists()
     assert "distillation method 'bptt' given, but calibration 'refit' does not distil" in err, err
@@ -419,3 +420,46 @@ def test_each_epoch_draws_its_own_samples_where_t_bounds_the_epoch():
     distill_pass = DistillForT(epochs=1, lr=1e-3, batch_size=16, sample_steps=64)
     _, ctx = converted(ann, images(300, 0), 2, distill_pass)
     assert "on 240 calibration sample(s), 32 drawn for each epoch" in dict(ctx.log)["distill-for-T"]
+
+
+def test_the_default_distils_two_epochs_at_t16_and_below():
+    """The default calibration (`tuned`) sets a fifth of the samples aside, fits for T on the rest
+    and distils for two epochs at T ≤ 16 (`full`: eight, at any T)."""
+    log: list[tuple[str, str]] = []
+    api.convert(small_ann(), images(300, 0), timesteps=16, log=log)
+    said = dict(log)
+    assert said["remember-ann"].startswith("60 of 300 calibration samples set aside"), said
+    trained = [m for s, m in log if s == "distill-for-T"][0]
+    assert re.match(r"trained at T=16 \(bptt\) on 240 calibration sample\(s\) for 2 epoch\(s\)",
+                    trained), trained
+    assert default_pipeline(calibration="full").passes[-1].epochs == 8
+
+
+def test_the_default_does_not_distil_above_t16_and_gives_refits_network():
+    """Above T=16 the brief distillation lowered ResNet-20's held-out agreement, so `tuned` skips
+    it there, and sets nothing aside: the network is `refit`'s, bit for bit, at no extra cost."""
+    ann, calib = small_ann(), images(300, 0)
+    log: list[tuple[str, str]] = []
+    tuned = api.convert(ann, calib, timesteps=32, log=log)
+    refit = api.convert(ann, calib, timesteps=32, calibration="refit")
+    said = dict(log)
+    assert said["distill-for-T"] == "skipped: T=32 is above 16, the largest T it distils at", said
+    assert "remember-ann" not in said and not any("again" in m for _, m in log), log
+    assert weights_of(tuned) == weights_of(refit)
+
+
+def test_a_distillation_with_its_potentials_fixed_keeps_the_initial_potentials():
+    """A network converted with v(0) = 0 (for a target that holds no initial potential) keeps it
+    through the distillation (`potentials=False`, what default_pipeline gives it); with
+    ``potentials`` on, the same training moves them."""
+    assert default_pipeline(v_init="zero").passes[-1].potentials is False
+    ann, calib = small_ann(), images(300, 0)
+    moved = {}
+    for potentials in (False, True):
+        pipe, entered = full_recording_entry(DistillForT(epochs=1, lr=1e-2, select="last",
+                                                         potentials=potentials))
+        tuned = pipe(ann, PassContext(calib=calib, timesteps=2))
+        before, after = ir.neurons(entered[0]), ir.neurons(tuned)
+        moved[potentials] = max(float(np.abs(a.v_init - b.v_init).max()) for a, b in zip(before, after))
+        assert weights_of(tuned) != weights_of(entered[0])
+    assert moved[False] == 0.0 and moved[True] > 1e-4, moved

@@ -174,7 +174,7 @@ def test_optimized_init_brings_layer_means_to_the_ann(digits):
 def test_pipeline_is_editable_and_accepts_plain_callables():
     pipe = default_pipeline()
     assert pipe.names() == ["fold-batchnorm", "replace-neurons", "calibrate", "normalize-thresholds",
-                            "init-membrane", "calibrate-for-T"]
+                            "init-membrane", "remember-ann", "calibrate-for-T", "distill-for-T"]
     seen = []
 
     def spy(m, ctx):

@@ -34,10 +34,12 @@ def conversion_options(f: Callable) -> Callable:
                           "network trained at T to reproduce the ANN's output (label-free "
                           "surrogate-gradient distillation, kept only if it agrees with the ANN "
                           "on held-out calibration samples at least as often, else the network "
-                          "refit gives; costs minutes on CPU); none = --norm "
+                          "refit gives; costs minutes on CPU); tuned (the default) = refit, "
+                          "then two epochs of full's distillation at T <= 16 (1.1-2.5x refit's "
+                          "time); none = --norm "
                           "thresholds and --v-init only."),
         click.option("--distill", default=None, type=click.Choice(list(DISTILL_METHODS)),
-                     help=f"With --calibration full (refused otherwise; default {DEFAULT_DISTILL}): "
+                     help=f"With --calibration tuned or full (refused otherwise; default {DEFAULT_DISTILL}): "
                           "the distillation's gradient backpropagated through the T steps with "
                           "the surrogate gradient (bptt), or straight through the SNN's rates "
                           "(rates: 3-6x faster; on ResNet-20 it agrees with the ANN 0.7-2.1 pt "

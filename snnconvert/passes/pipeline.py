@@ -2,7 +2,7 @@
 
 fold-batchnorm → replace-neurons → calibrate → normalize-thresholds → init-membrane
 [→ optimize-init when v_init = "optimized"] [→ calibrate-for-T unless calibration = "none"]
-[→ distill-for-T when calibration = "full"]
+[→ remember-ann … distill-for-T when calibration = "tuned" (T ≤ 16, two epochs) or "full"]
 
 Users reorder, drop or add passes (any callable ``(model, ctx) -> model`` with a ``name``).
 """
@@ -17,7 +17,7 @@ from .calibrate import Calibrate
 from .calibrate_for_t import CalibrateForT, default_steps
 from .distill import DEFAULT_METHOD as DEFAULT_DISTILL
 from .distill import METHODS as DISTILL_METHODS
-from .distill import DistillForT, RememberANN
+from .distill import BRIEF_EPOCHS, BRIEF_UP_TO, DistillForT, RememberANN
 from .fold_batchnorm import FoldBatchNorm
 from .init_membrane import InitMembrane
 from .maxpool_to_avgpool import MaxPoolToAvgPool
@@ -26,10 +26,12 @@ from .optimize_init import OptimizeInit
 from .replace_neurons import ReplaceNeurons
 
 V_INIT_MODES = ("zero", "half", "optimized")
-CALIBRATION_MODES = ("none", "fast", "refit", "temporal", "full")
-DEFAULT_CALIBRATION = "refit"
-"""The calibration a conversion gets unless told otherwise (the most accurate at every T measured:
-README, "Calibration for the chosen T")."""
+CALIBRATION_MODES = ("none", "fast", "refit", "temporal", "tuned", "full")
+DEFAULT_CALIBRATION = "tuned"
+"""The calibration a conversion gets unless told otherwise: `refit`, then at T ≤ 16 a brief
+distillation (README, "Calibration for the chosen T", "A brief distillation by default")."""
+DISTILLING = ("tuned", "full")
+"""Calibrations that end with a distillation (the ones ``distill`` applies to)."""
 
 
 class Pipeline:
@@ -77,11 +79,12 @@ def default_pipeline(norm: str = "percentile:99.99", per_channel: bool = True,
                      optimize_samples: int = 128, maxpool_to_avgpool: bool = False,
                      calibration: str = DEFAULT_CALIBRATION, distill: str = DEFAULT_DISTILL) -> Pipeline:
     """The standard conversion: exact BN folding, soft-reset IF, robust normalization, θ/2 start;
-    then, unless ``calibration`` is "none", fitted layer by layer for ctx.timesteps ("refit", the
-    default: weight refit first; "fast": thresholds, bias and potentials only; "temporal": refit,
+    then, unless ``calibration`` is "none", fitted layer by layer for ctx.timesteps ("refit":
+    weight refit first; "fast": thresholds, bias and potentials only; "temporal": refit,
     then a bias per time step (the neurons' step bias); "full": refit, then the whole network
     distilled from the ANN at T by surrogate-gradient training, its gradient through the rates
-    (``distill`` "rates") or through the T steps ("bptt"))."""
+    (``distill`` "rates") or through the T steps ("bptt"); "tuned", the default: refit, then the
+    same distillation for two epochs, at T ≤ 16 only)."""
     if calibration not in CALIBRATION_MODES:
         raise ValueError(f"calibration must be one of {CALIBRATION_MODES}")
     if distill not in DISTILL_METHODS:
@@ -96,14 +99,15 @@ def default_pipeline(norm: str = "percentile:99.99", per_channel: bool = True,
     ]
     if v_init == "optimized":
         passes.append(OptimizeInit(samples=optimize_samples))
-    if calibration == "full":
-        passes.append(RememberANN())
+    brief: dict = dict(epochs=BRIEF_EPOCHS, up_to=BRIEF_UP_TO) if calibration == "tuned" else {}
+    if calibration in DISTILLING:
+        passes.append(RememberANN(up_to=brief.get("up_to")))
     if calibration != "none":
         # v(0) = 0 asked for (hard-reset targets such as NIR hold no initial potential): keep it
         fit = CalibrateForT(default_steps(potential=v_init != "zero",
-                                          weights=calibration in ("refit", "temporal", "full"),
+                                          weights=calibration in ("refit", "temporal", *DISTILLING),
                                           step_bias=calibration == "temporal"))
         passes.append(fit)
-    if calibration == "full":
-        passes.append(DistillForT(method=distill, fit=fit))
+    if calibration in DISTILLING:
+        passes.append(DistillForT(method=distill, fit=fit, potentials=v_init != "zero", **brief))
     return Pipeline(passes)
