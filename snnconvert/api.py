@@ -46,7 +46,7 @@ def convert(source: str | os.PathLike | onnx.ModelProto, calib: Data | None = No
     statistics stream over it (sharded and reduced exactly under torch.distributed), passes that
     simulate read its first samples. ``calibration``: "tuned" (default) is "refit", then at T ≤ 16
     a brief label-free distillation (two epochs of "full"'s; 1.1-2.5x "refit"'s calibration time,
-    +2 to +6 pt on ResNet-20 at T=8 and 16); "refit" fits every neuron layer for
+    +2 to +4 pt on ResNet-20 at T=4-16 over 3,000 test images); "refit" fits every neuron layer for
     ``timesteps``: a ridge least-squares refit of its Conv/Gemm weights on its actual spiking
     input, then threshold search, bias and potential calibration; "fast" skips the weight refit
     (about 2-3x cheaper, less accurate at low T on deep nets); "temporal" adds, after "refit",
