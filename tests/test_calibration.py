@@ -444,3 +444,37 @@ def test_cross_validated_ridge_keeps_what_generalizes():
         # the errors it compares are the rows' own: ‖Xw − y‖² from the normal equations
         assert torch.allclose(NormalEquations.error(gram, cross, (y ** 2).sum(0), new),
                               ((x @ new - y) ** 2).sum(0))
+
+
+def _wide_mlp(features: int):
+    """x[N,16] -> Gemm(16->F) -> ReLU -> Gemm(F->12) -> ReLU -> Gemm(12->5), built here."""
+    rng = np.random.default_rng(3)
+    nodes = [helper.make_node("Gemm", ["x", "W1", "b1"], ["h1"], transB=1, name="g1"),
+             helper.make_node("Relu", ["h1"], ["r1"], name="relu1"),
+             helper.make_node("Gemm", ["r1", "W2", "b2"], ["h2"], transB=1, name="g2"),
+             helper.make_node("Relu", ["h2"], ["r2"], name="relu2"),
+             helper.make_node("Gemm", ["r2", "W3", "b3"], ["y"], transB=1, name="g3")]
+    inits = {"W1": rng.normal(size=(features, 16)) * 0.4, "b1": rng.uniform(0, 0.2, features),
+             "W2": rng.normal(size=(12, features)) / np.sqrt(features), "b2": rng.uniform(0, 0.1, 12),
+             "W3": rng.normal(size=(5, 12)) * 0.3, "b3": np.zeros(5)}
+    return make_model(nodes, [vi("x", ["N", 16])], [vi("y", ["N", 5])], inits)
+
+
+def test_a_synapse_too_wide_to_refit_in_memory_keeps_its_weights(monkeypatch):
+    """The weight refit's normal matrix grows as the square of the synapse's inputs (VGG's
+    25,088-input Gemm would need about 41 GB): above NORMAL_BYTES the layer keeps the weights
+    feeding it, and the calibration says so; below, the same layer is refitted."""
+    import snnconvert.passes.fit_weights as fw
+
+    ann, x = _wide_mlp(64), np.random.default_rng(4).uniform(0, 1, (200, 16)).astype(np.float32)
+    w2 = lambda m: next(numpy_helper.to_array(i) for i in m.graph.initializer if i.name == "W2")
+    log: list[tuple[str, str]] = []
+    refitted = api.convert(ann, x, timesteps=4, calibration="refit", log=log)
+    assert not np.allclose(w2(refitted), w2(ann)) and not any("too many inputs" in m for _, m in log)
+    monkeypatch.setattr(fw, "NORMAL_BYTES", 64 * 64 * 8 - 1)
+    log = []
+    kept = api.convert(ann, x, timesteps=4, calibration="refit", log=log)
+    assert np.array_equal(w2(kept), w2(ann).astype(np.float32))
+    said = [m for s, m in log if s == "calibrate-for-T"]
+    assert any(m.startswith("kept the weights feeding relu2") and "too many inputs to refit in memory" in m
+               for m in said), said

@@ -33,7 +33,7 @@ from .base import Pass, PassContext
 from .calibrate_potential import CalibratePotential
 from .correct_bias import CorrectBias
 from .layer_state import LayerState
-from .fit_weights import FitReadout, FitWeights, ReadoutFit, Synapse
+from .fit_weights import NORMAL_BYTES, WIDE, FitReadout, FitWeights, ReadoutFit, Synapse
 from .optimize_init import apply_bias_correction, bias_holder, can_fold_bias, open_thresholds
 from .search_thresholds import SearchThresholds
 from .step_bias import FitStepBias
@@ -325,6 +325,10 @@ class CalibrateForT(Pass):
         ctx.info(self.name, f"fitted {len(self.layers)} neuron layer(s) at T={steps} on {len(x)} "
                  f"sample(s) with {', '.join(s.name for s in self.steps)}: summed layer error "
                  f"{first:.4g} -> {last:.4g} ({time.perf_counter() - t0:.1f} s)")
+        wide = [name for name, lay in self.layers.items() if any(h[0] == WIDE for h in lay.history)]
+        if wide:
+            ctx.info(self.name, f"kept the weights feeding {', '.join(wide)}: too many inputs to refit "
+                     f"in memory (normal matrix over {NORMAL_BYTES >> 20} MB)")
         hold = head(ctx.calib, len(x) + self.held_out)[len(x):] if self.held_out else x[:0]
         if len(hold) >= MIN_HELD_OUT:
             scores = {"calibrated": output_agreement(model, original, hold, steps),

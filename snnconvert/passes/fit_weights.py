@@ -113,6 +113,22 @@ def deal(first: int, count: int, folds: int) -> torch.Tensor:
     index = torch.arange(first, first + count, dtype=torch.int64)
     return ((index * 2654435761) % (1 << 32) >> 16) % folds
 
+NORMAL_BYTES = 1 << 28
+"""Largest normal matrix XᵀX (float64 bytes) a weight refit builds. About nine matrices of its
+size are alive at once (the folds, their sums, the solves): on a Gemm with F inputs fed by spikes
+(4 samples, T=4) the conversion's peak grows as 68 bytes × F² (1.4 / 4.1 GB at F = 4,000 / 8,000),
+so VGG's 25,088-input Gemm would need about 41 GB (the out-of-memory kill measured on a 24 GB
+machine). A synapse with more inputs (here 5,792) keeps its weights (:data:`WIDE`)."""
+WIDE = "fit-weights: kept, too many inputs to refit in memory"
+"""The history step (:class:`LayerState`) of a layer whose synapse :class:`FitWeights` left as it came."""
+
+
+def too_wide(syn: Synapse) -> bool:
+    """Whether the synapse's normal matrix would exceed :data:`NORMAL_BYTES`."""
+    features = len(syn.matrix())
+    return features * features * 8 > NORMAL_BYTES
+
+
 RIDGES = (1e-3, 1e-2, 1e-1, 1.0)
 """Ridge strengths (× the mean diagonal of XᵀX) each output channel chooses from by
 cross-validation; keeping the old weights is the last choice."""
@@ -241,6 +257,11 @@ class FitWeights:
             cur = layer.current[c]
             return cur.mean(0) if cur.dim() > len(layer.sample_shape) + 1 else cur
 
+        if too_wide(syn):
+            before, _ = layer.stats()
+            self.choice = None
+            layer.update(WIDE, before[0], before[0])
+            return
         eq = normal_equations(syn, len(layer.current), total, FOLDS)
         if eq.rows < ROWS_PER_FEATURE * len(eq.old):
             new, self.choice = eq.cross_validated()
