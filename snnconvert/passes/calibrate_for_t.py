@@ -33,7 +33,8 @@ from .base import Pass, PassContext
 from .calibrate_potential import CalibratePotential
 from .correct_bias import CorrectBias
 from .layer_state import LayerState
-from .fit_weights import NORMAL_BYTES, WIDE, FitReadout, FitWeights, ReadoutFit, Synapse
+from . import fit_weights
+from .fit_weights import WIDE, FitReadout, FitWeights, ReadoutFit, Synapse
 from .optimize_init import apply_bias_correction, bias_holder, can_fold_bias, open_thresholds
 from .search_thresholds import SearchThresholds
 from .step_bias import FitStepBias
@@ -328,7 +329,7 @@ class CalibrateForT(Pass):
         wide = [name for name, lay in self.layers.items() if any(h[0] == WIDE for h in lay.history)]
         if wide:
             ctx.info(self.name, f"kept the weights feeding {', '.join(wide)}: too many inputs to refit "
-                     f"in memory (normal matrix over {NORMAL_BYTES >> 20} MB)")
+                     f"in memory (normal matrix over {fit_weights.NORMAL_BYTES >> 20} MB)")
         hold = head(ctx.calib, len(x) + self.held_out)[len(x):] if self.held_out else x[:0]
         if len(hold) >= MIN_HELD_OUT:
             scores = {"calibrated": output_agreement(model, original, hold, steps),

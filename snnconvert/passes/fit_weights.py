@@ -252,16 +252,16 @@ class FitWeights:
         syn: Synapse | None = getattr(layer, "synapse", None)
         if syn is None or layer.current[0].dim() == len(layer.sample_shape) + 1:
             return  # no refittable synapse, or an analog input the ANN's own (nothing to fix)
+        if too_wide(syn):  # recorded, so that the calibration can say which layers kept their weights
+            before, _ = layer.stats()
+            self.choice = None
+            layer.update(WIDE, before[0], before[0])
+            return
 
         def total(c: int, mine: torch.Tensor) -> torch.Tensor:  # the layer's mean input current
             cur = layer.current[c]
             return cur.mean(0) if cur.dim() > len(layer.sample_shape) + 1 else cur
 
-        if too_wide(syn):
-            before, _ = layer.stats()
-            self.choice = None
-            layer.update(WIDE, before[0], before[0])
-            return
         eq = normal_equations(syn, len(layer.current), total, FOLDS)
         if eq.rows < ROWS_PER_FEATURE * len(eq.old):
             new, self.choice = eq.cross_validated()
