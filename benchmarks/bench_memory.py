@@ -3,12 +3,16 @@
 
     python benchmarks/bench_memory.py [--images 256] [--timesteps 64] [--json M.json]
         [--calibration none] [--models resnet20-cifar10,resnet56-sized]
+    python benchmarks/bench_memory.py --models light_resnet50,light_vgg19 --timesteps 4 --imagenet-calib 8
 
 Each run is a fresh process (the command a user types, converting on the fly with --calib),
-whose own peak RSS (ru_maxrss) is reported, with its CPU time. Models: the shared ResNet-20
+whose own peak RSS (VmHWM) is reported, with its CPU time. Models: the shared ResNet-20
 and a ResNet-56-sized net (the same CIFAR ResNet with 9 blocks per stage, 55 neuron layers,
 random weights: memory does not depend on the weights' values), both on CIFAR-10 images.
 Target (issue 10): <= 4 GB, and the same peak for 2N images as for N.
+The ImageNet-size graphs (light_resnet50, light_vgg19: the real topologies, constant weights) are
+converted alone, on N and 2N random 224×224 calibration inputs (``--imagenet-calib`` N): the
+calibration's peak should not grow with N there either.
 """
 from __future__ import annotations
 
@@ -35,8 +39,12 @@ except SystemExit as e:
         raise
 finally:
     r = resource.getrusage(resource.RUSAGE_SELF)
-    print(f"@@ {r.ru_maxrss} {r.ru_utime + r.ru_stime}", file=sys.stderr)
+    with open("/proc/self/status") as f:  # peak since exec (ru_maxrss keeps the parent's)
+        hwm = int(f.read().split("VmHWM:")[1].split()[0])
+    print(f"@@ {hwm} {r.ru_utime + r.ru_stime}", file=sys.stderr)
 """
+
+LIGHT = ("light_resnet50", "light_vgg19")
 
 
 def resnet56(path: Path) -> Path:
@@ -69,6 +77,26 @@ def peak(model: Path, calib: Path, data: Path | None, timesteps: int, extra: lis
     return int(kb) / 2 ** 20, float(cpu)
 
 
+def imagenet_size(name: str, tmp: Path, n: int, timesteps: int) -> dict:
+    """Peaks of `snnconvert convert` of an ImageNet-size graph on n and 2n random inputs."""
+    from datasets import shared
+
+    model = shared("models", "imagenet-arch-light", f"{name}.onnx")
+    rng = np.random.default_rng(0)
+    x = rng.random((2 * n, 3, 224, 224), dtype=np.float32)
+    result = {}
+    for count in (n, 2 * n):
+        calib = tmp / f"{name}-calib{count}.npz"
+        np.savez(calib, x=x[:count])
+        gb, cpu = peak(model, calib, None, timesteps, [])
+        result[count] = {"peak_gb": gb, "cpu_s": cpu}
+        print(f"{name:18s} convert on {count:3d} calibration inputs (T={timesteps}): peak {gb:5.2f} GB, "
+              f"{cpu:6.1f} CPU s", flush=True)
+    result["growth_2x"] = result[2 * n]["peak_gb"] / result[n]["peak_gb"]
+    print(f"{name:18s} peak for 2N / peak for N = {result['growth_2x']:.3f}")
+    return result
+
+
 def main() -> None:
     from datasets import shared
 
@@ -79,6 +107,8 @@ def main() -> None:
     ap.add_argument("--calibration", default=None,
                     help="passed to eval (e.g. none: the simulation alone, without the fit at T)")
     ap.add_argument("--models", default="resnet20-cifar10,resnet56-sized")
+    ap.add_argument("--imagenet-calib", type=int, default=8,
+                    help="N for the ImageNet-size graphs: conversions on N and 2N random inputs")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     extra = ["--calibration", args.calibration] if args.calibration else []
@@ -95,6 +125,9 @@ def main() -> None:
         print(f"snnconvert eval {' '.join(extra)}, T={args.timesteps}, default batch, one thread: "
               f"peak RSS of the process")
         for name in wanted:
+            if name in LIGHT:
+                results[name] = imagenet_size(name, tmp, args.imagenet_calib, args.timesteps)
+                continue
             model = models[name]()
             results[name] = {}
             if args.calibration != "none":

@@ -18,6 +18,7 @@ from .datasets import Data, batches, count
 from .data import ann_input
 from .errors import DataError, TargetError
 from .results import SimResult
+from .runtime.memory import sample_bytes, samples_within
 
 STREAM_CHUNK = 1024
 """Samples per call of a target without a reusable simulator (each call rebuilds the network)."""
@@ -97,23 +98,32 @@ class Tally:
         return self.firing_sums.get(t, 0.0) / self.samples if self.samples else 0.0
 
 
-def simulator(backend: ModuleType, source, timesteps: list[int], options: dict
+EVAL_BYTES = 4 << 30
+"""Bytes of one sample's tensors (:func:`~snnconvert.runtime.memory.sample_bytes`) × the default
+batch of an evaluation: 256 samples of ResNet-20 (2.7 MB each) or of a ResNet-56-size network, 32
+of VGG-19 at 224×224 (126 MB), whose 256 would hold tens of GB of neuron state."""
+
+
+def simulator(backend: ModuleType, source, timesteps: list[int], options: dict, batch: int = 256
               ) -> tuple[Callable[[np.ndarray], SimResult], int]:
-    """(x -> SimResult, batch size to read the stream in) for ``backend``.
+    """(x -> SimResult, batch size to read the stream in) for ``backend``; ``batch``: the batch
+    unless ``options`` name one.
 
     A target exposing ``simulator(source, timesteps, **options)`` builds its network once; any
     other is called on chunks of :data:`STREAM_CHUNK` samples (its own batching inside).
     """
     make = getattr(backend, "simulator", None)
     if make is not None:
-        return make(source, timesteps, **options), int(options.get("batch_size", 256))
+        options = {"batch_size": batch, **options}
+        return make(source, timesteps, **options), int(options["batch_size"])
     return (lambda x: backend.evaluate(source, x, timesteps, **options)), STREAM_CHUNK
 
 
 def tally(source, reference: onnx.ModelProto, data: Data, timesteps: list[int], backend: ModuleType,
           options: dict, *, workers: int | None = None, progress: bool = False) -> Tally:
     """Run ``reference`` (onnxruntime) and the SNN ``source`` on ``backend`` over ``data``."""
-    simulate, batch_size = simulator(backend, source, timesteps, options)
+    default = samples_within(sample_bytes(reference)[1], 256, EVAL_BYTES)
+    simulate, batch_size = simulator(backend, source, timesteps, options, default)
     name = reference.graph.output[0].name
     sess = onnxrt.session(onnxrt.with_outputs(reference, [name]))
     input_name = sess.get_inputs()[0].name
@@ -129,8 +139,8 @@ def tally(source, reference: onnx.ModelProto, data: Data, timesteps: list[int], 
                                   f"input current; this data has a time axis ({list(x.shape)})",
                                   hint="Run time-varying input on --target torch.")
             static = ann_input(x, rank, max(timesteps))
-            ann = np.concatenate([sess.run([name], {input_name: static[i:i + 256]})[0]
-                                  for i in range(0, len(x), 256)])
+            ann = np.concatenate([sess.run([name], {input_name: static[i:i + default]})[0]
+                                  for i in range(0, len(x), default)])
             result.add(simulate(x), np.argmax(ann.reshape(len(x), -1), axis=1), y)
             bar.update(len(x) * distributed.world_size())
     finally:

@@ -478,3 +478,43 @@ def test_a_synapse_too_wide_to_refit_in_memory_keeps_its_weights(monkeypatch):
     said = [m for s, m in log if s == "calibrate-for-T"]
     assert any(m.startswith("kept the weights feeding relu2") and "too many inputs to refit in memory" in m
                and "(normal matrix over 0 MB)" in m for m in said), said  # the budget in force, patched
+
+
+def test_chunks_are_sized_by_the_bytes_of_the_largest_activation(digits):
+    """A chunk holds at most 1,024 samples × T, and fewer where the largest activation over its
+    samples × T would pass the byte budget (ImageNet-size layers); the network is the same."""
+    from snnconvert.runtime.memory import sample_bytes
+
+    ann = frontend.load_model("tests/fixtures/digits_resnet.onnx")
+    calib, steps = digits["x_train"][:150], 8
+    largest = sample_bytes(ann)[0]
+    nets, chunks = {}, {}
+    for budget in (1 << 30, 10 * steps * largest):  # the default's sample-step bound; 10 samples' bytes
+        snn, pass_ = calibrated(ann, calib, steps, None, chunk_bytes=budget)
+        nets[budget] = {i.name: numpy_helper.to_array(i) for i in snn.graph.initializer}
+        chunks[budget] = pass_.chunks
+    assert list(chunks.values()) == [2, 15], chunks  # 128 + 22 samples; 15 × 10
+    one, other = nets.values()
+    assert one.keys() == other.keys() and all(np.array_equal(one[k], other[k]) for k in one)
+
+
+def test_weight_refit_in_parts_of_samples_solves_the_same_equations(monkeypatch):
+    """A chunk whose design matrix would pass DESIGN_BYTES is taken a few samples at a time: the
+    refitted weights are those of the whole chunk at once (to float rounding)."""
+    import snnconvert.passes.fit_weights as fw
+
+    ann = background_ann(1)
+    calib = background_images(300, 0)
+    rows: list[int] = []
+    features = fw.Synapse.features
+    conv_rows = lambda self, r: rows.append(len(r)) if r.dim() == 4 else None  # the Conv's, not the readout's
+    monkeypatch.setattr(fw.Synapse, "features", lambda self, r: conv_rows(self, r) or features(self, r))
+    w2 = lambda m: next(numpy_helper.to_array(i) for i in m.graph.initializer if i.name == "W2")
+    whole, _ = calibrated(ann, calib, 4, [FitWeights()])
+    assert max(rows) == 256  # whole chunks: 256 samples at T=4, then 44
+    monkeypatch.setattr(fw, "DESIGN_BYTES", 8 * 64 * 55 * 7)  # 7 samples: 64 positions × (6·9 + 1) features
+    rows.clear()
+    parts, _ = calibrated(ann, calib, 4, [FitWeights()])
+    assert max(rows) == 7 and rows.count(7) >= 2 * 42, rows  # 36 + 6 parts, each twice
+    assert not np.allclose(w2(whole), w2(ann)), "the refit changed nothing: the test checks nothing"
+    np.testing.assert_allclose(w2(parts), w2(whole), rtol=1e-5, atol=1e-6)

@@ -57,7 +57,8 @@ DEFAULT_TIMESTEPS = [1, 2, 4, 8, 16, 32, 64]
               help="Write a PNG of accuracy vs T.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use the first N samples.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Samples simulated side by side (default: 256 on torch, 100 on lava).")
+              help="Samples simulated side by side (default: 256 on torch, fewer where one sample's "
+                   "tensors are large, e.g. 32 for VGG-19 at 224x224; 100 on lava).")
 @click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda).")
 @click.option("--synapses", type=click.Choice(["auto", "event", "dense"]), default="dense", show_default=True,
               help="torch on CPU: dense or event-driven synaptic kernels (auto: per layer, by timing; "

@@ -12,9 +12,30 @@ from ..graph import is_constant
 from .registry import lookup
 
 
+class _Constants:
+    """Constant values by name: initializers converted when read and not kept (a whole copy of
+    VGG-19's 550 MB of weights just for shapes), computed constants kept."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self._initializers = {t.name: t for t in graph.initializer}
+        self._computed: dict[str, np.ndarray] = {}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._computed or name in self._initializers
+
+    def __setitem__(self, name: str, value: np.ndarray) -> None:
+        self._computed[name] = value
+
+    def get(self, name: str) -> np.ndarray | None:
+        if name in self._computed:
+            return self._computed[name]
+        t = self._initializers.get(name)
+        return None if t is None else numpy_helper.to_array(t)
+
+
 def tensor_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape without the batch axis, for the graph input and every node output."""
-    consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    consts = _Constants(model.graph)
     shapes: dict[str, tuple[int, ...]] = {}
     for inp in model.graph.input:
         if inp.name not in consts:

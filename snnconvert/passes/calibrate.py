@@ -18,6 +18,7 @@ import onnx
 from .. import distributed, ir, onnxrt
 from ..datasets import batches
 from ..errors import DataError
+from ..runtime.memory import sample_bytes, samples_within
 from .base import Pass, PassContext
 
 BINS = 2048
@@ -147,6 +148,8 @@ class Calibrate(Pass):
     name = "calibrate"
 
     def __init__(self, batch_size: int = 100) -> None:
+        """``batch_size``: samples run at once, fewer where their tensors would pass
+        :data:`~snnconvert.runtime.memory.BATCH_BYTES`."""
         self.batch_size = batch_size
 
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> onnx.ModelProto:
@@ -156,8 +159,9 @@ class Calibrate(Pass):
         names = [n.input for n in ir.neurons(model)]
         stats = {n: ActivationStats() for n in names}
         rank = ir.input_rank(model)
-        inputs = (steps_as_samples(x, rank) for x, _ in batches(ctx.calib, self.batch_size))
-        for batch in onnxrt.iterate(model, inputs, names, self.batch_size, ctx.progress,
+        size = samples_within(sample_bytes(model)[1], self.batch_size)  # exact whatever the batch
+        inputs = (steps_as_samples(x, rank) for x, _ in batches(ctx.calib, size))
+        for batch in onnxrt.iterate(model, inputs, names, size, ctx.progress,
                                     desc="calibrating"):
             for n, v in batch.items():
                 stats[n].update(v)

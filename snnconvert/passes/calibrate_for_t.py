@@ -27,7 +27,8 @@ from ..datasets import head, is_empty
 from ..errors import DataError
 from ..ops.shapes import tensor_shapes
 from ..runtime import SpikingNetwork
-from ..runtime.layerwise import Chunks, LayerwiseRun
+from ..runtime.layerwise import CHUNK_BYTES, Chunks, LayerwiseRun
+from ..runtime.memory import sample_bytes, samples_within
 from ..runtime.spool import BUDGET as spool_budget, Spool
 from .base import Pass, PassContext
 from .calibrate_potential import CalibratePotential
@@ -143,8 +144,9 @@ def output_agreement(snn: onnx.ModelProto, reference: onnx.ModelProto, x: np.nda
                      ) -> tuple[float, float]:
     """(share of samples whose SNN prediction at T = ``steps`` equals the ANN's, mean squared
     difference of the outputs), the ANN being ``reference`` with its neurons opened."""
-    ann = onnxrt.outputs(open_thresholds(reference), x)
-    out = SpikingNetwork(snn).simulate(x, steps, batch_size=128).readout[steps]
+    per_sample = sample_bytes(snn)[1]
+    ann = onnxrt.outputs(open_thresholds(reference), x, batch_size=samples_within(per_sample, 256))
+    out = SpikingNetwork(snn).simulate(x, steps, batch_size=samples_within(per_sample, 128)).readout[steps]
     ann, out = ann.reshape(len(x), -1), out.reshape(len(x), -1)
     return float(np.mean(out.argmax(1) == ann.argmax(1))), float(np.mean((out - ann) ** 2))
 
@@ -215,10 +217,12 @@ class CalibrateForT(Pass):
     def __init__(self, steps: Sequence[LayerStep] | None = None, samples: int = SAMPLES,
                  sample_steps: int = SAMPLE_STEPS, chunk: int | None = None,
                  memory: int = spool_budget, held_out: int = HELD_OUT, readout: str | bool = "judged",
-                 work: int = SAMPLE_WORK, square: int = SAMPLE_SQUARE) -> None:
+                 work: int = SAMPLE_WORK, square: int = SAMPLE_SQUARE, chunk_bytes: int = CHUNK_BYTES
+                 ) -> None:
         """``work``, ``square``: see :data:`SAMPLE_WORK`, :data:`SAMPLE_SQUARE` (0 for both:
         samples × T bounded by ``sample_steps`` alone);
-        ``chunk``: samples simulated together (default: about 1,024 samples × T); ``memory``:
+        ``chunk``: samples simulated together (default: about 1,024 samples × T, fewer where
+        the largest activation over them would pass ``chunk_bytes``); ``memory``:
         bytes of layer currents and ANN activations held in memory (the rest goes to disk);
         ``held_out``: at most this many calibration samples the fit does not use check the
         result (0: no check); ``readout``: with a :class:`FitWeights` step, also refit the
@@ -231,6 +235,9 @@ class CalibrateForT(Pass):
         self.steps = list(default_steps() if steps is None else steps)
         self.samples, self.sample_steps, self.work, self.square = samples, sample_steps, work, square
         self.chunk, self.memory, self.held_out, self.readout = chunk, memory, held_out, readout
+        self.chunk_bytes = chunk_bytes
+        self.chunks = 0
+        """Chunks of samples the last run simulated."""
         self.check: dict[str, tuple[float, float]] = {}
         """The last held-out check: (agreement, output error) calibrated and uncalibrated."""
         self.spilled = 0
@@ -272,8 +279,9 @@ class CalibrateForT(Pass):
             weights = fit is not None
             head_node = _readout_holder(model) if weights and self.readout else None
             output = model.graph.output[0].name
-            run = LayerwiseRun(net, x, steps, spool, chunk=self.chunk,
+            run = LayerwiseRun(net, x, steps, spool, chunk=self.chunk, chunk_bytes=self.chunk_bytes,
                                keep=[head_node.input[0]] if head_node is not None else ())
+            self.chunks = len(run.bounds)
             spool_ann_activations(model, x, run.chunk, spool, currents=weights,
                                   extra=[output] if head_node is not None else ())
             with torch.no_grad():

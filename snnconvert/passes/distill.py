@@ -38,6 +38,7 @@ from .. import ir, onnxrt
 from ..datasets import Data, count, head, is_empty
 from ..errors import DataError
 from ..runtime import SpikingNetwork, param_key
+from ..runtime.memory import sample_bytes, samples_within
 from ..runtime.training import keep_thresholds_positive, scale_for, threshold_floors, threshold_keys
 from .base import Pass, PassContext, copy_model
 from .calibrate_for_t import CalibrateForT
@@ -388,10 +389,14 @@ def distill(model: onnx.ModelProto, teacher: onnx.ModelProto, train: np.ndarray,
 
     forward = straight_through if method == "rates" else through_steps
     # samples per backward pass: straight-through memory does not grow with T, BPTT's does
-    part = batch_size if method == "rates" else max(1, step_budget // steps)
-    hold_target = np.concatenate([label(hold[i:i + 256]) for i in range(0, len(hold), 256)])
+    # (and, on networks with large activations, fewer: within BATCH_BYTES of tensors)
+    per_sample = sample_bytes(work)[1]
+    part = samples_within(per_sample, batch_size) if method == "rates" else \
+        samples_within(per_sample * steps, max(1, step_budget // steps))
+    size, label_size = samples_within(per_sample, 64), samples_within(per_sample, 256)
+    hold_target = np.concatenate([label(hold[i:i + label_size]) for i in range(0, len(hold), label_size)])
     t0 = time.perf_counter()
-    history = [EpochScore(0, *_score(net, hold, hold_target, steps), None, time.perf_counter() - t0)]
+    history = [EpochScore(0, *_score(net, hold, hold_target, steps, size), None, time.perf_counter() - t0)]
     best = model
     if on_epoch is not None:
         on_epoch(history[0], net)
@@ -456,7 +461,7 @@ def distill(model: onnx.ModelProto, teacher: onnx.ModelProto, train: np.ndarray,
         if scored:  # score (and keep) the averaged weights; training goes on from its own
             live = {k: p.detach().clone() for k, p in net.params.items()}
             _load(net, scored)
-        history.append(EpochScore(epoch, *_score(net, hold, hold_target, steps), total / max(seen, 1),
+        history.append(EpochScore(epoch, *_score(net, hold, hold_target, steps, size), total / max(seen, 1),
                                   time.perf_counter() - t0))
         if on_epoch is not None:
             on_epoch(history[-1], net)

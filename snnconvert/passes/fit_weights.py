@@ -213,22 +213,47 @@ def normal_equations(syn: Synapse, chunks: int, total: Callable[[int, torch.Tens
     squares = [torch.zeros(old.shape[1], dtype=torch.float64) for _ in range(folds)]
     rows, seen, fold_rows = 0, 0, [0] * folds
     for c in range(chunks):
-        x = syn.features(syn.rate(c)).to(torch.float64)
-        ann = syn.ann_current(c)
+        r, ann = syn.rate(c), syn.ann_current(c)
         b = ann.shape[0]
-        mine = (x @ old).reshape(b, -1, ann.shape[1]).transpose(1, 2).reshape(ann.shape)
-        goal = ann.to(torch.float32) - total(c, mine) + mine
+        per = design_samples(syn, r)
+        parts = [(s, min(s + per, b)) for s in range(0, b, per)]
+        x, mine = None, []
+        for s, e in parts:  # W·x, part by part (the design matrix of the whole chunk kept if one part)
+            xp = syn.features(r[s:e]).to(torch.float64)
+            mine.append((xp @ old).reshape(e - s, -1, ann.shape[1]).transpose(1, 2)
+                        .reshape(e - s, *ann.shape[1:]))
+            x = xp if len(parts) == 1 else None
+        mine_all = mine[0] if len(mine) == 1 else torch.cat(mine)
+        goal = ann.to(torch.float32) - total(c, mine_all) + mine_all
         y = goal.reshape(b, ann.shape[1], -1).transpose(1, 2).reshape(-1, ann.shape[1]).to(torch.float64)
-        fold = deal(seen, b, folds).repeat_interleave(len(x) // b)
-        for f in range(folds):
-            xf, yf = (x, y) if folds == 1 else (x[fold == f], y[fold == f])
-            gram[f] += xf.T @ xf
-            fold_rows[f] += len(xf)
-            cross[f] += xf.T @ yf
-            squares[f] += (yf ** 2).sum(0)
-        rows += len(x)
+        per_sample = len(y) // b
+        fold_all = deal(seen, b, folds)
+        for s, e in parts:
+            xp = x if x is not None else syn.features(r[s:e]).to(torch.float64)
+            yp = y[s * per_sample:e * per_sample]
+            fold = fold_all[s:e].repeat_interleave(per_sample)
+            for f in range(folds):
+                xf, yf = (xp, yp) if folds == 1 else (xp[fold == f], yp[fold == f])
+                gram[f] += xf.T @ xf
+                fold_rows[f] += len(xf)
+                cross[f] += xf.T @ yf
+                squares[f] += (yf ** 2).sum(0)
+            rows += len(xp)
         seen += b
     return NormalEquations(old, gram, cross, squares, rows, fold_rows, seen)
+
+
+DESIGN_BYTES = 1 << 29
+"""Bytes of the float64 design matrix a refit builds at once: a chunk whose samples need more is
+taken in parts of samples (VGG-19's 64-channel 3×3 convolutions at 224×224: 231 MB a sample).
+ResNet-20's chunks at T ≥ 4 (256 samples, 300 MB) stay whole."""
+
+
+def design_samples(syn: Synapse, rates: torch.Tensor, budget: int | None = None) -> int:
+    """Samples of ``rates`` whose design matrix (:meth:`Synapse.features`, float64) fits in
+    ``budget`` (default: :data:`DESIGN_BYTES`)."""
+    rows, features = syn.features(rates[:1]).shape
+    return max(1, (DESIGN_BYTES if budget is None else budget) // max(1, 8 * rows * features))
 
 
 def ridge_solve(old: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor, ridge: float) -> torch.Tensor:

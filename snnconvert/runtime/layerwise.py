@@ -18,12 +18,20 @@ import numpy as np
 import torch
 
 from .. import ir
-from .memory import trim_heap
+from .memory import sample_bytes, samples_within, trim_heap
 from .network import CONST, INVARIANT, VARYING, SpikingNetwork
 from .spool import Spool
 
 CHUNK_SAMPLE_STEPS = 1024
 """Samples × T of one chunk: ResNet-20's largest activation is then 64 MB."""
+
+CHUNK_BYTES = 1 << 28
+"""Bytes of the largest activation over one chunk's samples × T, where the network's activations
+are large (ImageNet-size inputs): VGG-19's first layers at 224×224 take 12.8 MB a sample and step,
+so 1,024 sample-steps held 13 GB at once per tensor (16 GB resident calibrating on 16 samples at
+T=4). CIFAR- and MNIST-size networks are bounded by :data:`CHUNK_SAMPLE_STEPS` first (ResNet-20's
+chunks change only at T ≤ 2, where 398 samples' tensors fill
+:data:`~snnconvert.runtime.memory.BATCH_BYTES`)."""
 
 Fire = Callable[[torch.Tensor, int], torch.Tensor]
 """(input current of one chunk, chunk index) -> spikes [T, b, ...] (each 0 or θ)."""
@@ -45,9 +53,19 @@ class Chunks(Sequence[torch.Tensor]):
         return torch.from_numpy(arr if self._shape is None else arr.reshape(self._shape(index)))
 
 
-def chunk_samples(steps: int, sample_steps: int = CHUNK_SAMPLE_STEPS) -> int:
-    """Samples per chunk at T = ``steps``."""
-    return max(1, sample_steps // steps)
+def chunk_samples(steps: int, sample_steps: int = CHUNK_SAMPLE_STEPS, largest: int = 0, total: int = 0,
+                  budget: int = CHUNK_BYTES) -> int:
+    """Samples per chunk at T = ``steps``: samples × T at most ``sample_steps``; where one sample's
+    largest activation takes ``largest`` bytes, samples × T × ``largest`` at most ``budget``; and
+    where all its tensors take ``total``, samples × ``total`` within
+    :data:`~snnconvert.runtime.memory.BATCH_BYTES` (a chunk's ANN activations are computed at
+    once: ResNet-50's 151 MB a sample). At least one sample."""
+    samples = sample_steps // steps
+    if largest > 0:
+        samples = min(samples, budget // (steps * largest))
+    if total > 0:
+        samples = samples_within(total, samples)
+    return max(1, samples)
 
 
 class LayerwiseRun:
@@ -57,13 +75,18 @@ class LayerwiseRun:
     layer is visited."""
 
     def __init__(self, net: SpikingNetwork, x: np.ndarray, steps: int, spool: Spool,
-                 chunk: int | None = None, keep: Sequence[str] = ()) -> None:
-        """``keep``: tensors after the last neuron layer that :meth:`evaluate` must still give
+                 chunk: int | None = None, keep: Sequence[str] = (), chunk_bytes: int = CHUNK_BYTES
+                 ) -> None:
+        """``chunk``: samples per chunk (default: :func:`chunk_samples`, within ``chunk_bytes``);
+        ``keep``: tensors after the last neuron layer that :meth:`evaluate` must still give
         once every layer has fired (the spikes they read are kept)."""
         net._use_plan(INVARIANT)
         self.net, self.steps, self.spool = net, steps, spool
         self.x = x
-        self.chunk = chunk or chunk_samples(steps)
+        if not chunk:
+            largest, total = sample_bytes(net._model)
+            chunk = chunk_samples(steps, largest=largest, total=total, budget=chunk_bytes)
+        self.chunk = chunk
         self.bounds = [(s, min(s + self.chunk, len(x))) for s in range(0, len(x), self.chunk)]
         self._nodes = net._nodes
         self._producer = {node.output[0]: i for i, (node, _, _) in enumerate(self._nodes)}

@@ -10,11 +10,22 @@ after the first chunk) by ``headroom`` bytes (there: 1.1 GB above the start inst
 for 15-25 % more CPU time). When the live data itself grows (a caller keeping results), the
 limit moves up with it instead of trimming at every chunk. Elsewhere than Linux with glibc it
 does nothing.
+
+It also sizes batches by bytes (:func:`sample_bytes`, :func:`samples_within`): a pass that runs
+"256 samples at once" holds 0.7 GB of tensors on ResNet-20 (2.7 MB a sample) but 32 GB on VGG-19
+at 224×224 (126 MB a sample), so sample counts chosen on CIFAR-size networks are capped by the
+bytes a sample's tensors take.
 """
 from __future__ import annotations
 
 import ctypes
 import os
+
+import numpy as np
+import onnx
+
+from ..errors import SnnConvertError
+from ..ops.shapes import tensor_shapes
 
 HEADROOM = 1 << 30
 """Resident bytes a batch may add above its starting level before free pages are returned."""
@@ -80,3 +91,28 @@ class HeapGuard:
             live = resident_bytes() or 0
             if live + self.headroom // 2 > self.limit:
                 self.limit = live + self.headroom
+
+
+BATCH_BYTES = 1 << 30
+"""Bytes of float32 tensors (every tensor of the graph, once per sample, or per sample and step
+where the steps are unrolled) that one batch of a calibration pass may hold: above ResNet-20's
+batches (256 samples × 2.7 MB, so CIFAR-size networks keep their sample counts), about 8 samples
+of VGG-19 at 224×224 (126 MB each)."""
+
+
+def sample_bytes(model: onnx.ModelProto) -> tuple[int, int]:
+    """(largest, total) bytes of one sample's tensors as float32: the graph input and every node
+    output, from the ops' shape rules; (0, 0) where a shape cannot be derived (no bound then)."""
+    try:
+        shapes = tensor_shapes(model)
+    except SnnConvertError:
+        return 0, 0
+    sizes = [4 * int(np.prod(shape, dtype=np.int64)) for shape in shapes.values()] or [0]
+    return max(sizes), sum(sizes)
+
+
+def samples_within(per_sample: int, most: int, budget: int = BATCH_BYTES) -> int:
+    """``most`` samples, or fewer (at least one) where ``per_sample`` bytes each pass ``budget``."""
+    if per_sample <= 0:
+        return max(1, most)
+    return max(1, min(most, budget // per_sample))
