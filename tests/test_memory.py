@@ -134,3 +134,29 @@ def test_calibration_chunks_by_bytes_keep_the_peak_flat(tmp_path):
     # measured: +13 to +22 MB within the budget, +211 to +218 MB without
     assert peaks[4 << 20, 256] - peaks[4 << 20, 64] < 64 * 1024, peaks
     assert peaks[1 << 40, 256] - peaks[1 << 40, 64] > 128 * 1024, peaks  # the test can fail
+
+
+def test_eval_default_batch_shrinks_where_a_sample_s_tensors_are_large(tmp_path, monkeypatch):
+    """`eval`'s default batch (256) is capped by EVAL_BYTES of one sample's tensors (32 samples of
+    VGG-19 at 224×224): the same counts, in smaller batches; a batch the user names is kept."""
+    import onnx
+
+    from snnconvert import api, evaluation
+    from snnconvert.runtime.memory import sample_bytes
+    from snnconvert.targets import torch as torch_target
+
+    _conv_net(tmp_path / "net.onnx")
+    rng = np.random.default_rng(2)
+    x, y = rng.random((40, 3, 32, 32), dtype=np.float32), rng.integers(0, 10, 40)
+    snn = api.convert(str(tmp_path / "net.onnx"), x[:16], timesteps=4, calibration="none")
+    used: list[int] = []
+    make = torch_target.simulator
+    monkeypatch.setattr(torch_target, "simulator", lambda *a, **k: used.append(k["batch_size"]) or make(*a, **k))
+    reports = {}
+    for budget, options in ((1 << 40, {}), (9 * sample_bytes(onnx.load(tmp_path / "net.onnx"))[1], {}),
+                            (1, {"batch_size": 7})):
+        monkeypatch.setattr(evaluation, "EVAL_BYTES", budget)
+        reports[budget] = api.evaluate(snn, x, y, [4], **options).rows[0]
+    assert used == [256, 9, 7], used
+    first, *others = reports.values()
+    assert all((r.accuracy, r.agreement) == (first.accuracy, first.agreement) for r in others)
