@@ -71,7 +71,8 @@ def test_eval_peak_memory_is_flat_when_the_samples_grow(tmp_path):
 
 CALIBRATE = PEAK + """
 import sys
-import numpy as np, onnx
+import numpy as np, onnx, torch
+torch.set_num_threads(1)  # one malloc arena: two threads' heaps made the peak vary by +-35 MB
 from snnconvert import frontend
 from snnconvert.passes import PassContext, default_pipeline
 from snnconvert.passes.calibrate_for_t import CalibrateForT
@@ -89,21 +90,22 @@ def test_calibration_peak_memory_is_flat_when_the_samples_double(tmp_path):
     the memory budget go to disk, so twice the calibration samples need no more memory."""
     _conv_net(tmp_path / "net.onnx")
     peaks, spilled = {}, {}
-    for n in (96, 288):
+    for n in (96, 480):
         done = subprocess.run([sys.executable, "-c", CALIBRATE, str(tmp_path / "net.onnx"), str(n)],
                               capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-2000:]
         line = next(ln for ln in done.stderr.splitlines() if ln.startswith("@@")).split()
         peaks[n], spilled[n] = int(line[1]), int(line[2])
-    # one layer's current at T=8 is 1 MB per sample: 192 more samples would add 192 MB if held;
-    # the peak of one process varies by about +-20 MB from run to run
-    assert spilled[288] > spilled[96] > 40 << 20, spilled
-    assert peaks[288] - peaks[96] < 64 * 1024, peaks
+    # one layer's current at T=8 is 1 MB per sample: 384 more samples would add 384 MB if held;
+    # the peak of one process varied from run to run by up to 70 MB (two threads)
+    assert spilled[480] > spilled[96] > 40 << 20, spilled
+    assert peaks[480] - peaks[96] < 128 * 1024, peaks
 
 
 SIZED = PEAK + """
 import sys
-import numpy as np
+import numpy as np, torch
+torch.set_num_threads(1)
 from snnconvert import frontend
 from snnconvert.passes import PassContext, default_pipeline
 from snnconvert.passes.calibrate_for_t import CalibrateForT
