@@ -324,7 +324,8 @@ def distill(model: onnx.ModelProto, teacher: onnx.ModelProto, train: np.ndarray,
     epoch ``average_from`` on (0: never), their plain mean over the steps since it began.
     With ``method`` "bptt" a batch is backpropagated in parts of at most ``step_budget`` samples × T
     (at least one sample), the gradients summed: the batch's gradient, in memory that stops
-    growing with T once T × batch_size passes the budget. ``potentials``: False keeps the
+    growing with T once T × batch_size passes the budget; parts (of either method) and held-out
+    batches also stay within :data:`~snnconvert.runtime.memory.BATCH_BYTES` of tensors. ``potentials``: False keeps the
     neurons' initial potentials fixed."""
     work = onnx.ModelProto()
     work.CopyFrom(model)
