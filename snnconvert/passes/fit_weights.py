@@ -211,11 +211,11 @@ def normal_equations(syn: Synapse, chunks: int, total: Callable[[int, torch.Tens
     gram = [torch.zeros(len(old), len(old), dtype=torch.float64) for _ in range(folds)]
     cross = [torch.zeros_like(old) for _ in range(folds)]
     squares = [torch.zeros(old.shape[1], dtype=torch.float64) for _ in range(folds)]
-    rows, seen, fold_rows = 0, 0, [0] * folds
+    rows, seen, fold_rows, per = 0, 0, [0] * folds, 0
     for c in range(chunks):
         r, ann = syn.rate(c), syn.ann_current(c)
         b = ann.shape[0]
-        per = design_samples(syn, r)
+        per = per or design_samples(syn, r)  # the same for every chunk: found on the first
         parts = [(s, min(s + per, b)) for s in range(0, b, per)]
         x, mine = None, []
         for s, e in parts:  # W·x, part by part (the design matrix of the whole chunk kept if one part)
