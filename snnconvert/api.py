@@ -117,7 +117,9 @@ def convert(source: str | os.PathLike | onnx.ModelProto, calib: Data | None = No
                                         distill=DEFAULT_DISTILL if distill is None else distill)
     ctx = PassContext(calib=calib, timesteps=timesteps, progress=progress,
                       options={} if calib_labels is None else {"calib_labels": calib_labels})
-    snn = pipe(model, ctx)
+    handed = [model]
+    del model  # the pipeline gets the only reference: its passes change it in place, not copies
+    snn = pipe(handed.pop(), ctx, owned=True)
     ir.ensure_domain(snn)
     ir.set_meta(snn, "timesteps", str(timesteps))
     ir.set_meta(snn, "passes", [name for name in pipe.names()])

@@ -125,7 +125,7 @@ def tally(source, reference: onnx.ModelProto, data: Data, timesteps: list[int], 
     default = samples_within(sample_bytes(reference)[1], 256, EVAL_BYTES)
     simulate, batch_size = simulator(backend, source, timesteps, options, default)
     name = reference.graph.output[0].name
-    sess = onnxrt.session(onnxrt.with_outputs(reference, [name]))
+    sess = onnxrt.session(reference, outputs=[name])
     input_name = sess.get_inputs()[0].name
     rank = len(sess.get_inputs()[0].shape)
     result = Tally()

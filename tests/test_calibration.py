@@ -480,6 +480,33 @@ def test_a_synapse_too_wide_to_refit_in_memory_keeps_its_weights(monkeypatch):
                and "(normal matrix over 0 MB)" in m for m in said), said  # the budget in force, patched
 
 
+def test_a_readout_too_wide_to_refit_in_memory_keeps_its_weights(monkeypatch):
+    """The readout refit holds 8 folds' normal matrices (a 16,384-input readout was killed for
+    memory on a 24 GB machine): above NORMAL_BYTES it keeps the readout as it came, and the
+    calibration says so; below, the same readout is refitted and judged."""
+    import snnconvert.passes.fit_weights as fw
+
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("Gemm", ["x", "W1", "b1"], ["h1"], transB=1, name="g1"),
+             helper.make_node("Relu", ["h1"], ["r1"], name="relu1"),
+             helper.make_node("Gemm", ["r1", "W2", "b2"], ["y"], transB=1, name="g2")]
+    ann = make_model(nodes, [vi("x", ["N", 16])], [vi("y", ["N", 5])],
+                     {"W1": rng.normal(size=(64, 16)) * 0.4, "b1": rng.uniform(0, 0.2, 64),
+                      "W2": rng.normal(size=(5, 64)) / 8, "b2": np.zeros(5)})
+    x = rng.uniform(0, 1, (200, 16)).astype(np.float32)
+    readout = lambda m: next(numpy_helper.to_array(i) for i in m.graph.initializer if i.name == "W2")
+    said = lambda log: [m for s, m in log if s == "calibrate-for-T" and "readout" in m]
+    log: list[tuple[str, str]] = []
+    api.convert(ann, x, timesteps=4, calibration="refit", log=log)
+    assert len(said(log)) == 1 and "cross-validated on" in said(log)[0], said(log)
+    monkeypatch.setattr(fw, "NORMAL_BYTES", 64 * 64 * 8 - 1)
+    log = []
+    kept = api.convert(ann, x, timesteps=4, calibration="refit", log=log)
+    assert np.array_equal(readout(kept), readout(ann).astype(np.float32))
+    assert said(log) == ["readout g2 kept as it came: 65 inputs, too many to refit in memory "
+                         "(normal matrix over 0 MB)"], said(log)
+
+
 def test_chunks_are_sized_by_the_bytes_of_the_largest_activation(digits):
     """A chunk holds at most 1,024 samples × T, and fewer where the largest activation over its
     samples × T would pass the byte budget (ImageNet-size layers); the network is the same."""

@@ -30,13 +30,13 @@ from ..runtime import SpikingNetwork
 from ..runtime.layerwise import CHUNK_BYTES, Chunks, LayerwiseRun
 from ..runtime.memory import sample_bytes, samples_within
 from ..runtime.spool import BUDGET as spool_budget, Spool
-from .base import Pass, PassContext
+from .base import Pass, PassContext, copy_model
 from .calibrate_potential import CalibratePotential
 from .correct_bias import CorrectBias
 from .layer_state import LayerState
 from . import fit_weights
 from .fit_weights import WIDE, FitReadout, FitWeights, ReadoutFit, Synapse
-from .optimize_init import apply_bias_correction, bias_holder, can_fold_bias, open_thresholds
+from .optimize_init import apply_bias_correction, bias_holder, can_fold_bias, opened
 from .search_thresholds import SearchThresholds
 from .step_bias import FitStepBias
 
@@ -125,7 +125,7 @@ def spool_ann_activations(model: onnx.ModelProto, x: np.ndarray, chunk: int, spo
     names = [n.output for n in ir.neurons(model)]
     names += [n.input for n in ir.neurons(model) if currents and n.input not in names]
     names += [e for e in extra if e not in names]
-    for i, batch in enumerate(onnxrt.iterate(open_thresholds(model), x, names, batch_size=chunk)):
+    for i, batch in enumerate(onnxrt.iterate(model, x, names, batch_size=chunk, initializers=opened(model))):
         for name, value in batch.items():
             spool.put("ann:" + name, i, value.astype(np.float32, copy=False))
 
@@ -134,7 +134,7 @@ def ann_activations(model: onnx.ModelProto, x: np.ndarray) -> dict[str, torch.Te
     """Every neuron's ANN activation (ReLU output, unclipped) on ``x``, keyed by neuron name."""
     by_output = {n.output: n.name for n in ir.neurons(model)}
     chunks: dict[str, list[np.ndarray]] = {}
-    for batch in onnxrt.iterate(open_thresholds(model), x, list(by_output), batch_size=64):
+    for batch in onnxrt.iterate(model, x, list(by_output), batch_size=64, initializers=opened(model)):
         for o, v in batch.items():
             chunks.setdefault(by_output[o], []).append(v)
     return {name: torch.from_numpy(np.concatenate(parts)) for name, parts in chunks.items()}
@@ -145,7 +145,7 @@ def output_agreement(snn: onnx.ModelProto, reference: onnx.ModelProto, x: np.nda
     """(share of samples whose SNN prediction at T = ``steps`` equals the ANN's, mean squared
     difference of the outputs), the ANN being ``reference`` with its neurons opened."""
     per_sample = sample_bytes(snn)[1]
-    ann = onnxrt.outputs(open_thresholds(reference), x, batch_size=samples_within(per_sample, 256))
+    ann = onnxrt.outputs(reference, x, samples_within(per_sample, 256), opened(reference))
     out = SpikingNetwork(snn).simulate(x, steps, batch_size=samples_within(per_sample, 128)).readout[steps]
     ann, out = ann.reshape(len(x), -1), out.reshape(len(x), -1)
     return float(np.mean(out.argmax(1) == ann.argmax(1))), float(np.mean((out - ann) ** 2))
@@ -213,6 +213,7 @@ class CalibrateForT(Pass):
     """Fit each neuron layer, in order, at T = ctx.timesteps with ``steps`` (see module doc)."""
 
     name = "calibrate-for-T"
+    changes_input = False  # its input is the network it falls back to and checks itself against
 
     def __init__(self, steps: Sequence[LayerStep] | None = None, samples: int = SAMPLES,
                  sample_steps: int = SAMPLE_STEPS, chunk: int | None = None,
@@ -269,10 +270,9 @@ class CalibrateForT(Pass):
                      "time-varying (one frame per step); layer-by-layer calibration runs on "
                      "static inputs")
             return model
+        original, model = model, copy_model(model)
         neurons = {n.name: n for n in ir.neurons(model)}
         self.layers, self.check, self.readout_fit = {}, {}, None
-        original = onnx.ModelProto()
-        original.CopyFrom(model)
         with Spool(self.memory) as spool:
             net = SpikingNetwork(model)
             fit = next((s for s in self.steps if isinstance(s, FitWeights)), None)
@@ -308,7 +308,11 @@ class CalibrateForT(Pass):
                     layer.current = layer.target = []
                     self.layers[name] = layer
                 syn = None if head_node is None else _refittable(model, net, run, spool, head_node, output)
-                if syn is not None:
+                if syn is not None and fit_weights.too_wide(syn):
+                    ctx.info(self.name, f"readout {head_node.name or head_node.op_type} kept as it came: "
+                             f"{len(syn.matrix())} inputs, too many to refit in memory (normal matrix "
+                             f"over {fit_weights.NORMAL_BYTES >> 20} MB)")
+                elif syn is not None:
                     judged = self.readout == "judged"
                     self.readout_fit = r = FitReadout(fit.ridge, judge=judged)(syn, len(run.bounds))
                     where = head_node.name or head_node.op_type

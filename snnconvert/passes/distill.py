@@ -40,9 +40,9 @@ from ..errors import DataError
 from ..runtime import SpikingNetwork, param_key
 from ..runtime.memory import sample_bytes, samples_within
 from ..runtime.training import keep_thresholds_positive, scale_for, threshold_floors, threshold_keys
-from .base import Pass, PassContext, copy_model
+from .base import Pass, PassContext
 from .calibrate_for_t import CalibrateForT
-from .optimize_init import open_thresholds
+from .optimize_init import open_thresholds, thresholds, with_thresholds
 
 REFERENCE = "reference-ann"
 """Key in ``ctx.stats`` of the ANN the distillation matches (set by :class:`RememberANN`)."""
@@ -66,13 +66,18 @@ def held_out_count(n: int, share: float = HELD_OUT_SHARE, minimum: int = MIN_HEL
 class SetAside:
     """What :class:`RememberANN` set aside for :class:`DistillForT`: the held-out samples, the
     calibration data as it came, the number of samples it left to the passes between them, and
-    the network as it entered the fit for T (fitted again from there, on all the data, if the
-    distillation is dropped)."""
+    the thresholds of the network as it entered the fit for T (fitted again from there, on all
+    the data, if the distillation is dropped): that network is the reference ANN with them, so
+    only they are kept, not a second copy of the weights."""
 
     held_out: np.ndarray
     calib: Data
     left: int
-    entry: onnx.ModelProto
+    thresholds: dict[str, np.ndarray]
+
+    def entry(self, reference: onnx.ModelProto) -> onnx.ModelProto:
+        """The network as it entered the fit for T, from the reference ANN kept beside this."""
+        return with_thresholds(reference, self.thresholds)
 
 
 def _static(model: onnx.ModelProto, x: np.ndarray) -> bool:
@@ -113,7 +118,7 @@ class RememberANN(Pass):
         n_hold = held_out_count(len(x), self.held_out, self.min_held_out)
         if n_hold and _static(model, x):
             left = len(x) - n_hold
-            ctx.stats[HELD_OUT] = SetAside(x[left:], ctx.calib, left, copy_model(model))
+            ctx.stats[HELD_OUT] = SetAside(x[left:], ctx.calib, left, thresholds(model))
             ctx.calib = x[:left]
             ctx.info(self.name, f"{n_hold} of {len(x)} calibration samples set aside to judge the "
                      "distillation (the fit for T does not see them)")
@@ -258,12 +263,13 @@ class DistillForT(Pass):
         dropped distillation leaves the network `refit` gives."""
         if self.fit is None or aside is None:
             return model
+        entry = aside.entry(ctx.stats[REFERENCE])
         total = count(aside.calib)
-        if total is not None and min(total, self.fit.reads(aside.entry, ctx.timesteps)) <= aside.left:
+        if total is not None and min(total, self.fit.reads(entry, ctx.timesteps)) <= aside.left:
             return model  # it would read the same samples: the same network
         ctx.info(self.name, f"fitting for T again, on all the calibration samples "
                  f"({len(aside.held_out)} held out included), as without the distillation")
-        return self.fit(aside.entry, ctx)
+        return self.fit(entry, ctx)
 
 
 def rank(score: EpochScore, select: str) -> tuple[float, ...]:
@@ -341,7 +347,7 @@ def distill(model: onnx.ModelProto, teacher: onnx.ModelProto, train: np.ndarray,
     output = teacher.graph.output[0].name
     acts = {n.name: n.output for n in ir.neurons(work)} if layers else {}
     names = [output] + [o for o in acts.values() if o != output]
-    sess = onnxrt.session(onnxrt.with_outputs(teacher, names))
+    sess = onnxrt.session(teacher, outputs=names)
     feed = sess.get_inputs()[0].name
 
     def run_teacher(xb: np.ndarray) -> dict[str, np.ndarray]:

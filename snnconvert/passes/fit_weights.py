@@ -118,7 +118,9 @@ NORMAL_BYTES = 1 << 28
 size are alive at once (the folds, their sums, the solves): on a Gemm with F inputs fed by spikes
 (4 samples, T=4) the conversion's peak grows as 68 bytes × F² (1.4 / 4.1 GB at F = 4,000 / 8,000),
 so VGG's 25,088-input Gemm would need about 41 GB (the out-of-memory kill measured on a 24 GB
-machine). A synapse with more inputs (here 5,792) keeps its weights (:data:`WIDE`)."""
+machine). A synapse with more inputs (here 5,792) keeps its weights (:data:`WIDE`), and so does
+a readout (:class:`FitReadout` holds 8 folds' matrices: a 16,384-input readout was killed for
+memory on a 24 GB machine before this bound applied to it)."""
 WIDE = "fit-weights: kept, too many inputs to refit in memory"
 """The history step (:class:`LayerState`) of a layer whose synapse :class:`FitWeights` left as it came."""
 
@@ -155,8 +157,9 @@ class NormalEquations:
                                sum(rows), rows, self.samples)
 
     def without(self, fold: int) -> "NormalEquations":
-        """The equations of every fold but ``fold``."""
-        return self._select([[i] for i in range(len(self.gram)) if i != fold])
+        """The equations of every fold but ``fold``, summed into one (in the order :meth:`total`
+        sums them: the same solve, one matrix instead of a copy of each fold's)."""
+        return self._select([[i for i in range(len(self.gram)) if i != fold]])
 
     def merged(self, folds: int) -> "NormalEquations":
         """The same rows in ``folds`` folds: fold i joins fold i mod ``folds`` (with

@@ -92,10 +92,27 @@ def apply_bias_correction(model: onnx.ModelProto, neuron: ir.Neuron, delta: np.n
 
 def open_thresholds(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy whose neurons never clip: onnxruntime then runs it as the original ANN."""
+    return with_thresholds(model, opened(model))
+
+
+def opened(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """The threshold initializers of :func:`open_thresholds`, by name: given to an onnxruntime
+    session in place of the model's, they run it as the ANN without a copy of the weights."""
+    return {name: np.full_like(value, np.inf) for name, value in thresholds(model).items()}
+
+
+def thresholds(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """The neurons' threshold initializers by name: with :func:`with_thresholds`, what tells a
+    network from its :func:`open_thresholds` copy (kept instead of a second copy of the weights)."""
+    return {n.node.input[1]: n.threshold for n in ir.neurons(model)}
+
+
+def with_thresholds(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of ``model`` with these threshold initializers."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    for n in ir.neurons(out):
-        ir.set_initializer(out, n.node.input[1], np.full_like(n.threshold, np.inf))
+    for name, value in values.items():
+        ir.set_initializer(out, name, value)
     return out
 
 
@@ -133,7 +150,7 @@ class OptimizeInit(Pass):
         by_output = {n.output: n.name for n in neurons.values()}
         ann: dict = {}
         chunks: dict[str, list[np.ndarray]] = {}
-        for batch in onnxrt.iterate(open_thresholds(model), x, list(by_output), batch_size=64):
+        for batch in onnxrt.iterate(model, x, list(by_output), batch_size=64, initializers=opened(model)):
             for o, v in batch.items():
                 chunks.setdefault(by_output[o], []).append(v)
         for name, parts in chunks.items():

@@ -12,7 +12,7 @@ from typing import Iterable
 
 import onnx
 
-from .base import PassContext, PassLike
+from .base import Pass, PassContext, PassLike
 from .calibrate import Calibrate
 from .calibrate_for_t import CalibrateForT, default_steps
 from .distill import DEFAULT_METHOD as DEFAULT_DISTILL
@@ -65,9 +65,16 @@ class Pipeline:
         del self.passes[self._index(name)]
         return self
 
-    def __call__(self, model: onnx.ModelProto, ctx: PassContext) -> onnx.ModelProto:
+    def __call__(self, model: onnx.ModelProto, ctx: PassContext, *, owned: bool = False) -> onnx.ModelProto:
+        """Run the passes in order. ``owned``: the caller hands ``model`` over (it holds no other
+        reference and will not read it again), so the first pass may change it in place too;
+        every model a :class:`Pass` returns is the pipeline's own, so the passes after it do."""
         for p in self.passes:
-            model = p(model, ctx)
+            if isinstance(p, Pass):
+                model = p.run(model, ctx) if owned else p(model, ctx)
+                owned = True
+            else:
+                model, owned = p(model, ctx), False
         return model
 
     def __repr__(self) -> str:

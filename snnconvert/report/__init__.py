@@ -141,7 +141,7 @@ def build_report(model: onnx.ModelProto, x: Data, y: np.ndarray | None, timestep
     ir.ensure_domain(probe)
     out_name = model.graph.output[0].name
     names = [out_name] + [n.output for n in neuron_list]
-    sess = onnxrt.session(onnxrt.with_outputs(probe, names))
+    sess = onnxrt.session(probe, outputs=names)
     input_name = sess.get_inputs()[0].name
     rank = len(sess.get_inputs()[0].shape)
     n_samples, labelled, ann_correct = 0, False, 0
