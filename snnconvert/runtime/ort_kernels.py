@@ -50,12 +50,11 @@ class OrtKernels:
                 inputs.append("")
                 continue
             inputs.append(f"c{i}")
-            value = np.ascontiguousarray(c.detach().cpu().numpy())
-            if _fed(c):
-                declared.append(helper.make_tensor_value_info(
-                    f"c{i}", helper.np_dtype_to_tensor_dtype(value.dtype), None))
+            if _fed(c):  # only its type here (no copy of it)
+                dtype = torch.empty((), dtype=c.dtype).numpy().dtype
+                declared.append(helper.make_tensor_value_info(f"c{i}", helper.np_dtype_to_tensor_dtype(dtype), None))
             else:
-                inits.append(numpy_helper.from_array(value, f"c{i}"))
+                inits.append(numpy_helper.from_array(np.ascontiguousarray(c.detach().cpu().numpy()), f"c{i}"))
         op = helper.make_node(node.op_type, inputs, ["y"], **{
             a.name: helper.get_attribute_value(a) for a in node.attribute})
         graph = helper.make_graph([op], node.name or "kernel", declared,
