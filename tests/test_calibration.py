@@ -446,6 +446,24 @@ def test_cross_validated_ridge_keeps_what_generalizes():
                               ((x @ new - y) ** 2).sum(0))
 
 
+def test_each_output_is_solved_at_the_ridge_it_chose():
+    """solve_chosen solves each ridge for the outputs that chose it alone: every output equals its
+    column of the whole ridge solve at its ridge, and an output that chose none keeps its weights."""
+    from snnconvert.passes.fit_weights import RIDGES, ridge_solve
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(80, 30, generator=gen, dtype=torch.float64)
+    old = torch.randn(30, 10, generator=gen, dtype=torch.float64)
+    eq = _equations(x, x @ old * 0.5 + torch.randn(80, 10, generator=gen, dtype=torch.float64), old)
+    choice = torch.tensor([0, 1, 2, 3, 4, 4, 3, 0, 0, 2])
+    new = eq.solve_chosen(choice)
+    gram, cross, _ = eq.total()
+    for out, ridge in enumerate(choice.tolist()):
+        expected = old[:, out] if ridge == len(RIDGES) else ridge_solve(old, gram, cross, RIDGES[ridge])[:, out]
+        assert torch.allclose(new[:, out], expected, rtol=1e-10, atol=1e-12), (out, ridge)
+    assert not torch.allclose(new[:, 0], ridge_solve(old, gram, cross, RIDGES[3])[:, 0])
+
+
 def _wide_mlp(features: int):
     """x[N,16] -> Gemm(16->F) -> ReLU -> Gemm(F->12) -> ReLU -> Gemm(12->5), built here."""
     rng = np.random.default_rng(3)

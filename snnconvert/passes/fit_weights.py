@@ -198,8 +198,9 @@ class NormalEquations:
         gram, cross, _ = self.total()
         new = self.old.clone()
         for i, r in enumerate(ridges):
-            if bool((choice == i).any()):
-                new[:, choice == i] = ridge_solve(self.old, gram, cross, r)[:, choice == i]
+            cols = choice == i
+            if bool(cols.any()):  # only the outputs this ridge serves: their right-hand sides alone
+                new[:, cols] = ridge_solve(self.old[:, cols], gram, cross[:, cols], r)
         return new
 
 
