@@ -263,13 +263,15 @@ class DistillForT(Pass):
         dropped distillation leaves the network `refit` gives."""
         if self.fit is None or aside is None:
             return model
-        entry = aside.entry(ctx.stats[REFERENCE])
+        reference = ctx.stats[REFERENCE]
         total = count(aside.calib)
-        if total is not None and min(total, self.fit.reads(entry, ctx.timesteps)) <= aside.left:
+        # the samples the fit reads depend on the graph and its weights, which the entry shares
+        # with the reference: the entry (a copy of the weights) is built only to fit again
+        if total is not None and min(total, self.fit.reads(reference, ctx.timesteps)) <= aside.left:
             return model  # it would read the same samples: the same network
         ctx.info(self.name, f"fitting for T again, on all the calibration samples "
                  f"({len(aside.held_out)} held out included), as without the distillation")
-        return self.fit(entry, ctx)
+        return self.fit(aside.entry(reference), ctx)
 
 
 def rank(score: EpochScore, select: str) -> tuple[float, ...]:
