@@ -29,7 +29,7 @@ from ..graph import is_constant
 from ..errors import SnnConvertError, UnsupportedModelError
 from ..results import SimResult
 from ..ops import lookup
-from . import fused
+from . import fused, fused_training
 from . import neurons as nrn
 from .encoding import StepInput, step_encoder
 from .event_engine import EventEngine
@@ -72,7 +72,9 @@ class SpikingNetwork(nn.Module):
         "auto": 16 on accelerators, and on CPUs as many as keep the largest activation of a chunk
         near :data:`CPU_CHUNK_ELEMENTS`, where cache misses otherwise slow every op).
         ``cpu_kernels``: "onnxruntime" runs Conv/Gemm/MatMul through onnxruntime during CPU
-        inference (several times faster than torch on CPUs); "torch" never does.
+        inference (several times faster than torch on CPUs) and float32 CPU neurons through numba
+        kernels (:mod:`.fused` in inference, :mod:`.fused_training` in training); "torch" runs
+        every op in torch.
         ``synapses``: how Conv/Gemm/MatMul on spikes run during CPU inference: "dense" (the
         default: one summation order, so float32 results repeat run to run and across process
         counts). "event" and "auto" run inference of an analog input through the compiled event
@@ -472,6 +474,9 @@ class SpikingNetwork(nn.Module):
                 return s, v_end, counted or None
             if fast:
                 return (*nrn.if_neuron_fast(cur, steps, v, theta, reset, leak), None)
+            if self._ort is not None and fused_training.supports(cur, v, theta, leak):
+                return (*fused_training.if_neuron_trained(cur, steps, v, theta, reset, leak, self.surrogate,
+                                                          self.alpha), None)
             return (*nrn.if_neuron(cur, steps, v, theta, reset, leak, self.surrogate, self.alpha), None)
 
         if pool is not None:
