@@ -72,6 +72,7 @@ def test_what_the_fused_op_cannot_run_goes_to_the_loop():
     assert not fused_training.supports(current.double(), v.double(), theta.double(), 0.0)
     assert not fused_training.supports(current, v, torch.ones(B, C, 1, 1), 0.0)  # thresholds per sample
     assert not fused_training.supports(current, v, torch.ones(2, 1, 1), 0.0)  # not broadcastable
+    assert not fused_training.supports(current[:, :, :, :1], v[:, :, :1], torch.ones(C, H, 1), 0.0)  # wider than v
 
 
 def _conv_net(reset: str) -> onnx.ModelProto:

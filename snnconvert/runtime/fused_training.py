@@ -117,11 +117,11 @@ def supports(current: torch.Tensor, v: torch.Tensor, threshold: torch.Tensor, le
     th = threshold
     if th.dim() > v.dim() or (th.dim() == v.dim() and th.shape[0] != 1):
         return False
+    one_sample = v.shape[1:] if th.dim() < v.dim() else (1, *v.shape[1:])
     try:
-        torch.broadcast_shapes(th.shape, v.shape[1:] if th.dim() < v.dim() else (1, *v.shape[1:]))
+        return torch.broadcast_shapes(th.shape, one_sample) == one_sample
     except RuntimeError:
         return False
-    return True
 
 
 PART_ELEMENTS = 1 << 18
