@@ -136,18 +136,17 @@ def _parts(batch: int, per_sample: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def _run(calls: list) -> None:
+def _over_parts(parts: list[tuple[int, int]], per_sample: int, kernel) -> None:
+    """``kernel(part index, its neurons' columns, its samples)`` for each of ``parts``, in threads
+    when there are several."""
+    calls = [lambda p=p, b0=b0, b1=b1: kernel(p, slice(b0 * per_sample, b1 * per_sample), b1 - b0)
+             for p, (b0, b1) in enumerate(parts)]
     if len(calls) == 1:
         calls[0]()
         return
     with ThreadPoolExecutor(len(calls)) as pool:
         for done in [pool.submit(call) for call in calls]:
             done.result()
-
-
-def _in_parts(batch: int, per_sample: int, kernel) -> None:
-    """``kernel(first sample, end sample)`` over :func:`_parts`, in threads."""
-    _run([lambda b=b: kernel(*b) for b in _parts(batch, per_sample)])
 
 
 class _IFSteps(torch.autograd.Function):
@@ -161,14 +160,14 @@ class _IFSteps(torch.autograd.Function):
         per_sample = th[0] if th.dim() == v.dim() else th
         theta = torch.broadcast_to(per_sample, shape[1:]).contiguous().numpy().reshape(-1)
         cur = current.detach().contiguous().numpy().reshape(1 if constant else steps, -1)
-        v_np = v.detach().contiguous().clone().numpy().reshape(-1)
+        v_np = v.detach().clone(memory_format=torch.contiguous_format).numpy().reshape(-1)
         out = np.empty((steps, v_np.size), np.float32)
         before = np.empty_like(out)
         leaky = decay != 1.0
         per = theta.size
-        _in_parts(shape[0], steps * per, lambda b0, b1: _forward(
-            cur[:, b0 * per:b1 * per], constant, v_np[b0 * per:b1 * per], theta, out[:, b0 * per:b1 * per],
-            before[:, b0 * per:b1 * per], np.float32(decay), leaky, subtract, b1 - b0))
+        _over_parts(_parts(shape[0], steps * per), per, lambda _, cols, count: _forward(
+            cur[:, cols], constant, v_np[cols], theta, out[:, cols], before[:, cols], np.float32(decay),
+            leaky, subtract, count))
         ctx.saved = (before, theta, constant, decay, leaky, subtract, kind, alpha, shape, threshold.shape,
                      current.shape)
         return torch.from_numpy(out).view(steps, *shape), torch.from_numpy(v_np).view(shape)
@@ -180,20 +179,15 @@ class _IFSteps(torch.autograd.Function):
         g_out = (np.zeros((steps, n), np.float32) if grad_out is None
                  else grad_out.detach().to(torch.float32).contiguous().numpy().reshape(steps, n))
         g_v = (np.zeros(n, np.float32) if grad_v is None
-               else grad_v.detach().to(torch.float32).contiguous().numpy().reshape(-1).copy())
+               else grad_v.detach().to(torch.float32).clone(memory_format=torch.contiguous_format).numpy().reshape(-1))
         g_x = np.empty((1 if constant else steps, n), np.float32)
         per = theta.size
         parts = _parts(shape[0], steps * per)
         g_th = np.zeros((len(parts), per), np.float64)
         f = np.float32
-
-        def backward_part(p: int, b0: int, b1: int) -> None:
-            cols = slice(b0 * per, b1 * per)
-            _backward(g_out[:, cols], g_v[cols], before[:, cols], theta, g_x[:, cols], g_th[p], f(decay),
-                      leaky, subtract, constant, kind, f(alpha / 2), f(math.pi / 2 * alpha), f(alpha),
-                      f(0.5 / alpha), b1 - b0)
-
-        _run([lambda p=p, b=b: backward_part(p, *b) for p, b in enumerate(parts)])
+        _over_parts(parts, per, lambda p, cols, count: _backward(
+            g_out[:, cols], g_v[cols], before[:, cols], theta, g_x[:, cols], g_th[p], f(decay), leaky, subtract,
+            constant, kind, f(alpha / 2), f(math.pi / 2 * alpha), f(alpha), f(0.5 / alpha), count))
         grad_theta = torch.from_numpy(g_th.sum(0).astype(np.float32)).view(shape[1:])
         if len(th_shape) == len(shape):
             grad_theta = grad_theta.unsqueeze(0)
