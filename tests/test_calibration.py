@@ -16,7 +16,8 @@ from snnconvert.passes import PassContext, default_pipeline
 from snnconvert.passes.calibrate_for_t import CalibrateForT, ann_activations
 from snnconvert.passes.calibrate_potential import CalibratePotential
 from snnconvert.passes.correct_bias import CorrectBias
-from snnconvert.passes.fit_weights import SIGNIFICANCE, FitWeights, sign_test
+from snnconvert.passes.fit_weights import FitWeights
+from snnconvert.passes.judge import SIGNIFICANCE, sign_test
 from snnconvert.passes.search_thresholds import SearchThresholds
 from snnconvert.runtime import SpikingNetwork
 from snnconvert.runtime.counting import _stats_torch, layer_stats

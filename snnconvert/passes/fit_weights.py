@@ -21,7 +21,6 @@ error is not the network's.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import graph as g
+from .judge import significant
 from .layer_state import LayerState
 
 
@@ -315,21 +315,6 @@ JUDGE_FOLDS = 8
 """Folds of the fit samples over which :class:`FitReadout` judges its refit (each fold scored by
 the refit on the other seven)."""
 
-SIGNIFICANCE = 0.16
-"""The one-sided sign test's level below which :class:`FitReadout` keeps its refit: about one
-standard deviation (the normal tail beyond one is 0.159), taken exactly for small counts, where
-one sample in favour (p 0.5) or two (0.25) is no evidence. At 0.05 the refit was dropped on a
-test graph where it raised held-out agreement with the ANN from 72 to 78 % (30 wins, 21 losses:
-p 0.13)."""
-
-
-def sign_test(wins: int, losses: int) -> float:
-    """One-sided p-value of ``wins`` against ``losses``: the chance of at least ``wins`` heads in
-    ``wins + losses`` fair coin flips (1 where there are none)."""
-    n = wins + losses
-    return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2 ** n
-
-
 @dataclass
 class ReadoutFit:
     """What :class:`FitReadout` did: squared output error per sample (summed over the outputs)
@@ -356,7 +341,7 @@ class FitReadout:
     label-free and without taking samples from the fit: over :data:`JUDGE_FOLDS` folds of the fit
     samples, each fold is predicted by the refit on the other folds and by the readout as it came,
     and the samples one of the two gets right and the other wrong must favour the refit below
-    :data:`SIGNIFICANCE` by a one-sided sign test. Why not output error: the refit lowers it
+    :data:`~snnconvert.passes.judge.SIGNIFICANCE` by a one-sided sign test (:mod:`~snnconvert.passes.judge`). Why not output error: the refit lowers it
     almost everywhere, while the few predictions it changes are near ties. Measured (rates of the
     default conversion, offline): ResNet-20 at T=8 23 wins against 12 losses (p 0.045: kept), at
     T=16 12 / 10 and at T=32 1 / 7 (dropped); the bundled example and the sinabs CNN at most 3 wins
@@ -394,7 +379,7 @@ class FitReadout:
         if self.judge:
             fold_w = [self._solve(eq.without(f), choice, validate=False)[0] for f in range(folds)]
             wins, losses = _cross_validated_wins(syn, chunks, old, fold_w)
-        kept = not self.judge or sign_test(wins, losses) < SIGNIFICANCE
+        kept = not self.judge or significant(wins, losses)
         if kept:
             syn.set_matrix(new.to(torch.float32))
         samples = max(1, eq.samples)
