@@ -238,6 +238,33 @@ def test_epochs_rank_by_held_out_agreement_then_divergence():
         DistillForT(select="loss")
 
 
+def test_the_guard_keeps_a_distillation_that_loses_agreement_only_by_chance_with_divergence_falling():
+    """Agreement on at least as many held-out samples keeps the distillation whatever its
+    divergence; fewer keeps it only where the loss is within chance (13 lost against 14 won, one
+    sample, as ResNet-20 at T=16) and the divergence fell; a significant loss (13 against 4, as
+    resnet_2b at T=16) drops it even with the divergence falling."""
+    from snnconvert.passes.distill import EpochScore, changes, keeps
+
+    def score(epoch: int, agrees: list[bool], divergence: float) -> EpochScore:
+        a = np.array(agrees)
+        return EpochScore(epoch, agreement=float(a.mean()), error=0.0, divergence=divergence,
+                          train_loss=None, seconds=0.0, agrees=a)
+
+    def pair(won: int, lost: int, same: int = 170) -> tuple[list[bool], list[bool]]:
+        return ([False] * won + [True] * lost + [True] * same, [True] * won + [False] * lost + [True] * same)
+
+    before, after = pair(14, 13)
+    assert changes(score(0, before, 1.0), score(1, after, 2.0)) == (14, 13)
+    assert keeps(score(0, before, 1.0), score(1, after, 2.0))  # more won: kept, divergence aside
+    before, after = pair(13, 14)
+    assert keeps(score(0, before, 1.83), score(1, after, 1.58))
+    assert not keeps(score(0, before, 1.58), score(1, after, 1.83))
+    before, after = pair(4, 13)
+    assert not keeps(score(0, before, 1.83), score(1, after, 1.58))
+    before, after = pair(0, 0)
+    assert keeps(score(0, before, 1.0), score(1, after, 1.5))  # nothing changed: as before, kept
+
+
 def test_the_fit_for_t_never_sees_the_held_out_samples(monkeypatch):
     """`full` sets the last 20 % of the calibration samples aside before calibrate-for-T (its fit
     reads the other 240 of 300) and the distillation is judged on exactly those 60; the context's
