@@ -19,7 +19,9 @@ its own; calibration seconds are wall time, with the process's CPU time beside t
 ``--test-set full --skip 2000`` scores on the rest of the test split (MNIST 10,000 images, CIFAR-10
 the 10,000 JPEG ones, read from the shared data) instead of the prepared first 2,000 / 1,000:
 images no setting was chosen on. Beside accuracy, the JSON gives per T the images the SNN gets
-right where the ANN is wrong ("gained") and the reverse ("lost").
+right where the ANN is wrong ("gained") and the reverse ("lost"), and the distillation's log line
+("guard", where one ran: its held-out samples won and lost, and whether it was kept), printed as
+the "guard" line of the table.
 
 How much of a figure is a draw: ``--draws K`` converts again K times with the calibration images
 multiplied by 1 + 10⁻⁶ · N(0, 1) (a few float32 ulps, seeded by the draw's number), and
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import multiprocessing as mp
 import resource
 import sys
@@ -92,12 +95,14 @@ def run_setting(name: str, model: str, ts: list[int], limit: int | None, calib_l
     ann_pred = ann_outputs(ann, x).argmax(1)
     right = lambda res, t: float(np.mean(res.predictions(t) == y))  # accuracy at t of a simulation
     acc, agree, seconds, cpu_seconds, calib_peak = {}, {}, {}, {}, 0.0
-    gained, lost = {}, {}
+    gained, lost, guard = {}, {}, {}
     draw_acc: dict[int, list[float]] = {t: [] for t in ts}
     test_draw_acc: dict[int, list[float]] = {t: [] for t in ts}
     for group in ([[t] for t in ts] if name in PER_T else [ts]):
         t0, c0 = time.perf_counter(), time.process_time()
-        snn = sc.convert(ann, calib, timesteps=max(group), progress=progress, **SETTINGS[name])
+        log: list[tuple[str, str]] = []
+        snn = sc.convert(ann, calib, timesteps=max(group), progress=progress, log=log, **SETTINGS[name])
+        guard[max(group)] = next((m for p, m in log if p == "distill-for-T" and "held out" in m), None)
         seconds[max(group)] = time.perf_counter() - t0
         cpu_seconds[max(group)] = time.process_time() - c0
         calib_peak = max(calib_peak, _peak_mb())
@@ -119,11 +124,21 @@ def run_setting(name: str, model: str, ts: list[int], limit: int | None, calib_l
                 draw_acc[t].append(right(res, t))
     out.put({"setting": name, "accuracy": acc, "agreement": agree, "calib_seconds": seconds,
              "calib_cpu_seconds": cpu_seconds,
-             "gained": gained, "lost": lost,
+             "gained": gained, "lost": lost, "guard": guard,
              "draws": draw_acc, "test_draws": test_draw_acc,
              "calib_peak_mb": calib_peak, "peak_mb": _peak_mb(),
              "ann_accuracy": float(np.mean(ann_pred == y)), "n": len(x), "n_calib": len(calib),
              "test_set": test_set, "skip": skip})
+
+
+def _verdict(message: str | None) -> str:
+    """``won/lost`` and k(ept) or d(ropped) from the distillation's log line; "-" where none ran."""
+    if message is None:
+        return "-"
+    found = re.search(r"(\d+) won, (\d+) lost\): (kept|dropped)", message)
+    if found is None:
+        raise ValueError(f"the distillation's log line changed; update _verdict: {message!r}")
+    return f"{found[1]}/{found[2]} {found[3][0]}"
 
 
 def _spread(label: str, ts: list[int], accs: dict[int, list[float]]) -> str:
@@ -180,6 +195,10 @@ def main() -> None:
         print(f"{'  agree':10s} " + " ".join(f"{100 * row['agreement'][t]:7.2f}" for t in ts)
               + "   vs the ANN: images gained/lost " + " ".join(
                   f"+{len(row['gained'][t])}/-{len(row['lost'][t])}" for t in ts), flush=True)
+        if any(row["guard"].values()):
+            print(f"{'  guard':10s} " + " ".join(f"{_verdict(row['guard'].get(t)):>7s}" for t in ts)
+                  + "   the distillation's guard: held-out samples won/lost, kept (k) or dropped (d)",
+                  flush=True)
         if args.draws:
             print(_spread("  draws", ts, row["draws"]), flush=True)
         if args.test_draws:

@@ -14,7 +14,7 @@ from helpers import model as make_model
 from helpers import vi
 from snnconvert import api, ir, onnxrt
 from snnconvert.passes import PassContext, Pipeline, default_pipeline
-from snnconvert.passes.distill import DistillForT
+from snnconvert.passes.distill import DistillForT, changes
 from snnconvert.runtime import SpikingNetwork
 
 
@@ -115,6 +115,8 @@ def test_the_guard_drops_a_distillation_that_hurts_and_fits_again_on_every_sampl
     log = [message for step, message in ctx.log if step == "distill-for-T"]
     assert distill.kept is False and log[0].endswith("dropped"), log
     assert distill.history[1].error > distill.history[0].error
+    wins, losses = changes(distill.history[0], distill.history[1])
+    assert wins < losses and log[0].endswith(f"(epoch 1; {wins} won, {losses} lost): dropped"), log
     assert log[1] == ("fitting for T again, on all the calibration samples (60 held out included), "
                       "as without the distillation"), log
     assert "on 300 sample(s)" in [m for s, m in ctx.log if s == "calibrate-for-T"][-1]
@@ -243,7 +245,7 @@ def test_the_guard_keeps_a_distillation_that_loses_agreement_only_by_chance_with
     divergence; fewer keeps it only where the loss is within chance (13 lost against 14 won, one
     sample, as ResNet-20 at T=16) and the divergence fell; a significant loss (13 against 4, as
     resnet_2b at T=16) drops it even with the divergence falling."""
-    from snnconvert.passes.distill import EpochScore, changes, keeps
+    from snnconvert.passes.distill import EpochScore, keeps
 
     def score(epoch: int, agrees: list[bool], divergence: float) -> EpochScore:
         a = np.array(agrees)
