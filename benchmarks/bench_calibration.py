@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import multiprocessing as mp
+import re
 import resource
 import sys
 import time

@@ -291,8 +291,8 @@ def changes(start: EpochScore, end: EpochScore) -> tuple[int, int]:
 def keeps(start: EpochScore, end: EpochScore) -> bool:
     """Whether the distilled network scored ``end`` replaces the one scored ``start``: where it
     agrees with the ANN on at least as many held-out samples; where on fewer, only if the
-    samples it lost outnumber those it won by no more than chance (:func:`~snnconvert.passes.judge.significant`)
-    and its divergence from the ANN fell. Why not agreement alone: on a few hundred samples it
+    samples it lost outnumber those it won by no more than chance
+    (:func:`~snnconvert.passes.judge.significant`) and its divergence from the ANN fell. Why not agreement alone: on a few hundred samples it
     moves by a sample or two with any change of the weights (ResNet-20 at T=16 dropped two epochs
     that lifted its accuracy 77.9 → 79.3 % on 88.5 → 88.0 % of 200 held-out samples, 13 won and 14
     lost, while the divergence fell 1.83 → 1.58); why not divergence alone: it fell where a
@@ -334,8 +334,8 @@ def distill_loss(out: torch.Tensor, target: torch.Tensor, kind: str, temperature
     return torch.sum(log_p.exp() * (log_p - log_q), 1).mean() * temperature ** 2
 
 
-def _score(net: SpikingNetwork, x: np.ndarray, target: np.ndarray, steps: int, batch: int = 64,
-           temperature: float = 1.0) -> dict:
+def _score(net: SpikingNetwork, x: np.ndarray, target: np.ndarray, steps: int, batch: int,
+           temperature: float) -> dict:
     """:class:`EpochScore`'s measures at ``steps``: per sample whether the argmax is ``target``'s,
     and their share; the mean squared output difference; the KL divergence of the output's softmax
     from the target's at ``temperature`` (times its square, as the loss)."""

@@ -341,7 +341,8 @@ class FitReadout:
     label-free and without taking samples from the fit: over :data:`JUDGE_FOLDS` folds of the fit
     samples, each fold is predicted by the refit on the other folds and by the readout as it came,
     and the samples one of the two gets right and the other wrong must favour the refit below
-    :data:`~snnconvert.passes.judge.SIGNIFICANCE` by a one-sided sign test (:mod:`~snnconvert.passes.judge`). Why not output error: the refit lowers it
+    :data:`~snnconvert.passes.judge.SIGNIFICANCE` by a one-sided sign test
+    (:mod:`~snnconvert.passes.judge`). Why not output error: the refit lowers it
     almost everywhere, while the few predictions it changes are near ties. Measured (rates of the
     default conversion, offline): ResNet-20 at T=8 23 wins against 12 losses (p 0.045: kept), at
     T=16 12 / 10 and at T=32 1 / 7 (dropped); the bundled example and the sinabs CNN at most 3 wins
