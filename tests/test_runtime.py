@@ -6,7 +6,7 @@ import torch
 
 from helpers import mlp_ir, run_ort
 from snnconvert import ir
-from snnconvert.runtime import SpikingNetwork
+from snnconvert.runtime import SpikingNetwork, ort_kernels
 
 X = np.random.default_rng(3).normal(size=(5, 4)).astype(np.float32)
 
@@ -164,3 +164,24 @@ def test_event_mode_runs_neurons_and_their_pool_as_one_kernel(digits):
     assert np.mean(a.predictions(8) == b.predictions(8)) >= 0.98
     for t in (4, 8):
         assert a.layer_rates[t] == pytest.approx(b.layer_rates[t], rel=1e-2)
+
+
+def test_kernel_sessions_declare_the_oldest_ir_version_and_do_not_spin(monkeypatch) -> None:
+    """A per-node onnxruntime kernel is a model of its own: stamped with the installed onnx's
+    newest IR version, an older onnxruntime refuses it (onnx 1.23 writes IR 14, onnxruntime 1.30
+    reads up to 13); the opset's own minimum is read by any onnxruntime that runs the opset.
+    Its thread pool must not spin after a run: one pool per node spinning took the cores from
+    the next (2 threads ran 3.5x slower than 1; bench_gpu.py measures 1 against all threads)."""
+    built: list[tuple[onnx.ModelProto, object]] = []
+    session = ort_kernels.ort.InferenceSession
+
+    def recording(data, opts, *args, **kwargs):
+        built.append((onnx.load_from_string(data), opts))
+        return session(data, opts, *args, **kwargs)
+
+    monkeypatch.setattr(ort_kernels.ort, "InferenceSession", recording)
+    out = SpikingNetwork(mlp_ir()).simulate(X, 4).readout[4]
+    assert built and np.isfinite(out).all()
+    for kernel, opts in built:
+        assert kernel.ir_version == onnx.helper.find_min_ir_version_for(list(kernel.opset_import)) < onnx.IR_VERSION
+        assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
