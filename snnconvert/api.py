@@ -21,6 +21,7 @@ from .passes.calibrate_for_t import sample_count
 from .passes.maxpool_to_avgpool import swap_max_pools
 from .passes.pipeline import (CALIBRATION_MODES, DEFAULT_CALIBRATION, DEFAULT_DISTILL, DISTILL_METHODS,
                               DISTILLING, V_INIT_MODES)
+from .runtime.device import torch_device
 from .targets import get_target
 from .targets.support import NodeSupport, refuse_unsupported
 from .targets.support import target_support as _target_support
@@ -37,8 +38,8 @@ def convert(source: str | os.PathLike | onnx.ModelProto, calib: Data | None = No
             agreement: float = 0.99,
             pipeline: Pipeline | None = None, progress: bool = False,
             log: list[tuple[str, str]] | None = None, calib_labels: np.ndarray | None = None,
-            target: str | None = None, encoding: str = "analog", readout: str = "membrane"
-            ) -> onnx.ModelProto:
+            target: str | None = None, encoding: str = "analog", readout: str = "membrane",
+            device: str = "cpu") -> onnx.ModelProto:
     """Load an ANN, check that it converts (and, with ``target``, that the target can hold every
     node, before any calibration), and run the conversion pipeline on it.
 
@@ -63,8 +64,10 @@ def convert(source: str | os.PathLike | onnx.ModelProto, calib: Data | None = No
     :func:`choose_timesteps`). Returns the spiking IR (an ONNX model). ``log`` receives
     (step, message) pairs. ``encoding`` and ``readout`` are recorded in the IR (see
     :class:`ir.Encoding`, :class:`ir.Readout`); time-varying calibration data [N, T, ...] is
-    calibrated over all of its steps.
+    calibrated over all of its steps. ``device``: the torch device the distillation trains on
+    ("cuda": seconds where the CPU takes minutes); the rest of the calibration runs on the CPU.
     """
+    torch_device(device)
     if isinstance(v_init, str) and v_init not in V_INIT_MODES:
         raise OptionError(f"unknown initial potential '{v_init}'",
                           hint=f"Use one of {', '.join(V_INIT_MODES)} or a fraction of θ.")
@@ -82,7 +85,7 @@ def convert(source: str | os.PathLike | onnx.ModelProto, calib: Data | None = No
         options = dict(norm=norm, per_channel=per_channel, v_init=v_init, reset=reset, leak=leak,
                        maxpool_to_avgpool=maxpool_to_avgpool, calibration=calibration,
                        distill=distill, pipeline=pipeline, progress=progress, calib_labels=calib_labels, target=target,
-                       encoding=encoding, readout=readout)
+                       encoding=encoding, readout=readout, device=device)
         return choose_timesteps(source, calib, agreement=agreement, log=log, **options)[0]
     if not isinstance(timesteps, (int, np.integer)) or timesteps < 1:
         raise OptionError(f"timesteps must be a positive integer or 'auto', got {timesteps!r}")
@@ -115,7 +118,7 @@ def convert(source: str | os.PathLike | onnx.ModelProto, calib: Data | None = No
                                         maxpool_to_avgpool=maxpool_to_avgpool,
                                         calibration=calibration,
                                         distill=DEFAULT_DISTILL if distill is None else distill)
-    ctx = PassContext(calib=calib, timesteps=timesteps, progress=progress,
+    ctx = PassContext(calib=calib, timesteps=timesteps, progress=progress, device=device,
                       options={} if calib_labels is None else {"calib_labels": calib_labels})
     handed = [model]
     del model  # the pipeline gets the only reference: its passes change it in place, not copies

@@ -58,3 +58,24 @@ def test_the_runtime_names_the_node_it_cannot_run():
     with pytest.raises(UnsupportedModelError, match=r"^node 'flip' \(Slice\): Slice step -1 is not "
                                                     r"supported \(only forward slices\)\. Hint: "):
         net(torch.zeros((1, 1, 4, 4)), 2)
+
+
+@pytest.mark.parametrize("device, message", [
+    ("gpu", "error: unknown torch device 'gpu' Hint: Use cpu or cuda (cuda:N for the N-th GPU)."),
+    ("mps", "error: device 'mps' is not supported Hint: Use cpu or cuda."),
+    pytest.param("cuda", "error: device 'cuda' asked for but torch sees no CUDA device Hint: Use --device "
+                 "cpu, or install a torch build with CUDA.",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="torch sees a CUDA device")),
+])
+def test_a_device_torch_cannot_use_is_refused_before_any_work(tmp_path, capsys, device, message):
+    """eval, convert and finetune refuse the device first (exit 2), not after calibrating (before:
+    "internal error: AssertionError: Torch not compiled with CUDA enabled" once the calibration
+    was done)."""
+    path = tmp_path / "flip.onnx"
+    onnx.save(_flip_model(), path)  # refused too, but only after the device: the device comes first
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 1, 4, 4), np.float32), y=np.zeros(4, np.int64))
+    for args in (["eval", path, "--calib", tmp_path / "d.npz", "--data", tmp_path / "d.npz", "--device", device],
+                 ["convert", path, "--calib", tmp_path / "d.npz", "--device", device, "-o", tmp_path / "o.snn.onnx"]):
+        code, _, err = run(args, capsys)
+        assert (code, err.strip().splitlines()[-1]) == (2, message), args
+    assert not (tmp_path / "o.snn.onnx").exists()

@@ -70,15 +70,17 @@ def output_paths(model: Path, output: Path | None, target: str) -> tuple[Path, P
                    "Default: MODEL's name with .snn.onnx.")
 @click.option("--fixed-point", is_flag=True, help="lava: quantize to Loihi 2 fixed point.")
 @click.option("--strict", is_flag=True, help="nir: refuse instead of warning on semantic losses.")
+@click.option("--device", default="cpu", show_default=True,
+              help="torch device the calibration's distillation trains on (cpu, cuda); the rest runs on the CPU.")
 def command(model: Path, target: str, calib: str | None, norm: str, per_channel: bool, v_init: str,
             calibration: str, distill: str | None, agreement: float, reset: str, leak: float, maxpool_to_avgpool: bool,
             encoding: str, readout: str, preprocess: str | None,
             workers: int | None, timesteps: int | str, output: Path | None,
-            fixed_point: bool, strict: bool) -> None:
+            fixed_point: bool, strict: bool, device: str) -> None:
     """Convert MODEL.onnx to a spiking network (.snn.onnx + the target's artifact)."""
     backend = get_target(target)
     out, artifact_out = output_paths(model, output, target)
-    distributed.init_from_env()
+    device = distributed.init_from_env(device)
     calib_data = None
     if calib is not None:
         calib_data = open_data(calib, preprocess=preprocess, shape=input_shape(load_model(model)),
@@ -87,7 +89,8 @@ def command(model: Path, target: str, calib: str | None, norm: str, per_channel:
     snn = api.convert(model, calib_data, timesteps=timesteps, norm=norm, per_channel=per_channel,
                       v_init=v_init, reset=reset, leak=leak, calibration=calibration, distill=distill,
                       agreement=agreement / 100, maxpool_to_avgpool=maxpool_to_avgpool,
-                      progress=True, log=log, target=target, encoding=encoding, readout=readout)
+                      progress=True, log=log, target=target, encoding=encoding, readout=readout,
+                      device=device)
     if not distributed.is_main():
         return
     for step, message in log:

@@ -12,6 +12,7 @@ from ..data import input_shape, run_timesteps
 from ..datasets import open_data
 from ..errors import OptionError
 from ..frontend import load_model
+from ..runtime.device import torch_device
 from ..targets import TARGETS, get_target
 from .options import DATA_HELP, TimestepsOrAuto, conversion_options, data_options, parse_timesteps
 
@@ -59,7 +60,9 @@ DEFAULT_TIMESTEPS = [1, 2, 4, 8, 16, 32, 64]
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Samples simulated side by side (default: 256 on torch, fewer where one sample's "
                    "tensors are large, e.g. 32 for VGG-19 at 224x224; 100 on lava).")
-@click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda).")
+@click.option("--device", default="cpu", show_default=True,
+              help="torch device (cpu, cuda) of the torch target's simulation and of the calibration's "
+                   "distillation.")
 @click.option("--synapses", type=click.Choice(["auto", "event", "dense"]), default="dense", show_default=True,
               help="torch on CPU: dense or event-driven synaptic kernels (auto: per layer, by timing; "
                    "faster on sparse layers, but the timed choice changes float32 summation order, so "
@@ -78,7 +81,7 @@ def command(model: Path, data_path: str, calib: str | None, norm: str, per_chann
 
     Under ``torchrun --nproc-per-node N`` each process evaluates every N-th batch and the counts
     are summed: the figures equal a single-process run; rank 0 prints and writes."""
-    device = distributed.init_from_env(device)
+    device = str(torch_device(distributed.init_from_env(device)))
     asked = parse_timesteps(timesteps) if timesteps is not None else None
     backend = get_target(target)
     options: dict = {} if batch_size is None else {"batch_size": batch_size}
@@ -117,7 +120,8 @@ def command(model: Path, data_path: str, calib: str | None, norm: str, per_chann
             model, calib_data, data, None, ts, target=target, tune_t=tune_t, progress=True,
             target_options=options, workers=workers, log=log, norm=norm, per_channel=per_channel,
             v_init=v_init, calibration=calibration, distill=distill, agreement=agreement / 100, reset=reset,
-            leak=leak, maxpool_to_avgpool=maxpool_to_avgpool, encoding=encoding, readout=readout)
+            leak=leak, maxpool_to_avgpool=maxpool_to_avgpool, encoding=encoding, readout=readout,
+            device=device)
         for step, message in log:
             if step == "choose-T" and distributed.is_main():
                 click.echo(f"  {step:22s} {message}")

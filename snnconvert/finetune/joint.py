@@ -221,6 +221,7 @@ class JointModel(nn.Module):
         self._features: dict[str, torch.Tensor] = {}
         self._unfolded: set[str] = set()
         self.heads = nn.ModuleDict()
+        self.to(sample.device)  # the new norms and buffers beside the network's own parameters
         self.eval()
         with torch.no_grad():  # the tapped layers' widths and the number of classes
             n_classes = int(self._ann(sample).shape[1])

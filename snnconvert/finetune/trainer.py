@@ -20,6 +20,7 @@ from ..datasets import ArraySource, Data, as_source, batches, head, head_labelle
 from ..datasets import check as check_source
 from ..errors import DataError, OptionError
 from ..runtime import SpikingNetwork
+from ..runtime.device import torch_device
 from ..runtime.training import keep_thresholds_positive, scale_for, threshold_floors
 from ..passes.add_delays import add_delays
 from . import checkpoint as ckpt
@@ -68,13 +69,7 @@ def build_network(model: onnx.ModelProto, cfg: FinetuneConfig) -> SpikingNetwork
         for node in work.graph.node:
             if ir.is_neuron(node):
                 graph.set_attr(node, "leak", float(cfg.leak))
-    try:
-        device = torch.device(cfg.device)
-    except RuntimeError:
-        raise OptionError(f"unknown torch device '{cfg.device}'", hint="Use cpu or cuda.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise OptionError("--device cuda asked for but no CUDA device is available")
-    return SpikingNetwork(work, surrogate=cfg.surrogate, alpha=cfg.alpha).to(device)
+    return SpikingNetwork(work, surrogate=cfg.surrogate, alpha=cfg.alpha).to(torch_device(cfg.device))
 
 
 @torch.no_grad()

@@ -22,6 +22,7 @@ class PassContext:
     stats      activation statistics from the calibration pass, keyed by tensor name
     log        (pass name, message) pairs, printed by the CLI
     options    free-form options for user passes
+    device     the torch device of the passes that train (the distillation); the others run on the CPU
     """
 
     calib: np.ndarray | None = None
@@ -30,6 +31,7 @@ class PassContext:
     log: list[tuple[str, str]] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
     progress: bool = False
+    device: str = "cpu"
 
     def info(self, pass_name: str, message: str) -> None:
         self.log.append((pass_name, message))

@@ -40,6 +40,7 @@ from .. import ir, onnxrt
 from ..datasets import Data, count, head, is_empty
 from ..errors import DataError
 from ..runtime import SpikingNetwork, param_key
+from ..runtime.device import torch_device
 from ..runtime.memory import sample_bytes, samples_within
 from ..runtime.training import keep_thresholds_positive, scale_for, threshold_floors, threshold_keys
 from .base import Pass, PassContext
@@ -246,7 +247,7 @@ class DistillForT(Pass):
                                       select=self.select,
                                       surrogate=self.surrogate, alpha=self.alpha,
                                       seed=self.seed, step_budget=self.step_budget,
-                                      potentials=self.potentials, progress=ctx.progress)
+                                      potentials=self.potentials, device=ctx.device, progress=ctx.progress)
         start = self.history[0]
         best = max(self.history, key=lambda s: rank(s, self.select))
         self.kept = best.epoch > 0 and keeps(start, best)
@@ -335,12 +336,13 @@ def distill_loss(out: torch.Tensor, target: torch.Tensor, kind: str, temperature
 
 
 def _score(net: SpikingNetwork, x: np.ndarray, target: np.ndarray, steps: int, batch: int,
-           temperature: float) -> dict:
+           temperature: float, device: torch.device) -> dict:
     """:class:`EpochScore`'s measures at ``steps``: per sample whether the argmax is ``target``'s,
     and their share; the mean squared output difference; the KL divergence of the output's softmax
     from the target's at ``temperature`` (times its square, as the loss)."""
     with torch.no_grad():
-        out = torch.cat([net(torch.from_numpy(x[i:i + batch]), steps) for i in range(0, len(x), batch)])
+        out = torch.cat([net(torch.from_numpy(x[i:i + batch]).to(device), steps).cpu()
+                         for i in range(0, len(x), batch)])
     out, ref = out.reshape(len(x), -1), torch.from_numpy(target.reshape(len(x), -1))
     agrees = (out.argmax(1) == ref.argmax(1)).numpy()
     return dict(agreement=float(np.mean(agrees)), error=float(torch.mean((out - ref) ** 2)),
@@ -353,7 +355,8 @@ def distill(model: onnx.ModelProto, teacher: onnx.ModelProto, train: np.ndarray,
             temperature: float = 1.0, layers: float = 0.0, method: str = "bptt",
             ema: float = 0.0, average_from: int = 0, select: str = "divergence", surrogate: str = "atan",
             alpha: float = 2.0, seed: int = 0, step_budget: int = STEP_BUDGET, potentials: bool = True,
-            progress: bool = False, on_epoch: Callable[[EpochScore, SpikingNetwork], None] | None = None
+            device: str | torch.device = "cpu", progress: bool = False,
+            on_epoch: Callable[[EpochScore, SpikingNetwork], None] | None = None
             ) -> tuple[onnx.ModelProto, list[EpochScore]]:
     """Train ``model`` at ``steps`` to match ``teacher``'s output on ``train`` (and mixup blends;
     each epoch reads ``per_epoch`` of them, drawn afresh, or all: None);
@@ -366,11 +369,13 @@ def distill(model: onnx.ModelProto, teacher: onnx.ModelProto, train: np.ndarray,
     (at least one sample), the gradients summed: the batch's gradient, in memory that stops
     growing with T once T × batch_size passes the budget; parts (of either method) and held-out
     batches also stay within :data:`~snnconvert.runtime.memory.BATCH_BYTES` of tensors. ``potentials``: False keeps the
-    neurons' initial potentials fixed."""
+    neurons' initial potentials fixed. ``device``: where the network trains and is scored (the
+    teacher runs in onnxruntime on the CPU)."""
     work = onnx.ModelProto()
     work.CopyFrom(model)
     ir.drop_derived(work)
-    net = SpikingNetwork(work, surrogate=surrogate, alpha=alpha)
+    device = torch_device(device)
+    net = SpikingNetwork(work, surrogate=surrogate, alpha=alpha).to(device)
     floors = threshold_floors(net, threshold_keys(net))
     fixed = set() if potentials else {param_key(n.node.input[2]) for n in ir.neurons(work)}
     params = [p for key, p in net.params.items() if key not in fixed]
@@ -437,7 +442,7 @@ def distill(model: onnx.ModelProto, teacher: onnx.ModelProto, train: np.ndarray,
     size, label_size = samples_within(per_sample, 64), samples_within(per_sample, 256)
     hold_target = np.concatenate([label(hold[i:i + label_size]) for i in range(0, len(hold), label_size)])
     t0 = time.perf_counter()
-    history = [EpochScore(0, **_score(net, hold, hold_target, steps, size, temperature),
+    history = [EpochScore(0, **_score(net, hold, hold_target, steps, size, temperature, device),
                           train_loss=None, seconds=time.perf_counter() - t0)]
     best = model
     if on_epoch is not None:
@@ -462,20 +467,20 @@ def distill(model: onnx.ModelProto, teacher: onnx.ModelProto, train: np.ndarray,
                 other = train[rng.integers(0, len(train), size=mixed)]
                 xb = np.concatenate([xb[mixed:], lam * xb[:mixed] + (1 - lam) * other])
             ref = run_teacher(xb)
-            target = torch.from_numpy(ref[output].reshape(len(xb), -1))
-            xt = torch.from_numpy(np.ascontiguousarray(xb, np.float32))
+            target = torch.from_numpy(ref[output].reshape(len(xb), -1)).to(device)
+            xt = torch.from_numpy(np.ascontiguousarray(xb, np.float32)).to(device)
             # the scales of the relative terms are the whole batch's, so that the gradients
             # summed over its parts are the whole batch's gradient
             out_scale = float(target.pow(2).mean().clamp(min=1e-12)) if loss == "mse" else 1.0
             act_scale = {o: float(np.mean(ref[o] ** 2) + 1e-12) for o in acts.values()}
             opt.zero_grad(set_to_none=True)
-            value = torch.zeros(())
+            value = torch.zeros((), device=device)
             for lo in range(0, len(xb), part):
                 hi = min(len(xb), lo + part)
                 piece = distill_loss(forward(xt[lo:hi]), target[lo:hi], loss, temperature)
                 if layers:
                     piece = piece / out_scale  # relative for "mse", as the layer terms
-                    terms = [torch.mean((rates[name] - torch.from_numpy(ref[o][lo:hi])) ** 2) / act_scale[o]
+                    terms = [torch.mean((rates[name] - torch.from_numpy(ref[o][lo:hi]).to(device)) ** 2) / act_scale[o]
                              for name, o in acts.items()]
                     piece = piece + layers * torch.stack(terms).mean()
                     rates.clear()
@@ -503,7 +508,7 @@ def distill(model: onnx.ModelProto, teacher: onnx.ModelProto, train: np.ndarray,
         if scored:  # score (and keep) the averaged weights; training goes on from its own
             live = {k: p.detach().clone() for k, p in net.params.items()}
             _load(net, scored)
-        history.append(EpochScore(epoch, **_score(net, hold, hold_target, steps, size, temperature),
+        history.append(EpochScore(epoch, **_score(net, hold, hold_target, steps, size, temperature, device),
                                   train_loss=total / max(seen, 1), seconds=time.perf_counter() - t0))
         if on_epoch is not None:
             on_epoch(history[-1], net)

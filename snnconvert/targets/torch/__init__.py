@@ -16,6 +16,7 @@ import torch
 from ... import ir
 from ...errors import OptionError
 from ...runtime import SpikingNetwork
+from ...runtime.device import torch_device
 from ...results import SimResult
 
 from .support import supports
@@ -41,7 +42,7 @@ def compile(model: onnx.ModelProto, out: str | os.PathLike, **options) -> Path:
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> SpikingNetwork:
     """A SpikingNetwork from a ``.pt`` artifact or a ``.snn.onnx`` file."""
-    path = str(path)
+    path, device = str(path), torch_device(device)
     if path.endswith(".pt"):
         blob = torch.load(path, map_location=device, weights_only=False)
         net = SpikingNetwork(onnx.load_from_string(blob["ir"]), **blob.get("options", {}))
@@ -59,6 +60,7 @@ def _network(source: onnx.ModelProto | str | os.PathLike, device: str, precision
              options: dict) -> SpikingNetwork:
     """The network for ``source`` on ``device``; bf16 runs every kernel in torch (onnxruntime's
     CPU kernels would ignore autocast)."""
+    device = torch_device(device)
     if precision not in PRECISIONS:
         raise OptionError(f"unknown precision '{precision}'", hint=f"Use one of: {', '.join(PRECISIONS)}.")
     if precision == "bf16":
@@ -72,7 +74,7 @@ def _network(source: onnx.ModelProto | str | os.PathLike, device: str, precision
 def _simulate(net: SpikingNetwork, x: np.ndarray, timesteps: list[int], batch_size: int, device: str,
               precision: str, progress: bool = False) -> SimResult:
     """net.simulate, under bfloat16 autocast (synaptic ops in bf16, membranes in fp32) for bf16."""
-    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+    with torch.autocast(torch_device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         return net.simulate(x, timesteps, batch_size=batch_size, progress=progress)
 
 
