@@ -62,10 +62,13 @@ def test_eval_peak_memory_is_flat_when_the_samples_grow(tmp_path):
     for n in (512, 2048):  # doubled twice
         np.savez(tmp_path / f"d{n}.npz", x=rng.random((n, 3, 32, 32), dtype=np.float32),
                  y=rng.integers(0, 10, n))
-        peaks[n] = _peak_kb(["--threads", "1", "eval", tmp_path / "net.onnx", "--calib", tmp_path / "calib.npz",
-                             "--data", tmp_path / f"d{n}.npz", "--timesteps", "16", "--batch-size", "128"])
+        peaks[n] = min(_peak_kb(["--threads", "1", "eval", tmp_path / "net.onnx", "--calib", tmp_path / "calib.npz",
+                                 "--data", tmp_path / f"d{n}.npz", "--timesteps", "16", "--batch-size", "128"])
+                       for _ in range(2))
     # 1,536 more samples would add 192 MB if anything were kept per sample and neuron; the peak
-    # of one process varies by about +-50 MB from run to run
+    # of one process varies by about +-50 MB from run to run (the allocator's heap: 808 and 843
+    # MB for the same 512 samples), so each size keeps the lower of two runs (one run each
+    # failed at +101 MB once, where the same code's repeats gave +28 to +81)
     assert peaks[2048] - peaks[512] < 96 * 1024, peaks
 
 
