@@ -24,12 +24,6 @@ T = 4
 
 
 @pytest.fixture(scope="module")
-def digits() -> dict[str, np.ndarray]:
-    with np.load(FIXTURES / "digits.npz") as d:
-        return dict(d)
-
-
-@pytest.fixture(scope="module")
 def calibrated(digits) -> onnx.ModelProto:
     """The default conversion for T=8: what a user evaluates."""
     return snnconvert.convert(FIXTURES / "digits_cnn.onnx", digits["x_train"][:300], timesteps=8)
