@@ -16,6 +16,7 @@ from snnconvert import ir
 from snnconvert.cli import main
 from snnconvert.finetune import finetune
 from snnconvert.runtime import SpikingNetwork
+from snnconvert.targets import get_target
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -127,3 +128,14 @@ def test_distillation_on_cuda_trains_as_on_the_cpu(digits) -> None:
                                                        "for 8 epoch(s)"), (device, lines)
     assert abs(reports["cuda"].agreement - reports["cpu"].agreement) <= 0.01
     assert reports["cuda"].agreement >= 0.98
+
+
+def test_the_torch_artifact_loads_onto_cuda(tmp_path, digits, calibrated) -> None:
+    """A .pt written on the CPU (the deployment artifact) loads onto the GPU and runs there."""
+    backend = get_target("torch")
+    net = backend.load(backend.compile(calibrated, tmp_path / "net.pt"), "cuda")
+    assert all(p.device.type == "cuda" for p in net.params.values())
+    x = digits["x_test"][:200]
+    got = net.simulate(x, 8).readout[8]
+    expected = SpikingNetwork(calibrated).simulate(x, 8).readout[8]
+    assert np.mean(got.argmax(1) == expected.argmax(1)) >= 0.99
