@@ -86,7 +86,8 @@ def _reduce(values: np.ndarray, op: str) -> np.ndarray:
         return values
     import torch
 
-    t = torch.from_numpy(np.ascontiguousarray(values).copy())
+    t = torch.from_numpy(np.array(values, order="C"))  # a copy that keeps a 0-d array 0-d
+    # (np.ascontiguousarray made it 1-d, and numpy 2 refuses int() of a 1-d array)
     if d.get_backend() == "nccl":  # nccl reduces device tensors only
         t = t.to(torch.device("cuda", torch.cuda.current_device()))
     d.all_reduce(t, op=getattr(d.ReduceOp, op))

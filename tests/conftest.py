@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -5,6 +6,10 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# numpy 2 refuses what numpy 1 only warns about (pyproject's filterwarnings): the processes tests
+# start (torchrun, CLI children) inherit the same rule through the environment
+NUMPY2_REFUSES = "error:Conversion of an array with ndim > 0 to a scalar:DeprecationWarning"
+os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), NUMPY2_REFUSES]))
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 

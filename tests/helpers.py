@@ -1,11 +1,18 @@
 """Small graph builders shared by the core tests."""
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from snnconvert import ir
+
+needs_lava = pytest.mark.skipif(importlib.util.find_spec("lava") is None,
+                                reason="lava-nc is not installed (pip install 'snnconvert[lava]', then lava-nc)")
+"""For tests that run the Lava target: `make venv` installs it; a plain `pip install` does not."""
 
 
 def vi(name: str, shape: list) -> onnx.ValueInfoProto:

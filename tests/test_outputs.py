@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import needs_lava
 from snnconvert import ir
 from snnconvert.cli import main
 
@@ -81,7 +82,8 @@ def test_every_target_and_spelling_writes_two_readable_files(tmp_path, calib, ca
                                    if artifact.is_dir() else {artifact})
 
 
-@pytest.mark.parametrize("target,other", [("nir", ".pt"), ("torch", ".nir"), ("lava", ".pt")])
+@pytest.mark.parametrize("target,other", [("nir", ".pt"), ("torch", ".nir"),
+                                          pytest.param("lava", ".pt", marks=needs_lava)])
 def test_another_targets_suffix_is_refused_before_any_work(tmp_path, calib, capsys, target, other):
     out = tmp_path / f"m{other}"
     code, _, err = run([f"{FIX}/digits_cnn.onnx", "--calib", calib, "--target", target, "-o", out], capsys)

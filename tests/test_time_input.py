@@ -11,7 +11,7 @@ from onnx import helper
 
 import snnconvert
 from conftest import FIXTURES
-from helpers import mlp_ir, model as make_model, vi
+from helpers import mlp_ir, model as make_model, needs_lava, vi
 from snnconvert import ir, ir_reference
 from snnconvert.cli import main
 from snnconvert.datasets import open_data
@@ -266,6 +266,7 @@ def test_convert_records_encoding_and_readout(digits) -> None:
         snnconvert.convert(FIXTURES / "digits_cnn.onnx", digits["x_train"][:50], readout="spikes")
 
 
+@needs_lava
 def test_lava_runs_frames_through_evaluate(digits, digits_snn) -> None:
     """evaluate(target="lava") takes spike frames [N, T, ...] (T = the data's length, or the
     prefixes asked for) and answers what the torch runtime answers; a longer T is refused."""
@@ -280,6 +281,7 @@ def test_lava_runs_frames_through_evaluate(digits, digits_snn) -> None:
         get_target("lava").evaluate(digits_snn, frames, [6])
 
 
+@needs_lava
 @pytest.mark.parametrize("encoding", ["frames", "rate:bernoulli:2"])
 def test_lava_spike_count_readout_is_the_output_neurons_count(encoding) -> None:
     """The ``spikes`` readout on Lava: the output neurons' own counts, equal to the torch runtime
@@ -305,6 +307,7 @@ def test_lava_spike_count_readout_is_the_output_neurons_count(encoding) -> None:
     np.testing.assert_array_equal(lq.readout, lq.counts["if2"])
 
 
+@needs_lava
 def test_lava_declares_every_encoding_and_readout_the_ir_records() -> None:
     """One place (targets/lava/support.py) says what Lava runs; it covers everything ir.py
     defines, so a new encoding or readout cannot reach Lava undeclared."""
@@ -318,6 +321,7 @@ def test_lava_declares_every_encoding_and_readout_the_ir_records() -> None:
             get_target("lava").check_io(ir.Encoding.parse(enc), ir.Readout.parse(out))
 
 
+@needs_lava
 def test_nmnist_recordings_run_through_a_converted_network_on_torch_and_lava(tmp_path, digits,
                                                                              digits_snn) -> None:
     """N-MNIST binary -> read -> binned frames [T, 1, 8, 8] -> a converted network: the shipped
@@ -411,6 +415,7 @@ def test_report_and_finetune_commands_take_the_data_length(tmp_path, digits, dig
         f"error: training data {data} holds T=3 steps per sample; T=5 was asked for")
 
 
+@needs_lava
 def test_convert_refuses_an_encoding_the_target_cannot_run_before_calibrating() -> None:
     with pytest.raises(DataError, match="calibration needs data"):  # lava runs every encoding
         snnconvert.convert(FIXTURES / "digits_cnn.onnx", None, encoding="rate", readout="window:3",
