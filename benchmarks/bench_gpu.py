@@ -62,25 +62,30 @@ def prepare(out: Path) -> None:
         print(f"{name}: converted for T={t}")
 
 
+def _on_gpu(device: str) -> bool:
+    return torch.device(device).type == "cuda"
+
+
 def _sync(device: str) -> None:
-    if device == "cuda":
+    if _on_gpu(device):
         torch.cuda.synchronize()
 
 
 def simulate(snn, x: np.ndarray, t: int, device: str, precision: str = "fp32", batch: int = 256):
     """(readout at T, layer rates, seconds, peak GPU bytes) of one evaluation on ``device``."""
     net = SpikingNetwork(snn).to(device)
-    with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
+    kind = torch.device(device).type
+    with torch.autocast(kind, dtype=torch.bfloat16, enabled=precision == "bf16"):
         net.simulate(x[:min(batch, 32)], t, batch_size=batch)  # warm-up: kernels, JIT, allocator
-    if device == "cuda":
+    if _on_gpu(device):
         torch.cuda.reset_peak_memory_stats()
     _sync(device)
     start = time.perf_counter()
-    with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
+    with torch.autocast(kind, dtype=torch.bfloat16, enabled=precision == "bf16"):
         res = net.simulate(x, t, batch_size=batch)
     _sync(device)
     seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() if device == "cuda" else 0
+    peak = torch.cuda.max_memory_allocated() if _on_gpu(device) else 0
     return res.readout[t], res.layer_rates[t], seconds, peak
 
 
@@ -185,9 +190,9 @@ def main() -> None:
     if args.prepare:
         prepare(args.prepare)
         return
-    if args.prepared is None or (args.device == "cuda" and not torch.cuda.is_available()):
+    if args.prepared is None or (_on_gpu(args.device) and not torch.cuda.is_available()):
         sys.exit("bench_gpu.py measures on a CUDA GPU: pass --prepared DIR on a machine that has one")
-    name = torch.cuda.get_device_name() if args.device == "cuda" else args.device
+    name = torch.cuda.get_device_name() if _on_gpu(args.device) else args.device
     print(f"{name}, torch {torch.__version__}, {os.cpu_count()} CPU threads")
     results = {}
     for name in args.networks.split(","):
