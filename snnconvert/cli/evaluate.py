@@ -12,7 +12,6 @@ from ..data import input_shape, run_timesteps
 from ..datasets import open_data
 from ..errors import OptionError
 from ..frontend import load_model
-from ..runtime.device import torch_device
 from ..targets import TARGETS, get_target
 from .options import DATA_HELP, TimestepsOrAuto, conversion_options, data_options, parse_timesteps
 
@@ -81,7 +80,7 @@ def command(model: Path, data_path: str, calib: str | None, norm: str, per_chann
 
     Under ``torchrun --nproc-per-node N`` each process evaluates every N-th batch and the counts
     are summed: the figures equal a single-process run; rank 0 prints and writes."""
-    device = str(torch_device(distributed.init_from_env(device)))
+    device = distributed.init_from_env(device)
     asked = parse_timesteps(timesteps) if timesteps is not None else None
     backend = get_target(target)
     options: dict = {} if batch_size is None else {"batch_size": batch_size}

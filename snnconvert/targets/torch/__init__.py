@@ -74,7 +74,7 @@ def _network(source: onnx.ModelProto | str | os.PathLike, device: str, precision
 def _simulate(net: SpikingNetwork, x: np.ndarray, timesteps: list[int], batch_size: int, device: str,
               precision: str, progress: bool = False) -> SimResult:
     """net.simulate, under bfloat16 autocast (synaptic ops in bf16, membranes in fp32) for bf16."""
-    with torch.autocast(torch_device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         return net.simulate(x, timesteps, batch_size=batch_size, progress=progress)
 
 
