@@ -149,7 +149,7 @@ METHODS = ("rates", "bptt")
 DEFAULT_METHOD = "bptt"
 """The distillation's gradient unless asked otherwise: backpropagated through the T steps (on
 ResNet-20 it agrees with the ANN 0.7-2.1 pt more often than the straight-through rates over 3,000
-test images and is at least as accurate at T=4/8/16, for 3-6x the distillation's time; README,
+test images and is at least as accurate at T=4/8/16, for 3-6x the distillation's time; docs/calibration.md,
 "Backpropagation through the steps")."""
 SELECTIONS = ("last", "agreement", "divergence")
 BRIEF_EPOCHS, BRIEF_UP_TO = 2, 16
@@ -298,7 +298,7 @@ def keeps(start: EpochScore, end: EpochScore) -> bool:
     that lifted its accuracy 77.9 → 79.3 % on 88.5 → 88.0 % of 200 held-out samples, 13 won and 14
     lost, while the divergence fell 1.83 → 1.58); why not divergence alone: it fell where a
     distillation lost 13 samples against 4 won (resnet_2b at T=16: 92.0 → 87.5 % agreement,
-    divergence 0.032 → 0.029; README, "The distillation's guard")."""
+    divergence 0.032 → 0.029; docs/benchmarks.md, "The distillation's guard")."""
     wins, losses = changes(start, end)
     if wins >= losses:
         return True
