@@ -197,7 +197,7 @@ def choose_timesteps(source: str | os.PathLike | onnx.ModelProto, calib: Data, *
     for t in sorted(candidates):
         trial: list[tuple[str, str]] = []
         snn = convert(ann, calib, timesteps=t, log=trial, **convert_options)
-        score = evaluate(snn, hold, None, [t], ann=ann).rows[0].agreement
+        score = _evaluate(snn, hold, None, [t], target="torch", ann=ann).rows[0].agreement
         choice.agreement[t] = score
         if best is None or score > best[0]:
             best = (score, t, snn)
@@ -300,14 +300,24 @@ class EvalReport:
 
 
 def evaluate(snn: onnx.ModelProto | str | os.PathLike, x: Data, y: np.ndarray | None = None,
-             timesteps: list[int] = (32,), *, target: str = "torch", ann: onnx.ModelProto | None = None,
+             timesteps: list[int] = (32,), *, target: str = "torch",
+             ann: onnx.ModelProto | str | os.PathLike | None = None,
              progress: bool = False, workers: int | None = None, **target_options) -> EvalReport:
-    """Simulate ``snn`` on ``target`` and compare with ``ann`` (or the IR's rate-limit ANN).
+    """Simulate ``snn`` on ``target`` and compare with ``ann`` (the ANN as exported, a model or its
+    path, loaded as ``convert`` loads it; default: the IR's rate-limit ANN).
 
     ``x``: inputs with labels ``y``, or any data (a Source from :func:`datasets.open_data`, a
     DataLoader, an iterable of (x, y) batches) read batch by batch; under torch.distributed
     each rank evaluates its share and the counts are summed, equal to a single-process run.
     """
+    return _evaluate(snn, x, y, timesteps, target=target, ann=None if ann is None else frontend.load_model(ann),
+                     progress=progress, workers=workers, **target_options)
+
+
+def _evaluate(snn: onnx.ModelProto | str | os.PathLike, x: Data, y: np.ndarray | None,
+              timesteps: list[int], *, target: str, ann: onnx.ModelProto | None,
+              progress: bool = False, workers: int | None = None, **target_options) -> EvalReport:
+    """:func:`evaluate` against ``ann`` already loaded by the front-end (or None)."""
     backend = get_target(target)
     source = snn
     if isinstance(snn, (str, os.PathLike)) and str(snn).endswith(".snn.onnx"):
@@ -347,7 +357,7 @@ def evaluate_conversion(source: str | os.PathLike | onnx.ModelProto, calib: Data
         snn = convert(ann, calib, timesteps="auto", progress=progress, log=log, target=target,
                       **convert_options)
         ts = [ir.timesteps(snn)]
-        return evaluate(snn, x, y, ts, target=target, ann=ann, progress=progress, workers=workers,
+        return _evaluate(snn, x, y, ts, target=target, ann=ann, progress=progress, workers=workers,
                         **(target_options or {}))
     per_t = tune_t is None and (convert_options.get("v_init") == "optimized"
                                 or convert_options.get("calibration", DEFAULT_CALIBRATION) != "none")
@@ -356,7 +366,7 @@ def evaluate_conversion(source: str | os.PathLike | onnx.ModelProto, calib: Data
     for group in groups:
         snn = convert(ann, calib, timesteps=tune_t or max(group), progress=progress, target=target,
                       log=log, **convert_options)
-        part = evaluate(snn, x, y, group, target=target, ann=ann, progress=progress, workers=workers,
+        part = _evaluate(snn, x, y, group, target=target, ann=ann, progress=progress, workers=workers,
                         **(target_options or {}))
         if report is None:
             report = part

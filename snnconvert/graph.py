@@ -64,9 +64,23 @@ def const_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
             return numpy_helper.to_array(t)
     for n in graph.node:
         if is_constant(n) and n.output and n.output[0] == name:
-            for a in n.attribute:
-                if a.name == "value":
-                    return numpy_helper.to_array(a.t)
+            return constant_value(n)
+    return None
+
+
+_CONSTANT_DTYPES = {"value_float": np.float32, "value_floats": np.float32, "value_int": np.int64,
+                    "value_ints": np.int64}
+
+
+def constant_value(node: onnx.NodeProto) -> np.ndarray | None:
+    """The value a Constant node outputs, whichever attribute holds it (``value`` or one of the
+    ``value_float(s)`` / ``value_int(s)`` forms exporters write); None for the string and sparse
+    forms, which no convertible graph computes with."""
+    for a in node.attribute:
+        if a.name == "value":
+            return numpy_helper.to_array(a.t)
+        if a.name in _CONSTANT_DTYPES:
+            return np.asarray(helper.get_attribute_value(a), dtype=_CONSTANT_DTYPES[a.name])
     return None
 
 

@@ -20,7 +20,7 @@ from onnx import numpy_helper
 from . import ir
 from .errors import UnsupportedModelError
 from .graph import attrs as node_attrs
-from .graph import is_constant
+from .graph import constant_value, is_constant
 from .ops import lookup
 
 
@@ -78,7 +78,7 @@ def simulate(model: onnx.ModelProto, x: np.ndarray, timesteps: int) -> Reference
     consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     for node in graph.node:
         if is_constant(node):
-            consts[node.output[0]] = numpy_helper.to_array(node_attrs(node)["value"])
+            consts[node.output[0]] = constant_value(node)
     (inp,) = [i.name for i in graph.input if i.name not in consts]
     out_name = graph.output[0].name
     x = np.asarray(x, np.float64)

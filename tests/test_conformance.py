@@ -407,3 +407,29 @@ def test_time_varying_input_on_every_target(reset, leak, v0, encoding, readout, 
         if reset == "subtract":
             return  # lossy on NIR (test_neuron_semantics_on_every_target)
     _check("IF", target, snn, x)
+
+
+@pytest.mark.parametrize("target", ["torch", "lava"])
+@pytest.mark.parametrize("form", ["value", "value_ints"])
+def test_a_constant_node_means_the_same_to_every_reader(form, target, data):
+    """An IR may keep a Constant node (a Reshape's shape, in either form exporters write): the
+    reference, the torch runtime, Lava's lowering and the shape rules all read it. Before, each
+    decoded the attribute twice (AttributeError on 'value') or read only 'value' (KeyError)."""
+    from snnconvert import onnxrt
+    from snnconvert.ops import tensor_shapes
+
+    if target == "lava":
+        pytest.importorskip("snnconvert.targets.lava")
+    snn = _neuron_ir("subtract", 0.0, "half")
+    nodes = list(snn.graph.node)
+    (flat,) = [n for n in nodes if n.op_type == "Flatten"]
+    shape = ({"value": onnx.numpy_helper.from_array(np.array([0, -1], np.int64))} if form == "value"
+             else {"value_ints": [0, -1]})
+    i = nodes.index(flat)
+    nodes[i:i + 1] = [mk("Constant", [], ["flat_shape"], name="flat_shape", **shape),
+                      mk("Reshape", [flat.input[0], "flat_shape"], [flat.output[0]], name="flat")]
+    del snn.graph.node[:]
+    snn.graph.node.extend(nodes)
+    onnx.checker.check_model(snn)
+    assert tensor_shapes(snn) == {k: v for k, v in onnxrt.tensor_shapes(snn).items() if k != "flat_shape"}
+    _check("IF", target, snn, data[1])

@@ -8,7 +8,7 @@ from onnx import numpy_helper
 
 from ..errors import UnsupportedModelError
 from ..graph import attrs as node_attrs
-from ..graph import is_constant
+from ..graph import constant_value, is_constant
 from .registry import lookup
 
 
@@ -43,7 +43,7 @@ def tensor_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
             shapes[inp.name] = tuple(d.dim_value if d.dim_value > 0 else 1 for d in dims)
     for node in model.graph.node:
         if is_constant(node):
-            consts[node.output[0]] = numpy_helper.to_array(node_attrs(node)["value"])
+            consts[node.output[0]] = constant_value(node)
             continue
         entry = lookup(node)
         if entry is None or not entry.has_kernel:

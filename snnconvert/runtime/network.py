@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .. import ir
 from ..graph import attrs as graph_attrs, set_attr
-from ..graph import is_constant
+from ..graph import constant_value, is_constant
 from ..errors import SnnConvertError, UnsupportedModelError
 from ..results import SimResult
 from ..ops import lookup
@@ -129,7 +129,7 @@ class SpikingNetwork(nn.Module):
                 node.name = f"{node.op_type}_{i}"
             attrs = graph_attrs(node)
             if is_constant(node):
-                value = numpy_helper.to_array(attrs["value"])
+                value = constant_value(node)
                 self.register_buffer(f"const_{i}", torch.from_numpy(np.array(value)), persistent=False)
                 self._consts[node.output[0]] = getattr(self, f"const_{i}")
                 kinds[node.output[0]] = CONST

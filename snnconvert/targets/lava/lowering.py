@@ -24,7 +24,7 @@ from onnx import numpy_helper
 from ... import ir
 from ...errors import TargetError
 from ...ops import GraphView, lookup
-from ...graph import attrs, is_constant
+from ...graph import attrs, constant_value, is_constant
 
 from .support import TRANSPOSED_HINT, supports
 
@@ -416,7 +416,7 @@ def lower(model: onnx.ModelProto) -> LayerGraph:
     inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     for node in graph.node:
         if is_constant(node):
-            inits[node.output[0]] = attrs(node)["value"]
+            inits[node.output[0]] = constant_value(node)
     real_inputs = [i for i in graph.input if i.name not in inits]
     if len(real_inputs) != 1 or len(graph.output) != 1:
         raise TargetError("the lava target needs exactly one graph input and one output")
