@@ -21,6 +21,6 @@ def sign_test(wins: int, losses: int) -> float:
     return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2 ** n
 
 
-def significant(wins: int, losses: int) -> bool:
-    """Whether ``wins`` beat ``losses`` by more than chance (:data:`SIGNIFICANCE`)."""
-    return sign_test(wins, losses) < SIGNIFICANCE
+def significant(wins: int, losses: int, level: float = SIGNIFICANCE) -> bool:
+    """Whether ``wins`` beat ``losses`` by more than chance (at ``level``)."""
+    return sign_test(wins, losses) < level
