@@ -127,13 +127,13 @@ class SpikingNetwork(nn.Module):
         for i, node in enumerate(graph.node):
             if not node.name:
                 node.name = f"{node.op_type}_{i}"
-            attrs = graph_attrs(node)
             if is_constant(node):
                 value = constant_value(node)
                 self.register_buffer(f"const_{i}", torch.from_numpy(np.array(value)), persistent=False)
                 self._consts[node.output[0]] = getattr(self, f"const_{i}")
                 kinds[node.output[0]] = CONST
                 continue
+            attrs = graph_attrs(node)
             entry = lookup(node)
             if entry is None or not entry.has_kernel:
                 raise UnsupportedModelError("the torch runtime has no implementation for this op",
