@@ -116,3 +116,53 @@ def test_two_process_eval_equals_one_exactly(work, monkeypatch):
     one = json.loads((work / "one.json").read_text())
     assert one["samples"] == 250
     assert one["snn"][1]["layer_rates"] and 0 < one["snn"][1]["firing_rate"] < 1
+
+
+TEARDOWN = textwrap.dedent("""
+    import atexit, sys
+    from snnconvert.cli import main
+    atexit.register(print, "interpreter teardown")
+    main(sys.argv[1:])
+""")
+
+
+@pytest.mark.parametrize("argv, code", [(["inspect", str(FIX / "digits_cnn.onnx")], 0),
+                                        (["inspect", "missing.onnx"], 2)])
+def test_a_launched_rank_ends_with_its_code_and_without_the_interpreters_teardown(tmp_path, argv, code):
+    # a rank's backend threads may still be finishing when it ends: a teardown that ran
+    # alongside them could abort the process after its work was written (see end_process)
+    script = tmp_path / "rank.py"
+    script.write_text(TEARDOWN)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WORLD_SIZE": "2"}
+    run = subprocess.run([sys.executable, str(script), *argv], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == code, run.stderr
+    assert "interpreter teardown" not in run.stdout
+    alone = subprocess.run([sys.executable, str(script), *argv], cwd=tmp_path,
+                           env={**env, "WORLD_SIZE": "1"}, capture_output=True, text=True, timeout=120)
+    assert alone.returncode == code and "interpreter teardown" in alone.stdout
+
+
+def test_a_tensor_handed_to_the_backend_is_held_until_the_backend_lets_go(monkeypatch):
+    # the backend's reference is played by a view (it holds the tensor as a gloo worker does)
+    import threading
+    import torch
+
+    from snnconvert import distributed
+
+    monkeypatch.setattr(distributed, "_HANDED", [])
+    t = torch.zeros(3)
+    backend = t.view(3)
+    distributed._hand(t)
+    distributed._hand(torch.zeros(1))  # the next collective releases only what was let go of
+    assert any(h is t for h in distributed._HANDED)
+    del backend
+    distributed._hand(torch.zeros(1))
+    assert not any(h is t for h in distributed._HANDED) and len(distributed._HANDED) == 1
+
+    late = torch.zeros(2)
+    backend = [late.view(2)]
+    distributed._hand(late)
+    threading.Timer(0.2, backend.clear).start()  # the backend lets go 0.2 s later
+    distributed._let_go(wait_s=30.0)  # what runs at exit waits for it, no longer
+    assert late._use_count() == 1 and distributed._HANDED == []

@@ -65,6 +65,17 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and map errors to exit codes (2 user error, 1 internal)."""
+    try:
+        code = _exit_code(argv)
+    finally:
+        distributed.shutdown()
+    if distributed.launched():
+        distributed.end_process(code)
+    sys.exit(code)
+
+
+def _exit_code(argv: list[str] | None) -> int:
+    """Run the command; its exit code, with a one-line message for each error."""
     import warnings
 
     warnings.showwarning = _show_warning
@@ -72,23 +83,23 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=argv, prog_name="snnconvert", standalone_mode=False)
     except SnnConvertError as exc:
         click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        return 2
     except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except click.Abort:
         click.echo("aborted", err=True)
-        sys.exit(1)
+        return 1
     except click.ClickException as exc:
         exc.show()
-        sys.exit(2)
+        return 2
     except KeyboardInterrupt:
-        sys.exit(130)
+        return 130
+    except SystemExit as exc:  # a command that ends itself with a code
+        return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     except Exception as exc:
         if os.environ.get("SNNCONVERT_DEBUG"):
             raise
         click.echo(f"internal error: {type(exc).__name__}: {exc} (set SNNCONVERT_DEBUG=1 for a traceback)",
                    err=True)
-        sys.exit(1)
-    finally:
-        distributed.shutdown()
-    sys.exit(0)
+        return 1
+    return 0

@@ -268,11 +268,8 @@ class Trainer:
         reduced on the device."""
         if distributed.world_size() == 1 or not noisy:
             return noisy
-        import torch.distributed as dist
-
         names = sorted(noisy)
-        packed = torch.stack([noisy[k].float() for k in names]) * float(n_local)
-        dist.all_reduce(packed)
+        packed = distributed.all_sum_tensor(torch.stack([noisy[k].float() for k in names]) * float(n_local))
         return {k: packed[i] / float(n_global) for i, k in enumerate(names)}
 
     def epoch_totals(self, sums: torch.Tensor, seen: int) -> np.ndarray:
