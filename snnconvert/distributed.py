@@ -9,6 +9,7 @@ calibration statistics equal to a single-process run.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import pickle
 import sys
@@ -100,8 +101,9 @@ def end_process(code: int) -> NoReturn:
     interpreter's teardown (as multiprocessing ends its children): a backend thread still
     finishing its last work when the interpreter finalizes is killed mid-C++ and aborts the
     process, and torchrun then reports the whole run failed after it succeeded."""
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe or stream: nothing to keep
+            stream.flush()
     os._exit(code)
 
 
