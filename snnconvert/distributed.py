@@ -182,7 +182,7 @@ def broadcast_object(obj: object) -> object:
     size = _hand(_on_backend(torch.tensor([len(data)], dtype=torch.int64), d))
     d.broadcast(size, src=0)
     if d.get_rank() == 0:
-        payload = torch.tensor(np.frombuffer(data, np.uint8).copy())
+        payload = torch.frombuffer(bytearray(data), dtype=torch.uint8)  # one copy, held by _hand
     else:
         payload = torch.empty(int(size.item()), dtype=torch.uint8)
     payload = _hand(_on_backend(payload, d))

@@ -84,6 +84,14 @@ def constant_value(node: onnx.NodeProto) -> np.ndarray | None:
     return None
 
 
+def constants(graph: onnx.GraphProto) -> dict[str, np.ndarray | None]:
+    """Every constant tensor of ``graph`` by name: its initializers and its Constant nodes' outputs
+    (each read by :func:`constant_value`)."""
+    values: dict[str, np.ndarray | None] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    values.update((n.output[0], constant_value(n)) for n in graph.node if is_constant(n))
+    return values
+
+
 def set_initializer(graph: onnx.GraphProto, name: str, value: np.ndarray) -> None:
     for i, t in enumerate(graph.initializer):
         if t.name == name:

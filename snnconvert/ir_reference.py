@@ -15,12 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import torch
-from onnx import numpy_helper
 
 from . import ir
 from .errors import UnsupportedModelError
 from .graph import attrs as node_attrs
-from .graph import constant_value, is_constant
+from .graph import constants
 from .ops import lookup
 
 
@@ -75,10 +74,7 @@ def simulate(model: onnx.ModelProto, x: np.ndarray, timesteps: int) -> Reference
     """Run ``x`` through the IR ``model`` for ``timesteps`` steps in float64: ``x`` is
     [N, *input] (encoded as the IR says) or [N, T, *input] (one input per step)."""
     graph = model.graph
-    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    for node in graph.node:
-        if is_constant(node):
-            consts[node.output[0]] = constant_value(node)
+    consts = constants(graph)
     (inp,) = [i.name for i in graph.input if i.name not in consts]
     out_name = graph.output[0].name
     x = np.asarray(x, np.float64)

@@ -409,18 +409,23 @@ def test_time_varying_input_on_every_target(reset, leak, v0, encoding, readout, 
     _check("IF", target, snn, x)
 
 
-@pytest.mark.parametrize("target", ["torch", "lava"])
+@pytest.mark.parametrize("target", ["torch", "lava", "nir"])
 @pytest.mark.parametrize("form", ["value", "value_ints"])
 def test_a_constant_node_means_the_same_to_every_reader(form, target, data):
     """An IR may keep a Constant node (a Reshape's shape, in either form exporters write): the
-    reference, the torch runtime, Lava's lowering and the shape rules all read it. Before, each
-    decoded the attribute twice (AttributeError on 'value') or read only 'value' (KeyError)."""
+    reference, the torch runtime, Lava's lowering, NIR's export, the shape rules and the synapse
+    count all read it. Before, each decoded the attribute twice (AttributeError on 'value') or read
+    only 'value' (KeyError; NIR and the synapse count: TypeError on 'value_ints')."""
     from snnconvert import onnxrt
     from snnconvert.ops import tensor_shapes
+    from snnconvert.ops.synapses import synapses
 
     if target == "lava":
         pytest.importorskip("snnconvert.targets.lava")
-    snn = _neuron_ir("subtract", 0.0, "half")
+    if target == "nir":
+        pytest.importorskip("nir")
+    snn = _neuron_ir("zero", 0.0, "zero") if target == "nir" else _neuron_ir("subtract", 0.0, "half")
+    flat_synapses = synapses(snn, tensor_shapes(snn))
     nodes = list(snn.graph.node)
     (flat,) = [n for n in nodes if n.op_type == "Flatten"]
     shape = ({"value": onnx.numpy_helper.from_array(np.array([0, -1], np.int64))} if form == "value"
@@ -432,4 +437,5 @@ def test_a_constant_node_means_the_same_to_every_reader(form, target, data):
     snn.graph.node.extend(nodes)
     onnx.checker.check_model(snn)
     assert tensor_shapes(snn) == {k: v for k, v in onnxrt.tensor_shapes(snn).items() if k != "flat_shape"}
+    assert synapses(snn, tensor_shapes(snn)) == flat_synapses
     _check("IF", target, snn, data[1])

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 
 from ..graph import attrs as node_attrs
-from ..graph import is_constant
+from ..graph import constant_value, is_constant
 
 STATUSES = ("neuron", "synapse", "pool", "structural", "absorbed", "dropped", "unsupported")
 
@@ -73,11 +73,7 @@ class GraphView:
             return numpy_helper.to_array(self.values[name])
         node = self.producer.get(name)
         if node is not None and is_constant(node):
-            for attr in node.attribute:
-                if attr.name == "value":
-                    return numpy_helper.to_array(attr.t)
-                if attr.name in ("value_float", "value_int", "value_floats", "value_ints"):
-                    return np.asarray(onnx.helper.get_attribute_value(attr))
+            return constant_value(node)
         return None
 
     def data_inputs(self, node: onnx.NodeProto) -> list[str]:

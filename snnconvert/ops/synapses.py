@@ -13,11 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import torch
-from onnx import numpy_helper
 
 from .. import ir
 from ..errors import UnsupportedModelError
-from ..graph import is_constant
+from ..graph import constants
 from .registry import lookup
 from .shapes import tensor_shapes  # noqa: F401 (the report and profiles take shapes from here)
 
@@ -43,10 +42,7 @@ class EventCounter:
 
     def __init__(self, model: onnx.ModelProto) -> None:
         self.model = model
-        self.consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-        for node in model.graph.node:
-            if is_constant(node):
-                self.consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        self.consts = constants(model.graph)
         inits = set(self.consts)
         self.input = next(i.name for i in model.graph.input if i.name not in inits)
         self.output = model.graph.output[0].name

@@ -19,12 +19,11 @@ import numpy as np
 import onnx
 import torch
 import torch.nn.functional as F
-from onnx import numpy_helper
 
 from ... import ir
 from ...errors import TargetError
 from ...ops import GraphView, lookup
-from ...graph import attrs, constant_value, is_constant
+from ...graph import attrs, constants, is_constant
 
 from .support import TRANSPOSED_HINT, supports
 
@@ -413,10 +412,7 @@ def _selection_op(node, in_shape, picked: torch.Tensor) -> Op:
 def lower(model: onnx.ModelProto) -> LayerGraph:
     """Build the :class:`LayerGraph` of the IR ``model`` (raises TargetError if unmappable)."""
     graph = model.graph
-    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    for node in graph.node:
-        if is_constant(node):
-            inits[node.output[0]] = constant_value(node)
+    inits = constants(graph)
     real_inputs = [i for i in graph.input if i.name not in inits]
     if len(real_inputs) != 1 or len(graph.output) != 1:
         raise TargetError("the lava target needs exactly one graph input and one output")

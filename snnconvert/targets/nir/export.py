@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from ... import ir, ops
 from ...graph import attrs as graph_attrs
-from ...graph import is_constant
+from ...graph import constants, is_constant
 from ...errors import TargetError
 
 POOL_MODES = ("sum", "avg")
@@ -89,7 +88,7 @@ class _Exporter:
         self.pool = pool
         self.b = _Builder()
         self.shapes = _shapes(model)
-        self.consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        self.consts = constants(model.graph)
         self.src: dict[str, _Src] = {}
         self.uses: dict[str, int] = {}
         for node in model.graph.node:
@@ -161,7 +160,6 @@ class _Exporter:
             self.src[inp.name] = _Src([key], np.asarray(1.0))
         for node in g.node:
             if is_constant(node):
-                self.consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
                 continue
             handler = getattr(self, f"op_{node.op_type}", None)
             if ir.is_neuron(node):
