@@ -123,3 +123,26 @@ def test_a_converted_file_is_recognized_by_content(tmp_path, data_files, capsys)
     assert "ANN (rate limit of the IR) accuracy" in stdout
     code, _, err = run([str(out), "--calib", str(data_files / "calib.npz")], capsys)
     assert code == 2 and f"error: '{out}' is already a converted spiking network" in err
+
+
+@pytest.mark.parametrize("ends_with, expected", [
+    ("stopped: the output disk is full", (1, "stopped: the output disk is full\n")),
+    (3, (3, "")), (None, (0, "")),
+])
+def test_a_command_that_ends_itself_keeps_its_code_and_message(ends_with, expected, capsys):
+    """sys.exit("...") inside a command prints its message and exits 1, as Python would; before,
+    the message was dropped."""
+    import click
+
+    from snnconvert.cli import cli
+
+    @click.command("ends-itself")
+    def ends_itself() -> None:
+        sys.exit(ends_with)
+
+    cli.add_command(ends_itself)
+    try:
+        code, _, err = run(["ends-itself"], capsys)
+    finally:
+        del cli.commands["ends-itself"]
+    assert (code, err) == expected

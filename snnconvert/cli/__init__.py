@@ -94,8 +94,11 @@ def _exit_code(argv: list[str] | None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    except SystemExit as exc:  # a command that ends itself with a code
-        return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    except SystemExit as exc:  # a command that ends itself: a code, or a message (exit 1, as Python's)
+        if isinstance(exc.code, int) or exc.code is None:
+            return exc.code or 0
+        click.echo(str(exc.code), err=True)
+        return 1
     except Exception as exc:
         if os.environ.get("SNNCONVERT_DEBUG"):
             raise

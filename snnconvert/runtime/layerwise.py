@@ -18,20 +18,26 @@ import numpy as np
 import torch
 
 from .. import ir
-from .memory import sample_bytes, samples_within, trim_heap
+from .memory import HeapGuard, sample_bytes, samples_within
 from .network import CONST, INVARIANT, VARYING, SpikingNetwork
 from .spool import Spool
 
 CHUNK_SAMPLE_STEPS = 1024
-"""Samples × T of one chunk: ResNet-20's largest activation is then 64 MB."""
+"""Samples × T of one chunk at most: binds where the largest activation takes under 16 KB a
+sample and step (an MLP's); the others are bounded by :data:`CHUNK_BYTES` first."""
 
-CHUNK_BYTES = 1 << 28
-"""Bytes of the largest activation over one chunk's samples × T, where the network's activations
-are large (ImageNet-size inputs): VGG-19's first layers at 224×224 take 12.8 MB a sample and step,
-so 1,024 sample-steps held 13 GB at once per tensor (16 GB resident calibrating on 16 samples at
-T=4). CIFAR- and MNIST-size networks are bounded by :data:`CHUNK_SAMPLE_STEPS` first (ResNet-20's
-chunks change only at T ≤ 2, where 398 samples' tensors fill
-:data:`~snnconvert.runtime.memory.BATCH_BYTES`)."""
+CHUNK_BYTES = 1 << 24
+"""Bytes of the largest activation over one chunk's samples × T (ResNet-20: 256 sample-steps).
+Below glibc's largest mmap threshold (32 MB), a chunk's tensors are carved from the heap and
+reused by the next chunk; above it every one is mapped afresh and its pages faulted in: with
+64 MB chunks (1,024 sample-steps) ResNet-20's fit at T=32 spent 42 % of its CPU time in the
+kernel. It also bounds ImageNet-size layers (VGG-19's first at 224×224: 12.8 MB a sample and
+step, so one sample a chunk at any T ≥ 2)."""
+
+HEADROOM = 1 << 28
+"""Resident bytes a layer's pass may add above its live level before the heap's free pages are
+returned (:class:`~snnconvert.runtime.memory.HeapGuard`): trimming after every chunk made every
+later chunk fault its pages in again (ResNet-20 at T=32: 50 s of 120 in the kernel)."""
 
 Fire = Callable[[torch.Tensor, int], torch.Tensor]
 """(input current of one chunk, chunk index) -> spikes [T, b, ...] (each 0 or θ)."""
@@ -111,6 +117,7 @@ class LayerwiseRun:
         self._consts: dict[str, torch.Tensor] = {}
         self._spikes: dict[str, tuple[torch.Tensor, bool]] = {}  # neuron output -> (θ, time-varying)
         self._pending: str | None = None
+        self._heap = HeapGuard(HEADROOM)
 
     def _cone(self, tensor: str) -> list[int]:
         """Indices (in order) of the non-neuron nodes between the input / neuron outputs and
@@ -183,13 +190,14 @@ class LayerwiseRun:
         source = node.input[0]
         key = "current:" + node.name
         varying = self.net._kinds[source] == VARYING
+        self._heap.start()
         for c, (start, stop) in enumerate(self.bounds):
             cur = self._evaluate(self._cones[i], source, c)
             if varying:
                 cur = cur.reshape(self.steps, stop - start, *cur.shape[1:])
             self.spool.put(key, c, cur.detach().to(torch.float32).contiguous().numpy())
             del cur
-            trim_heap()
+            self._heap.check()
 
     def layers(self) -> Iterator[tuple[str, Chunks]]:
         for i in self._neurons:
@@ -220,7 +228,7 @@ class LayerwiseRun:
             if i in self._last_use:
                 self.spool.put("spikes:" + out, c, np.packbits((s > 0).contiguous().numpy()))
             del s
-            trim_heap()
+            self._heap.check()
         if i in self._last_use and shape is not None:
             self._spikes[out] = (torch.broadcast_to(theta.to(torch.float32), shape).contiguous(), True)
         self._pending = None

@@ -51,12 +51,6 @@ def resident_bytes() -> int | None:
         return None
 
 
-def trim_heap() -> None:
-    """Return the heap's free pages to the system now (glibc; elsewhere nothing)."""
-    if _TRIM is not None:
-        _TRIM(0)
-
-
 class HeapGuard:
     """``start()`` at the beginning of a batch, ``check()`` after each time chunk."""
 
