@@ -397,7 +397,7 @@ if numba is not None:
         """
         F = spikes.shape[0]
         _, OH, OW, O = out.shape
-        sh, sw, bits, Wp, compact, G = geom[2], geom[3], geom[4], geom[5], geom[6], geom[7]
+        sh, sw, Wp, compact, G = geom[2], geom[3], geom[5], geom[6], geom[7]
         OP = (O + LANES - 1) // LANES * LANES
         nchunks = OP // LANES
         outf = out.reshape(-1)

@@ -13,7 +13,7 @@ import torch
 
 from .fixed import V_LIMIT, FixedLayer
 from .inputs import input_currents, output_current_mean, per_step
-from .lowering import LayerGraph, Op, apply_chain, apply_op
+from .lowering import LayerGraph, Op, apply_op
 
 
 @dataclass
