@@ -31,8 +31,13 @@ class Spool:
         self._written = 0
 
     def put(self, key: str, index: int, value: np.ndarray) -> None:
+        """Keep ``value`` (a copy where it views memory it does not own: an onnxruntime output
+        held here would pin the shared arena's memory, which is never returned, for as long as
+        it is spooled)."""
         self.drop_one(key, index)
         value = np.ascontiguousarray(value)
+        if value.base is not None:
+            value = value.copy()
         if self.in_memory + value.nbytes <= self.budget:
             self._mem[(key, index)] = value
             self.in_memory += value.nbytes
