@@ -6,6 +6,8 @@ channels-last, one thread). Training and GPU runs stay in torch.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -23,8 +25,14 @@ convolutions and 10 % slower on a 4096×25088 Gemm (one thread); small weights s
 onnxruntime's packing pays (ResNet-20's evaluation ran 15 % slower with every weight fed)."""
 
 
-def _register_shared_arena() -> bool:
-    """One onnxruntime arena for every per-node session of this process (registered once).
+SAME_AS_REQUESTED = 1
+"""onnxruntime's ``arena_extend_strategy`` that grows the arena by what a run asks for, not by
+doubling regions (the default would reserve up to twice the high-water mark)."""
+
+
+@functools.cache
+def _shared_arena() -> bool:
+    """One onnxruntime arena for every per-node session of this process (registered on first use).
 
     Without it each session allocates through the C heap at every run, and a Conv's workspace
     over a time chunk (39 MB for ResNet-20's 3×3 convolutions over 300 sample-steps) passes
@@ -39,20 +47,6 @@ def _register_shared_arena() -> bool:
     except (AttributeError, TypeError, RuntimeError):  # an onnxruntime without the API
         return False
     return True
-
-
-SAME_AS_REQUESTED = 1
-"""onnxruntime's ``arena_extend_strategy`` that grows the arena by what a run asks for, not by
-doubling regions (the default would reserve up to twice the high-water mark)."""
-
-_SHARED_ARENA: bool | None = None
-
-
-def _shared_arena() -> bool:
-    global _SHARED_ARENA
-    if _SHARED_ARENA is None:
-        _SHARED_ARENA = _register_shared_arena()
-    return _SHARED_ARENA
 
 
 class OrtKernels:

@@ -31,15 +31,13 @@ class Spool:
         self._written = 0
 
     def put(self, key: str, index: int, value: np.ndarray) -> None:
-        """Keep ``value`` (a copy where it views memory it does not own: an onnxruntime output
-        held here would pin the shared arena's memory, which is never returned, for as long as
-        it is spooled)."""
+        """Keep ``value``: in memory, a copy where it views memory it does not own (an
+        onnxruntime output held here would pin the shared arena's memory, which is never
+        returned, for as long as it is spooled); past the budget, written to disk as it is."""
         self.drop_one(key, index)
         value = np.ascontiguousarray(value)
-        if value.base is not None:
-            value = value.copy()
         if self.in_memory + value.nbytes <= self.budget:
-            self._mem[(key, index)] = value
+            self._mem[(key, index)] = value if value.base is None else value.copy()
             self.in_memory += value.nbytes
             return
         if self._dir is None:
