@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from datasets import CIFAR10_CLASSES, DATA_DIR, MODELS, preprocess, shared  # noqa: E402
+from datasets import DATA_DIR, MODELS, preprocess, shared  # noqa: E402
 
 PREPROCESS = "mean=0.485,0.456,0.406 std=0.229,0.224,0.225"  # resnet20-cifar10 (see datasets.MODELS)
 

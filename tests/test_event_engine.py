@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import onnx
 from onnx import helper
 
 from snnconvert import ir
@@ -66,7 +67,7 @@ class _Graph:
         self.nodes.append(helper.make_node("Gemm", inputs, [y], name=y, transB=1))
         return y
 
-    def build(self, out: str, n_out: int) -> "onnx.ModelProto":
+    def build(self, out: str, n_out: int) -> onnx.ModelProto:
         self.nodes[-1].output[0] = "y"
         m = model(self.nodes, [vi("x", ["N", 3, H, H])], [vi("y", ["N", n_out])], self.inits)
         m.graph.initializer.extend(self.extra)

@@ -8,7 +8,7 @@ from helpers import conv_bn_relu, model, run_ort, vi
 from snnconvert import ir
 from snnconvert.errors import DataError, OptionError, UnsupportedModelError
 from snnconvert.passes import (Calibrate, FoldBatchNorm, InitMembrane, NormalizeThresholds,
-                               OptimizeInit, PassContext, Pipeline, ReplaceNeurons, default_pipeline)
+                               PassContext, Pipeline, ReplaceNeurons, default_pipeline)
 from snnconvert.passes.calibrate import Histogram
 from snnconvert.runtime import SpikingNetwork
 

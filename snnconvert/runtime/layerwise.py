@@ -34,7 +34,7 @@ reused by the next chunk; above it every one is mapped afresh and its pages faul
 kernel. It also bounds ImageNet-size layers (VGG-19's first at 224×224: 12.8 MB a sample and
 step, so one sample a chunk at any T ≥ 2)."""
 
-HEADROOM = 1 << 28
+LAYER_HEADROOM = 1 << 28
 """Resident bytes a layer's pass may add above its live level before the heap's free pages are
 returned (:class:`~snnconvert.runtime.memory.HeapGuard`): trimming after every chunk made every
 later chunk fault its pages in again (ResNet-20 at T=32: 50 s of 120 in the kernel)."""
@@ -117,7 +117,7 @@ class LayerwiseRun:
         self._consts: dict[str, torch.Tensor] = {}
         self._spikes: dict[str, tuple[torch.Tensor, bool]] = {}  # neuron output -> (θ, time-varying)
         self._pending: str | None = None
-        self._heap = HeapGuard(HEADROOM)
+        self._heap = HeapGuard(LAYER_HEADROOM)
 
     def _cone(self, tensor: str) -> list[int]:
         """Indices (in order) of the non-neuron nodes between the input / neuron outputs and

@@ -27,7 +27,7 @@ import onnx
 from ..errors import SnnConvertError
 from ..ops.shapes import tensor_shapes
 
-HEADROOM = 1 << 30
+BATCH_HEADROOM = 1 << 30
 """Resident bytes a batch may add above its starting level before free pages are returned."""
 
 
@@ -54,7 +54,7 @@ def resident_bytes() -> int | None:
 class HeapGuard:
     """``start()`` at the beginning of a batch, ``check()`` after each time chunk."""
 
-    def __init__(self, headroom: int = HEADROOM) -> None:
+    def __init__(self, headroom: int = BATCH_HEADROOM) -> None:
         self.headroom = headroom
         self.limit: int | None = None
         self.trims = 0
