@@ -102,7 +102,7 @@ def run_setting(name: str, model: str, ts: list[int], limit: int | None, calib_l
         t0, c0 = time.perf_counter(), time.process_time()
         log: list[tuple[str, str]] = []
         snn = sc.convert(ann, calib, timesteps=max(group), progress=progress, log=log, **SETTINGS[name])
-        guard[max(group)] = next((m for p, m in log if p == "distill-for-T" and "held out" in m), None)
+        guard[max(group)] = " | ".join(m for p, m in log if p == "distill-for-T" and "held out" in m) or None
         seconds[max(group)] = time.perf_counter() - t0
         cpu_seconds[max(group)] = time.process_time() - c0
         calib_peak = max(calib_peak, _peak_mb())
@@ -132,13 +132,14 @@ def run_setting(name: str, model: str, ts: list[int], limit: int | None, calib_l
 
 
 def _verdict(message: str | None) -> str:
-    """``won/lost`` and k(ept) or d(ropped) from the distillation's log line; "-" where none ran."""
+    """``won/lost`` and k(ept) or d(ropped) from the distillation's log lines, joined by "+" where
+    it distilled on (`tuned` where its two epochs paid); "-" where none ran."""
     if message is None:
         return "-"
-    found = re.search(r"(\d+) won, (\d+) lost\): (kept|dropped)", message)
-    if found is None:
+    found = re.findall(r"(\d+) won, (\d+) lost\): (kept|dropped)", message)
+    if not found:
         raise ValueError(f"the distillation's log line changed; update _verdict: {message!r}")
-    return f"{found[1]}/{found[2]} {found[3][0]}"
+    return "+".join(f"{w}/{lo} {k[0]}" for w, lo, k in found)
 
 
 def _spread(label: str, ts: list[int], accs: dict[int, list[float]]) -> str:

@@ -36,7 +36,8 @@ def conversion_options(f: Callable) -> Callable:
                           "on held-out calibration samples at least as often, else the network "
                           "refit gives; costs minutes on CPU); tuned (the default) = refit, "
                           "then two epochs of full's distillation at T <= 16 (1.1-2.5x refit's "
-                          "time); none = --norm "
+                          "time), six more where those two won significantly more held-out "
+                          "samples than they lost; none = --norm "
                           "thresholds and --v-init only."),
         click.option("--distill", default=None, type=click.Choice(list(DISTILL_METHODS)),
                      help=f"With --calibration tuned or full (refused otherwise; default {DEFAULT_DISTILL}): "
