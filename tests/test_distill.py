@@ -493,7 +493,7 @@ def test_the_default_distils_on_where_its_two_epochs_won_significantly_more_than
 
 def test_the_default_stops_after_two_epochs_that_won_no_more_than_chance():
     """3 held-out samples won against 2 lost is no evidence that more epochs would pay: two
-    epochs, one log line, and the pass's history ends at epoch 2."""
+    epochs and one log line, the two epochs' verdict."""
     log: list[tuple[str, str]] = []
     api.convert(small_ann(1), images(300, 0), timesteps=4, log=log)
     trained = [m for s, m in log if s == "distill-for-T"]

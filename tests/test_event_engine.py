@@ -3,9 +3,9 @@ the interpreter wherever the engine does not apply."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 import torch
-import onnx
 from onnx import helper
 
 from snnconvert import ir

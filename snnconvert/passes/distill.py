@@ -250,9 +250,7 @@ class DistillForT(Pass):
         tuned, self.history = self._train(model, teacher, x, hold, steps, per_epoch, self.epochs, self.seed, ctx)
         start = self.history[0]
         best = max(self.history, key=lambda s: rank(s, self.select))
-        self.kept = best.epoch > 0 and keeps(start, best)
-        wins, losses = changes(start, best)
-        self._log(ctx, len(x), per_epoch, len(hold), start, best, self.history, "")
+        wins, losses, self.kept = self._judged(ctx, len(x), per_epoch, len(hold), start, best, self.history, "")
         if self.kept and self.extend and significant(wins, losses):
             ctx.info(self.name, f"{wins} held-out samples won against {losses} lost: the distillation "
                      f"still pays, {self.extend} epoch(s) more")
@@ -260,8 +258,7 @@ class DistillForT(Pass):
             then = max(extra, key=lambda s: rank(s, self.select))
             done = len(self.history) - 1
             self.history += [replace(s, epoch=s.epoch + done) for s in extra[1:]]
-            self._log(ctx, len(x), per_epoch, len(hold), extra[0], then, extra, " more")
-            if then.epoch > 0 and keeps(extra[0], then):
+            if self._judged(ctx, len(x), per_epoch, len(hold), extra[0], then, extra, " more")[2]:
                 tuned = more
         ctx.stats[self.name] = [vars(s) for s in self.history]
         return tuned if self.kept else self.without_distillation(model, aside, ctx)
@@ -277,8 +274,10 @@ class DistillForT(Pass):
                        step_budget=self.step_budget, potentials=self.potentials, device=ctx.device,
                        progress=ctx.progress)
 
-    def _log(self, ctx: PassContext, n: int, per_epoch: int, n_hold: int, start: EpochScore,
-             best: EpochScore, history: list[EpochScore], more: str) -> None:
+    def _judged(self, ctx: PassContext, n: int, per_epoch: int, n_hold: int, start: EpochScore,
+                best: EpochScore, history: list[EpochScore], more: str) -> tuple[int, int, bool]:
+        """The guard's verdict on ``best`` against ``start`` (held-out samples won, lost, and
+        whether it is kept), logged with the training it judges."""
         wins, losses = changes(start, best)
         kept = best.epoch > 0 and keeps(start, best)
         seconds = sum(s.seconds for s in history)
@@ -289,6 +288,7 @@ class DistillForT(Pass):
                  f"error {start.error:.4g} -> {best.error:.4g}, agreement {100 * start.agreement:.1f} "
                  f"% -> {100 * best.agreement:.1f} % (epoch {best.epoch}; {wins} won, {losses} lost): "
                  + ("kept" if kept else "dropped"))
+        return wins, losses, kept
 
     def without_distillation(self, model: onnx.ModelProto, aside: SetAside | None,
                              ctx: PassContext) -> onnx.ModelProto:
